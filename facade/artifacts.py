@@ -1,0 +1,338 @@
+"""ArtifactFacade: the ``context.artifacts()`` API of the reference, on the ledger."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import shutil
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, BinaryIO, Literal
+from urllib.parse import unquote, urlparse
+
+import anyio
+import anyio.to_thread
+
+from ledger.events import ArtifactRecorded, PinChanged
+from projections.catalog import Catalog, Row
+from projections.query import Filter, best as best_row, by_uri_sha, rank, select
+from store.local import check_sha
+
+from . import content
+from .model import Artifact
+from .validation import (
+    check_bool,
+    check_kind,
+    check_label_map,
+    check_labels,
+    check_metrics,
+    check_ranking,
+    check_scope,
+    check_suffix,
+    check_suggested_uri,
+)
+
+Scope = Literal["node", "run", "graph", "project", "all"]
+ARTIFACT_SCHEME = "artifact://"
+_INGEST_DIR_KW = {"kind", "labels", "metrics", "suggested_uri", "pin"}
+
+
+class ReadOnlyError(RuntimeError):
+    """A mutating call on a read-only (past) view of the ledger."""
+
+
+class ArtifactFacade:
+    """Artifacts API bound to (run_id, graph_id, node_id, project_id)."""
+
+    def __init__(self, source: Any, *, run_id: str, graph_id: str, node_id: str,
+                 project_id: str | None = None, read_only: bool = False):
+        self._src = source
+        self.run_id = run_id
+        self.graph_id = graph_id
+        self.node_id = node_id
+        self.project_id = project_id
+        self._read_only = read_only
+        self.last_artifact: Artifact | None = None
+
+    def __repr__(self) -> str:
+        return (f"ArtifactFacade(run_id={self.run_id!r}, graph_id={self.graph_id!r}, "
+                f"node_id={self.node_id!r}, project_id={self.project_id!r})")
+
+    # ------------------------------------------------------------ staging
+    def _writable(self, what: str) -> None:
+        if self._read_only:
+            raise ReadOnlyError(f"{what}() is not allowed on a read-only past view of the ledger")
+        self._src._check_open()
+
+    async def stage(self, ext: str = "") -> str:
+        """Reserve a fresh staging file path (the file is created empty)."""
+        self._writable("stage")
+        suffix = check_suffix("ext", ext)
+        path = self._src._new_staging_name(suffix)
+        # O_EXCL reserves the name, so two calls can never hand out one path.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.close(fd)
+        return str(path)
+
+    async def tmp_path(self, suffix: str = "") -> str:
+        """Alias of ``stage()``."""
+        return await self.stage(suffix)
+
+    async def stage_dir(self, suffix: str = "") -> str:
+        """Create a fresh staging directory for a multi-file artifact."""
+        self._writable("stage_dir")
+        sfx = check_suffix("suffix", suffix)
+        path = self._src._new_staging_name(sfx)
+        path.mkdir()
+        return str(path)
+
+    # ------------------------------------------------------------ writes
+    def _meta(self, kind: Any, labels: Any, metrics: Any, suggested_uri: Any, pin: Any) -> dict[str, Any]:
+        bound = {"run_id": self.run_id, "graph_id": self.graph_id, "node_id": self.node_id,
+                 "project_id": self.project_id}
+        return {
+            "kind": check_kind(kind),
+            "labels": check_labels(labels, bound),
+            "metrics": check_metrics(metrics),
+            "suggested_uri": check_suggested_uri(suggested_uri),
+            "pinned": check_bool("pin", pin),
+        }
+
+    def _staged(self, path: Any, *, directory: bool) -> Path:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"staged path must be a str or path, got {type(path).__name__}")
+        p = Path(path)
+        staging = self._src.staging
+        if not p.is_absolute() or p.parent.resolve() != staging or ".." in p.parts:
+            raise ValueError(
+                f"{str(path)!r} is not a path handed out by stage()/stage_dir() of this ledger "
+                f"(staging area {staging}); use save() for other files"
+            )
+        if p.is_symlink():
+            raise ValueError(f"{str(path)!r} is a symlink; stage real files only")
+        if directory:
+            if not p.exists():
+                raise FileNotFoundError(f"staged directory {str(path)!r} does not exist")
+            if not p.is_dir():
+                raise NotADirectoryError(f"{str(path)!r} is not a directory; use ingest() for files")
+        else:
+            if not p.exists():
+                raise FileNotFoundError(f"staged file {str(path)!r} does not exist")
+            if not p.is_file():
+                raise IsADirectoryError(f"{str(path)!r} is not a regular file; use ingest_dir() for directories")
+        return p
+
+    async def _record(self, *, origin: str, sha256: str, size: int, mime: str, name: str | None,
+                      meta: dict[str, Any]) -> Artifact:
+        event = ArtifactRecorded(
+            artifact_id=uuid.uuid4().hex,
+            origin=origin,
+            sha256=sha256,
+            size=size,
+            mime=mime,
+            name=name,
+            run_id=self.run_id,
+            graph_id=self.graph_id,
+            node_id=self.node_id,
+            project_id=self.project_id,
+            **meta,
+        )
+        await self._src._append(event)
+        cat: Catalog = self._src.catalog
+        art = self._src._to_artifact(cat.rows[event.artifact_id])
+        self.last_artifact = art
+        return art
+
+    async def save(self, path: str, *, kind: str, labels: dict | None = None, metrics: dict | None = None,
+                   suggested_uri: str | None = None, pin: bool = False) -> Artifact:
+        """Copy an existing file into the store and record it; the caller's file stays."""
+        self._writable("save")
+        meta = self._meta(kind, labels, metrics, suggested_uri, pin)
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or path, got {type(path).__name__}")
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"cannot save {str(path)!r}: no such file")
+        if not p.is_file():
+            raise IsADirectoryError(f"cannot save {str(path)!r}: not a regular file (use stage_dir/ingest_dir for directories)")
+        info = await anyio.to_thread.run_sync(self._src.store.put_file, str(p))
+        return await self._record(origin="save", sha256=info.sha256, size=info.size,
+                                  mime=content.guess_mime(p.name), name=p.name, meta=meta)
+
+    async def ingest(self, staged_path: str, *, kind: str, labels: dict | None = None, metrics: dict | None = None,
+                     suggested_uri: str | None = None, pin: bool = False) -> Artifact:
+        """Move a staged file into the store and record it; nothing is left in staging."""
+        self._writable("ingest")
+        meta = self._meta(kind, labels, metrics, suggested_uri, pin)
+        p = self._staged(staged_path, directory=False)
+        return await self._ingest_file(p, origin="ingest", mime=content.guess_mime(p.name), meta=meta)
+
+    async def _ingest_file(self, p: Path, *, origin: str, mime: str, meta: dict[str, Any]) -> Artifact:
+        info = await anyio.to_thread.run_sync(lambda: self._src.store.put_file(str(p), move=True))
+        return await self._record(origin=origin, sha256=info.sha256, size=info.size, mime=mime,
+                                  name=None, meta=meta)
+
+    @asynccontextmanager
+    async def writer(self, *, kind: str, planned_ext: str | None = None, pin: bool = False,
+                     labels: dict | None = None, metrics: dict | None = None,
+                     suggested_uri: str | None = None) -> AsyncIterator[BinaryIO]:
+        """Yield a real binary file; on clean exit its bytes are recorded as an artifact.
+
+        On an exception inside the block nothing is recorded and the staged file is removed.
+        """
+        self._writable("writer")
+        meta = self._meta(kind, labels, metrics, suggested_uri, pin)
+        ext = check_suffix("planned_ext", planned_ext)
+        path = Path(await self.stage(ext))
+        f = open(path, "w+b")
+        try:
+            yield f
+        except BaseException:
+            f.close()
+            path.unlink(missing_ok=True)
+            raise
+        try:
+            f.close()
+            await self._ingest_file(path, origin="writer", mime=content.guess_mime(path.name), meta=meta)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+
+    async def ingest_dir(self, staged_dir: str, **kw: Any) -> Artifact:
+        """Store every file of a staged directory plus a manifest, as one artifact."""
+        self._writable("ingest_dir")
+        unknown = set(kw) - _INGEST_DIR_KW
+        if unknown:
+            raise TypeError(f"ingest_dir() got unexpected keyword(s) {sorted(unknown)}; "
+                            f"accepted: {sorted(_INGEST_DIR_KW)}")
+        meta = self._meta(kw.get("kind", "directory"), kw.get("labels"), kw.get("metrics"),
+                          kw.get("suggested_uri"), kw.get("pin", False))
+        p = self._staged(staged_dir, directory=True)
+        files, dirs = await anyio.to_thread.run_sync(content.scan_directory, str(p))
+        store = self._src.store
+
+        def put_all() -> tuple[str, int]:
+            entries = []
+            total = 0
+            for rel, full in files:
+                info = store.put_file(full, move=True)
+                entries.append({"path": rel, "sha256": info.sha256, "bytes": info.size})
+                total += info.size
+            manifest = store.put_bytes(content.encode_manifest(entries, dirs))
+            return manifest.sha256, total
+
+        sha, total = await anyio.to_thread.run_sync(put_all)
+        art = await self._record(origin="ingest_dir", sha256=sha, size=total, mime=content.DIR_MIME,
+                                 name=p.name, meta=meta)
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(p, ignore_errors=True))
+        return art
+
+    async def pin(self, artifact_id: str, pinned: bool = True) -> None:
+        """Pin or unpin an artifact (an event; nothing is changed in place)."""
+        self._writable("pin")
+        if not isinstance(artifact_id, str):
+            raise TypeError(f"artifact_id must be a string, got {type(artifact_id).__name__}")
+        check_bool("pinned", pinned)
+        cat = await self._src._refresh()
+        if artifact_id not in cat.rows:
+            raise KeyError(f"unknown artifact_id {artifact_id!r}")
+        await self._src._append(PinChanged(artifact_id=artifact_id, pinned=pinned))
+
+    # ------------------------------------------------------------ reads
+    async def _resolve(self, uri: Any) -> tuple[Catalog, Row]:
+        if not isinstance(uri, str):
+            raise TypeError(f"uri must be a string, got {type(uri).__name__}")
+        cat = await self._src._refresh()
+        row: Row | None = None
+        if uri.startswith(ARTIFACT_SCHEME):
+            row = cat.rows.get(uri[len(ARTIFACT_SCHEME):])
+        elif uri.startswith("file://"):
+            path = Path(unquote(urlparse(uri).path))
+            try:
+                sha = check_sha(path.name)
+            except ValueError:
+                sha = None
+            if sha is not None and path == self._src.store.path(sha):
+                row = by_uri_sha(cat, sha)
+        if row is None:
+            raise FileNotFoundError(f"no artifact with URI {uri!r} in the ledger at {self._src.root}")
+        return cat, row
+
+    async def load_artifact_bytes(self, uri: str) -> bytes:
+        """The exact bytes of an artifact (``IsADirectoryError`` for directory artifacts)."""
+        _, row = await self._resolve(uri)
+        if row.ev.mime == content.DIR_MIME:
+            raise IsADirectoryError(f"artifact {row.ev.artifact_id} is a directory; use load_artifact() to get its path")
+        return await anyio.to_thread.run_sync(self._src.store.read_bytes, row.ev.sha256)
+
+    async def load_artifact(self, uri: str) -> Any:
+        """Load and decode an artifact by kind/MIME: JSON, text, directory Path, else bytes."""
+        _, row = await self._resolve(uri)
+        ev = row.ev
+        store = self._src.store
+        if ev.mime == content.DIR_MIME:
+            target = self._src.materialized / ev.sha256
+
+            def build() -> Path:
+                manifest = content.decode_manifest(store.read_bytes(ev.sha256))
+                return content.materialize(manifest, store.read_bytes, target)
+
+            return await anyio.to_thread.run_sync(build)
+        data = await anyio.to_thread.run_sync(store.read_bytes, ev.sha256)
+        return content.decode(ev.kind, ev.mime, data)
+
+    def _scope_constraints(self, scope: Any) -> dict[str, Any]:
+        scope = check_scope(scope)
+        if scope == "all":
+            return {}
+        if scope == "project":
+            if self.project_id is None:
+                raise ValueError("scope='project' needs a facade bound with a project_id")
+            return {"project_id": self.project_id}
+        out: dict[str, Any] = {"run_id": self.run_id}
+        if scope in ("graph", "node"):
+            out["graph_id"] = self.graph_id
+        if scope == "node":
+            out["node_id"] = self.node_id
+        return out
+
+    def _filter(self, scope: Any, kind: Any, labels: Any, extra_scope_labels: Any) -> Filter:
+        constraints = self._scope_constraints(scope)
+        constraints.update(check_label_map("extra_scope_labels", extra_scope_labels))
+        if kind is not None:
+            check_kind(kind)
+        return Filter.build(constraints, check_label_map("labels", labels), kind)
+
+    def _out(self, cat: Catalog, rows: builtins.list[Row]) -> builtins.list[Artifact]:
+        to = self._src._to_artifact
+        return [to(r, cat) for r in rows]
+
+    async def list(self, *, scope: Scope = "run") -> builtins.list[Artifact]:
+        """Artifacts in the scope, newest first."""
+        f = self._filter(scope, None, None, None)
+        cat = await self._src._refresh()
+        return self._out(cat, select(cat, f))
+
+    async def search(self, *, kind: str | None = None, labels: dict | None = None, metric: str | None = None,
+                     mode: Literal["max", "min"] | None = None, scope: Scope = "run",
+                     extra_scope_labels: dict | None = None, limit: int | None = None) -> builtins.list[Artifact]:
+        """Artifacts matching kind and labels in the scope; ranked by metric when given, else newest first."""
+        check_ranking(metric, mode, required=False)
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+            raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+        f = self._filter(scope, kind, labels, extra_scope_labels)
+        cat = await self._src._refresh()
+        if metric is not None:
+            return self._out(cat, rank(cat, f, metric, mode, limit))  # type: ignore[arg-type]
+        return self._out(cat, select(cat, f, limit))
+
+    async def best(self, *, kind: str, metric: str, mode: Literal["max", "min"], scope: Scope = "run",
+                   filters: dict | None = None) -> Artifact | None:
+        """The best artifact of a kind by a metric in the scope, or None."""
+        check_kind(kind)
+        check_ranking(metric, mode, required=True)
+        f = self._filter(scope, kind, filters, None)
+        cat = await self._src._refresh()
+        row = best_row(cat, f, metric, mode)
+        return None if row is None else self._src._to_artifact(row, cat)

@@ -1,0 +1,160 @@
+"""Argument checks: every bad input is rejected, naming what was wrong, before any write."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from projections.labels import RESERVED
+
+SCOPE_NAMES = ("node", "graph", "run", "project", "all")
+MODES = ("max", "min")
+_SCALARS = (str, int, float, bool, type(None))
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def check_id(name: str, value: Any) -> str:
+    """A run/graph/node id: a non-empty string."""
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def check_kind(kind: Any) -> str:
+    """An artifact kind: a non-empty string."""
+    if not isinstance(kind, str):
+        raise TypeError(f"kind must be a string, got {type(kind).__name__}")
+    if not kind.strip():
+        raise ValueError("kind must be a non-empty string")
+    return kind
+
+
+def _check_label_value(where: str, value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        out = []
+        for i, item in enumerate(value):
+            out.append(_check_scalar(f"{where}[{i}]", item))
+        return out
+    return _check_scalar(where, value)
+
+
+def _check_scalar(where: str, value: Any) -> Any:
+    if not isinstance(value, _SCALARS):
+        raise TypeError(
+            f"{where} is a {type(value).__name__}; label values must be JSON scalars "
+            "(str, int, float, bool, None) or lists of them"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} is {value}; label numbers must be finite")
+    # Normalise subclasses (e.g. str enums) to the plain JSON type.
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+def check_label_map(name: str, labels: Any) -> dict[str, Any]:
+    """A mapping of str keys to JSON scalars or lists of scalars."""
+    if labels is None:
+        return {}
+    if not isinstance(labels, dict):
+        raise TypeError(f"{name} must be a dict, got {type(labels).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in labels.items():
+        if not isinstance(key, str):
+            raise TypeError(f"{name} key {key!r} is a {type(key).__name__}; keys must be strings")
+        out[key] = _check_label_value(f"{name}[{key!r}]", value)
+    return out
+
+
+def check_labels(labels: Any, bound: dict[str, str | None]) -> dict[str, Any]:
+    """Labels to record; reserved id keys may only repeat the facade's binding."""
+    out = check_label_map("labels", labels)
+    for key in RESERVED:
+        if key in out:
+            if out[key] != bound[key] or bound[key] is None:
+                raise ValueError(
+                    f"labels[{key!r}]={out[key]!r} conflicts with the facade's {key}={bound[key]!r}; "
+                    f"{key} is set from the context the facade is bound to"
+                )
+            del out[key]
+    return out
+
+
+def check_metrics(metrics: Any) -> dict[str, int | float]:
+    """Metrics: str keys to finite numbers (bools are not numbers here)."""
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, dict):
+        raise TypeError(f"metrics must be a dict, got {type(metrics).__name__}")
+    out: dict[str, int | float] = {}
+    for key, value in metrics.items():
+        if not isinstance(key, str):
+            raise TypeError(f"metrics key {key!r} is a {type(key).__name__}; keys must be strings")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"metrics[{key!r}] is a {type(value).__name__}; metrics must be finite numbers")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"metrics[{key!r}] is {value}; metrics must be finite numbers")
+        out[key] = float(value) if isinstance(value, float) else int(value)
+    return out
+
+
+def check_suggested_uri(uri: Any) -> str | None:
+    """A relative, root-confined path hint; absolute paths, schemes and '..' are refused."""
+    if uri is None:
+        return None
+    if not isinstance(uri, str):
+        raise TypeError(f"suggested_uri must be a string, got {type(uri).__name__}")
+    if not uri or "\x00" in uri:
+        raise ValueError(f"suggested_uri {uri!r} is empty or contains NUL")
+    if uri.startswith(("/", "\\")) or _SCHEME.match(uri):
+        raise ValueError(f"suggested_uri {uri!r} is absolute; it must be a relative path inside the store")
+    parts = re.split(r"[\\/]+", uri)
+    if ".." in parts:
+        raise ValueError(f"suggested_uri {uri!r} contains '..'; it must stay inside the store")
+    return uri
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """A real bool (not a truthy object)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_scope(scope: Any) -> str:
+    """One of the five scope names."""
+    if scope not in SCOPE_NAMES:
+        raise ValueError(f"scope must be one of {', '.join(map(repr, SCOPE_NAMES))}; got {scope!r}")
+    return scope
+
+
+def check_ranking(metric: Any, mode: Any, *, required: bool) -> None:
+    """metric and mode come together; mode is 'max' or 'min'."""
+    if metric is None and mode is None and not required:
+        return
+    if metric is None or mode is None:
+        raise ValueError("metric and mode must be given together (mode is 'max' or 'min')")
+    if not isinstance(metric, str) or not metric:
+        raise TypeError(f"metric must be a non-empty string, got {metric!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+
+
+def check_suffix(name: str, value: Any) -> str:
+    """A file-name suffix: no path separators, no NUL."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, got {type(value).__name__}")
+    if "/" in value or "\\" in value or "\x00" in value or value in (".", ".."):
+        raise ValueError(f"{name} {value!r} must be a plain suffix without path separators")
+    if len(value) > 100:
+        raise ValueError(f"{name} is {len(value)} characters; at most 100 are allowed")
+    return value

@@ -1,0 +1,24 @@
+"""The append-only, hash-chained event log: the source of truth."""
+
+from .errors import LedgerClosed, LedgerCorruption, LedgerError, LedgerPoisoned
+from .events import ArtifactRecorded, Event, PinChanged, decode_event, encode_event
+from .filelog import Position, SegmentLog, TornTailWarning
+from .framing import Record
+from .group_commit import GroupCommitLog
+
+__all__ = [
+    "ArtifactRecorded",
+    "Event",
+    "GroupCommitLog",
+    "LedgerClosed",
+    "LedgerCorruption",
+    "LedgerError",
+    "LedgerPoisoned",
+    "PinChanged",
+    "Position",
+    "Record",
+    "SegmentLog",
+    "TornTailWarning",
+    "decode_event",
+    "encode_event",
+]

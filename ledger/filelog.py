@@ -1,0 +1,324 @@
+"""The segment-file log: the embedded default backend of the ledger.
+
+All methods here are synchronous and blocking; the async layer runs them in
+worker threads. One writer at a time across processes is guaranteed by an
+exclusive ``flock`` on ``LOCK``; readers catching up take it shared, so they
+never see a half-written batch.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from .errors import LedgerCorruption
+from .framing import (
+    BAD,
+    GENESIS_HASH,
+    OK,
+    SEGMENT_HEADER_SIZE,
+    HeaderError,
+    Record,
+    decode_segment_header,
+    encode_record,
+    encode_segment_header,
+    find_later_record,
+    read_record,
+)
+
+SEGMENT_SUFFIX = ".seg"
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+
+
+class TornTailWarning(UserWarning):
+    """A partly written record at the end of the log was truncated on open."""
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A point in the log: the last record read and where the next one starts."""
+
+    seq: int
+    hash: bytes
+    ts_us: int
+    segment_first_seq: int
+    offset: int
+
+
+def segment_name(first_seq: int) -> str:
+    """File name of the segment whose first record has ``first_seq``."""
+    return f"{first_seq:020d}{SEGMENT_SUFFIX}"
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SegmentLog:
+    """Append-only, hash-chained log stored as numbered segment files."""
+
+    def __init__(self, directory: str, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES, fsync: bool = True):
+        if segment_bytes < SEGMENT_HEADER_SIZE + 64:
+            raise ValueError(f"segment_bytes={segment_bytes} is too small")
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        os.makedirs(directory, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(directory, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+        self.head_seq = 0
+        self.head_hash = GENESIS_HASH
+        self.head_ts = 0
+        self._seg_first = 0  # first seq of the current segment; 0 = no segment yet
+        self._seg_fd: int | None = None
+        self._end = 0  # bytes of the current segment already read or written
+
+    # ----------------------------------------------------------------- locking
+    @contextmanager
+    def locked(self, exclusive: bool) -> Iterator[None]:
+        """Hold the inter-process log lock (exclusive for writers)."""
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Release file descriptors."""
+        if self._seg_fd is not None:
+            os.close(self._seg_fd)
+            self._seg_fd = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    # ----------------------------------------------------------------- reading
+    def segments(self) -> list[int]:
+        """First seqs of the segment files present, ascending."""
+        out = []
+        for name in os.listdir(self.directory):
+            if name.endswith(SEGMENT_SUFFIX) and name[: -len(SEGMENT_SUFFIX)].isdigit():
+                out.append(int(name[: -len(SEGMENT_SUFFIX)]))
+        out.sort()
+        return out
+
+    def position(self) -> Position:
+        """The current read/write position (after the head record)."""
+        return Position(self.head_seq, self.head_hash, self.head_ts, self._seg_first, self._end)
+
+    def has_news(self) -> bool:
+        """Cheap check whether another writer appended since we last looked."""
+        if self._seg_fd is not None and os.fstat(self._seg_fd).st_size != self._end:
+            return True
+        return os.path.exists(os.path.join(self.directory, segment_name(self.head_seq + 1)))
+
+    def recover(self, on_record: Callable[[Record], None], start: Position | None = None) -> None:
+        """Open the log: read every record after ``start``, repairing a torn tail.
+
+        Takes the exclusive lock so that a torn tail can be truncated safely.
+        """
+        with self.locked(exclusive=True):
+            if start is not None:
+                self._seek(start)
+            self._catch_up(on_record, repair=True)
+
+    def catch_up(self, on_record: Callable[[Record], None]) -> None:
+        """Read records other processes appended since we last looked."""
+        with self.locked(exclusive=False):
+            self._catch_up(on_record, repair=False)
+
+    def _seek(self, pos: Position) -> None:
+        path = os.path.join(self.directory, segment_name(pos.segment_first_seq))
+        self._open_segment(pos.segment_first_seq, path)
+        self.head_seq, self.head_hash, self.head_ts, self._end = pos.seq, pos.hash, pos.ts_us, pos.offset
+
+    def _open_segment(self, first_seq: int, path: str) -> None:
+        if self._seg_fd is not None:
+            os.close(self._seg_fd)
+        self._seg_fd = os.open(path, os.O_RDWR)
+        self._seg_first = first_seq
+
+    def _catch_up(self, on_record: Callable[[Record], None], *, repair: bool) -> None:
+        if self._seg_fd is None:
+            if not self._enter_next_segment(repair):
+                return
+        while True:
+            self._scan_current(on_record, repair=repair)
+            if not self._enter_next_segment(repair):
+                return
+
+    def _enter_next_segment(self, repair: bool) -> bool:
+        """Move to the segment starting at head_seq + 1, if it exists."""
+        first = self.head_seq + 1
+        path = os.path.join(self.directory, segment_name(first))
+        if not os.path.exists(path):
+            later = [s for s in self.segments() if s > first]
+            if later:
+                raise LedgerCorruption(
+                    segment_name(later[0]), 0, first, f"segment {segment_name(first)} is missing"
+                )
+            return False
+        with open(path, "rb") as f:
+            header = f.read(SEGMENT_HEADER_SIZE)
+        is_last = not any(s > first for s in self.segments())
+        try:
+            seg_first, prev_hash = decode_segment_header(header)
+        except HeaderError as exc:
+            if is_last and len(header) < SEGMENT_HEADER_SIZE or (is_last and os.path.getsize(path) <= SEGMENT_HEADER_SIZE):
+                # A crash while creating the segment: nothing in it was acknowledged.
+                if repair:
+                    os.unlink(path)
+                    _fsync_dir(self.directory)
+                    warnings.warn(
+                        f"removed half-created segment {segment_name(first)} ({exc})", TornTailWarning, stacklevel=4
+                    )
+                return False
+            raise LedgerCorruption(segment_name(first), 0, first, f"bad segment header: {exc}") from exc
+        if seg_first != first or prev_hash != self.head_hash:
+            raise LedgerCorruption(
+                segment_name(first), 0, first, "segment header does not continue the hash chain"
+            )
+        self._open_segment(first, path)
+        self._end = SEGMENT_HEADER_SIZE
+        return True
+
+    def _scan_current(self, on_record: Callable[[Record], None], *, repair: bool) -> None:
+        assert self._seg_fd is not None
+        size = os.fstat(self._seg_fd).st_size
+        if size <= self._end:
+            return
+        name = segment_name(self._seg_first)
+        base = self._end
+        buf = os.pread(self._seg_fd, size - base, base)
+        pos = 0
+        n = len(buf)
+        while pos < n:
+            status, rec, reason = read_record(buf, pos, name, base)
+            if status == OK:
+                assert rec is not None
+                if rec.seq != self.head_seq + 1:
+                    raise LedgerCorruption(name, base + pos, self.head_seq + 1, f"found seq {rec.seq}")
+                if rec.prev_hash != self.head_hash:
+                    raise LedgerCorruption(name, base + pos, rec.seq, "hash chain broken (previous-hash mismatch)")
+                on_record(rec)
+                self.head_seq, self.head_hash, self.head_ts = rec.seq, rec.hash, rec.ts_us
+                pos += rec.length
+                self._end = base + pos
+                continue
+            self._handle_bad_tail(buf, pos, base, name, status, reason, repair)
+            return
+
+    def _handle_bad_tail(self, buf: bytes, pos: int, base: int, name: str, status: int, reason: str, repair: bool) -> None:
+        seq = self.head_seq + 1
+        is_last = not any(s > self._seg_first for s in self.segments())
+        later = find_later_record(buf, pos, seq + 1, name, base)
+        if not is_last or later is not None:
+            detail = reason if later is None else f"{reason}; an intact record follows at offset {later}"
+            raise LedgerCorruption(name, base + pos, seq, detail)
+        if not repair:
+            return  # a crashed writer's leftovers; the next writer truncates them
+        assert self._seg_fd is not None
+        cut = base + pos
+        lost = len(buf) - pos
+        os.ftruncate(self._seg_fd, cut)
+        if self.fsync:
+            os.fsync(self._seg_fd)
+        warnings.warn(
+            f"truncated torn tail of segment {name}: {lost} bytes at offset {cut} "
+            f"({'damaged' if status == BAD else 'incomplete'} record seq {seq}: {reason}); "
+            f"the ledger ends at seq {self.head_seq}",
+            TornTailWarning,
+            stacklevel=4,
+        )
+
+    def read_from(self, start_seq: int = 1) -> Iterator[Record]:
+        """Iterate committed records with seq >= start_seq (no repair, shared lock per segment)."""
+        for first in self.segments():
+            nxt = [s for s in self.segments() if s > first]
+            if nxt and nxt[0] <= start_seq:
+                continue
+            with self.locked(exclusive=False):
+                path = os.path.join(self.directory, segment_name(first))
+                with open(path, "rb") as f:
+                    data = f.read()
+            name = segment_name(first)
+            try:
+                decode_segment_header(data)
+            except HeaderError as exc:
+                raise LedgerCorruption(name, 0, first, f"bad segment header: {exc}") from exc
+            pos = SEGMENT_HEADER_SIZE
+            while pos < len(data):
+                status, rec, reason = read_record(data, pos, name, 0)
+                if status != OK:
+                    break
+                assert rec is not None
+                if rec.seq >= start_seq:
+                    yield rec
+                pos += rec.length
+
+    # ----------------------------------------------------------------- writing
+    def append_batch(self, payloads: list[bytes], on_record: Callable[[Record], None]) -> list[Record]:
+        """Append payloads as consecutive records, durably; returns the new records.
+
+        First catches up with (and reports via ``on_record``) records appended
+        by other processes, so seq and the hash chain stay gap-free.
+        """
+        with self.locked(exclusive=True):
+            self._catch_up(on_record, repair=True)
+            out: list[Record] = []
+            buf = bytearray()
+            if self._seg_fd is None:
+                self._new_segment()
+            start = self._end
+            for payload in payloads:
+                now = time.time_ns() // 1000
+                ts = now if now > self.head_ts else self.head_ts + 1
+                seq = self.head_seq + 1
+                frame, h = encode_record(seq, ts, self.head_hash, payload)
+                if start + len(buf) + len(frame) > self.segment_bytes and (start + len(buf)) > SEGMENT_HEADER_SIZE:
+                    self._write(buf, start)
+                    buf = bytearray()
+                    self._new_segment()
+                    start = self._end
+                offset = start + len(buf)
+                buf += frame
+                rec = Record(seq, ts, self.head_hash, h, payload, segment_name(self._seg_first), offset, len(frame))
+                out.append(rec)
+                self.head_seq, self.head_hash, self.head_ts = seq, h, ts
+            self._write(buf, start)
+            return out
+
+    def _write(self, buf: bytearray, start: int) -> None:
+        assert self._seg_fd is not None
+        if buf:
+            written = os.pwrite(self._seg_fd, buf, start)
+            if written != len(buf):
+                raise OSError(f"short write to the ledger: {written} of {len(buf)} bytes")
+            if self.fsync:
+                os.fdatasync(self._seg_fd)
+        self._end = start + len(buf)
+
+    def _new_segment(self) -> None:
+        if self._seg_fd is not None and self.fsync:
+            os.fdatasync(self._seg_fd)
+        first = self.head_seq + 1
+        path = os.path.join(self.directory, segment_name(first))
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(encode_segment_header(first, self.head_hash))
+            f.flush()
+            if self.fsync:
+                os.fsync(f.fileno())
+        os.rename(tmp, path)
+        if self.fsync:
+            _fsync_dir(self.directory)
+        self._open_segment(first, path)
+        self._end = SEGMENT_HEADER_SIZE

@@ -1,0 +1,128 @@
+"""Byte layout of segment headers and log records (see FORMAT.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from crc32c import crc32c
+
+MAGIC = b"ALEDGSEG"
+FORMAT_VERSION = 1
+GENESIS_HASH = b"\x00" * 32
+
+# magic, format version, first seq, hash of the record before first seq
+_SEG_HEADER = struct.Struct("<8sIQ32s")
+SEGMENT_HEADER_SIZE = _SEG_HEADER.size + 4  # + crc32c of the fields above
+
+# body length, crc32c(length bytes + body)
+_FRAME = struct.Struct("<II")
+FRAME_SIZE = _FRAME.size
+# seq, commit time in microseconds since the Unix epoch (UTC), previous record hash
+_BODY_HEAD = struct.Struct("<Qq32s")
+BODY_HEAD_SIZE = _BODY_HEAD.size
+MAX_BODY = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One decoded log record with its position on disk."""
+
+    seq: int
+    ts_us: int
+    prev_hash: bytes
+    hash: bytes
+    payload: bytes
+    segment: str
+    offset: int
+    length: int
+
+
+def encode_segment_header(first_seq: int, prev_hash: bytes) -> bytes:
+    """Encode the fixed-size header that opens every segment file."""
+    head = _SEG_HEADER.pack(MAGIC, FORMAT_VERSION, first_seq, prev_hash)
+    return head + struct.pack("<I", crc32c(head))
+
+
+class HeaderError(ValueError):
+    """A segment header is missing, damaged or of an unknown format."""
+
+
+def decode_segment_header(data: bytes) -> tuple[int, bytes]:
+    """Decode a segment header, returning (first seq, previous hash)."""
+    if len(data) < SEGMENT_HEADER_SIZE:
+        raise HeaderError(f"segment header is {len(data)} bytes, expected {SEGMENT_HEADER_SIZE}")
+    head = data[: _SEG_HEADER.size]
+    (crc,) = struct.unpack_from("<I", data, _SEG_HEADER.size)
+    if crc32c(head) != crc:
+        raise HeaderError("segment header checksum mismatch")
+    magic, version, first_seq, prev_hash = _SEG_HEADER.unpack(head)
+    if magic != MAGIC:
+        raise HeaderError(f"not a ledger segment (magic {magic!r})")
+    if version != FORMAT_VERSION:
+        raise HeaderError(f"segment format version {version} is not supported (expected {FORMAT_VERSION})")
+    return first_seq, prev_hash
+
+
+def encode_record(seq: int, ts_us: int, prev_hash: bytes, payload: bytes) -> tuple[bytes, bytes]:
+    """Frame one record; returns (framed bytes, record hash)."""
+    body = _BODY_HEAD.pack(seq, ts_us, prev_hash) + payload
+    length = struct.pack("<I", len(body))
+    frame = length + struct.pack("<I", crc32c(body, crc32c(length))) + body
+    return frame, hashlib.sha256(body).digest()
+
+
+# Outcomes of trying to read one record at an offset.
+OK, INCOMPLETE, BAD = 0, 1, 2
+
+
+def read_record(buf: bytes | memoryview, pos: int, segment: str, base: int) -> tuple[int, Record | None, str]:
+    """Try to decode the record starting at ``pos`` of ``buf``.
+
+    ``base`` is the file offset of ``buf[0]``. Returns (status, record, reason)
+    where status is OK, INCOMPLETE (buffer ends inside the record) or BAD.
+    """
+    end = len(buf)
+    if end - pos < FRAME_SIZE:
+        return INCOMPLETE, None, "frame header cut short"
+    length, crc = _FRAME.unpack_from(buf, pos)
+    if length < BODY_HEAD_SIZE or length > MAX_BODY:
+        return BAD, None, f"implausible record length {length}"
+    body_start = pos + FRAME_SIZE
+    if end - body_start < length:
+        return INCOMPLETE, None, "record body cut short"
+    body = bytes(buf[body_start : body_start + length])
+    if crc32c(body, crc32c(buf[pos : pos + 4])) != crc:
+        return BAD, None, "record checksum mismatch"
+    seq, ts_us, prev_hash = _BODY_HEAD.unpack_from(body)
+    rec = Record(
+        seq=seq,
+        ts_us=ts_us,
+        prev_hash=prev_hash,
+        hash=hashlib.sha256(body).digest(),
+        payload=body[BODY_HEAD_SIZE:],
+        segment=segment,
+        offset=base + pos,
+        length=FRAME_SIZE + length,
+    )
+    return OK, rec, ""
+
+
+def find_later_record(buf: bytes | memoryview, start: int, next_seq: int, segment: str, base: int) -> int | None:
+    """Return the offset of an intact record with seq ``next_seq`` after ``start``, if any.
+
+    Used to tell a torn tail (nothing valid follows) from damage in the middle
+    of the log (an intact later record follows the bad one).
+    """
+    needle = struct.pack("<Q", next_seq)
+    data = bytes(buf)
+    i = data.find(needle, start + FRAME_SIZE)
+    while i != -1:
+        cand = i - FRAME_SIZE
+        if cand > start:
+            status, rec, _ = read_record(data, cand, segment, base)
+            if status == OK and rec is not None and rec.seq == next_seq:
+                return base + cand
+        i = data.find(needle, i + 1)
+    return None

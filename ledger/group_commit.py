@@ -1,0 +1,110 @@
+"""Async front of a log: group commit for appends and cheap catch-up for reads.
+
+Concurrent ``append`` calls queue their payloads; whoever holds the lock next
+writes every queued payload in one batch with a single fsync, so many
+appends share one fsync. Each batch runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import anyio
+import anyio.to_thread
+
+from .errors import LedgerClosed, LedgerPoisoned
+from .filelog import SegmentLog
+from .framing import Record
+
+
+class _Pending:
+    __slots__ = ("payload", "record", "error", "taken")
+
+    def __init__(self, payload: bytes):
+        self.payload = payload
+        self.record: Record | None = None
+        self.error: BaseException | None = None
+        self.taken = False
+
+
+class GroupCommitLog:
+    """Serialises all log I/O of one process and batches appends."""
+
+    def __init__(self, log: SegmentLog, on_records: Callable[[list[Record]], None]):
+        self.log = log
+        self._on_records = on_records
+        self._pending: list[_Pending] = []
+        self._lock = anyio.Lock()
+        self._poisoned: BaseException | None = None
+        self._closed = False
+
+    def _check(self) -> None:
+        if self._closed:
+            raise LedgerClosed("the ledger is closed")
+        if self._poisoned is not None:
+            raise LedgerPoisoned(
+                f"an earlier write failed ({self._poisoned!r}); reopen the ledger to recover"
+            ) from self._poisoned
+
+    async def append(self, payload: bytes) -> Record:
+        """Append one payload; returns once it is durable."""
+        self._check()
+        req = _Pending(payload)
+        self._pending.append(req)
+        try:
+            async with self._lock:
+                if not req.taken:
+                    await self._flush()
+        except BaseException:
+            if not req.taken:
+                self._pending.remove(req)
+            raise
+        if req.error is not None:
+            raise req.error
+        assert req.record is not None
+        return req.record
+
+    async def _flush(self) -> None:
+        self._check()
+        batch, self._pending = self._pending, []
+        for r in batch:
+            r.taken = True
+        seen: list[Record] = []
+        try:
+            new = await anyio.to_thread.run_sync(
+                self.log.append_batch, [r.payload for r in batch], seen.append
+            )
+        except BaseException as exc:
+            # The batch may be partly on disk: only a reopen can tell.
+            self._poisoned = exc
+            for r in batch:
+                r.error = LedgerPoisoned(f"write failed: {exc!r}; reopen the ledger to recover")
+            if seen:
+                self._on_records(seen)
+            raise
+        for r, rec in zip(batch, new):
+            r.record = rec
+        self._on_records(seen + new)
+
+    async def refresh(self) -> None:
+        """Pick up records other processes committed (cheap when there are none)."""
+        self._check()
+        if not self.log.has_news():
+            return
+        async with self._lock:
+            if not self.log.has_news():
+                return
+            seen: list[Record] = []
+            try:
+                await anyio.to_thread.run_sync(self.log.catch_up, seen.append)
+            finally:
+                if seen:
+                    self._on_records(seen)
+
+    async def aclose(self) -> None:
+        """Wait for in-flight writes, then release the log's files."""
+        if self._closed:
+            return
+        async with self._lock:
+            self._closed = True
+            self.log.close()

@@ -1,0 +1,46 @@
+"""The blob store contract: bytes keyed by their SHA-256."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """What the store knows of one blob after a put."""
+
+    sha256: str
+    size: int
+
+
+class BlobStore(Protocol):
+    """Content-addressed blob storage; every method is blocking (run it in a thread)."""
+
+    def put_file(self, path: str, *, move: bool = False) -> BlobInfo:
+        """Store a file's bytes durably; with ``move`` the file is consumed."""
+        ...
+
+    def put_bytes(self, data: bytes) -> BlobInfo:
+        """Store bytes durably."""
+        ...
+
+    def read_bytes(self, sha256: str) -> bytes:
+        """Return a blob's bytes; ``FileNotFoundError`` if absent."""
+        ...
+
+    def exists(self, sha256: str) -> bool:
+        """Whether the blob is present."""
+        ...
+
+    def uri(self, sha256: str) -> str:
+        """A URI users can open to read the blob."""
+        ...
+
+    def iter_blobs(self) -> Iterator[str]:
+        """Every stored blob's SHA-256."""
+        ...
+
+    def verify(self, sha256: str) -> bool:
+        """Whether the stored bytes still hash to ``sha256``."""
+        ...

@@ -1,0 +1,164 @@
+"""Content-addressed blobs on the local filesystem (the embedded default).
+
+Layout: ``<root>/sha256/<first two hex>/<full hex>``. A blob becomes visible
+under its final name only after its bytes are fsynced (temp file, fsync,
+rename, directory fsync), so a name always means complete bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from .base import BlobInfo
+
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+CHUNK = 1 << 20
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_sha(sha256: str) -> str:
+    """Validate a hex SHA-256 string so it can never escape the store's root."""
+    if not isinstance(sha256, str) or not _HEX.match(sha256):
+        raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+    return sha256
+
+
+class LocalBlobStore:
+    """Blobs in a directory, deduplicated by SHA-256."""
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True):
+        self.root = Path(root).resolve()
+        self.fsync = fsync
+        self._objects = self.root / "sha256"
+        self._tmp = self.root / "tmp"
+        self._objects.mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        """Final path of a blob (whether or not it exists)."""
+        check_sha(sha256)
+        return self._objects / sha256[:2] / sha256
+
+    def uri(self, sha256: str) -> str:
+        """A ``file://`` URI of the blob."""
+        return self.path(sha256).as_uri()
+
+    def exists(self, sha256: str) -> bool:
+        """Whether the blob is present."""
+        return self.path(sha256).is_file()
+
+    def put_bytes(self, data: bytes) -> BlobInfo:
+        """Store bytes durably and return their address."""
+        sha = hashlib.sha256(data).hexdigest()
+        if self.exists(sha):
+            return BlobInfo(sha, len(data))
+        tmp = self._tmp / f"{uuid.uuid4().hex}.part"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._publish(tmp, sha)
+        return BlobInfo(sha, len(data))
+
+    def put_file(self, path: str | os.PathLike[str], *, move: bool = False) -> BlobInfo:
+        """Store a file's bytes; with ``move`` the file is renamed in when possible."""
+        src = Path(path)
+        if move:
+            return self._move_in(src)
+        digest = hashlib.sha256()
+        size = 0
+        tmp = self._tmp / f"{uuid.uuid4().hex}.part"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        try:
+            with open(src, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
+            if self.fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        sha = digest.hexdigest()
+        if self.exists(sha):
+            tmp.unlink()
+            return BlobInfo(sha, size)
+        self._publish(tmp, sha)
+        return BlobInfo(sha, size)
+
+    def _move_in(self, src: Path) -> BlobInfo:
+        digest = hashlib.sha256()
+        size = 0
+        with open(src, "rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+            if self.fsync:
+                os.fsync(f.fileno())
+        sha = digest.hexdigest()
+        if self.exists(sha):
+            src.unlink()
+            return BlobInfo(sha, size)
+        try:
+            os.chmod(src, 0o444)
+            self._publish(src, sha)
+        except OSError:
+            # Different filesystem (EXDEV) or similar: fall back to a copy.
+            info = self.put_file(src)
+            src.unlink()
+            return info
+        return BlobInfo(sha, size)
+
+    def _publish(self, tmp: Path, sha: str) -> None:
+        final = self.path(sha)
+        final.parent.mkdir(exist_ok=True)
+        os.rename(tmp, final)
+        if self.fsync:
+            _fsync_dir(str(final.parent))
+
+    def read_bytes(self, sha256: str) -> bytes:
+        """Return a blob's bytes."""
+        try:
+            return self.path(sha256).read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"blob {sha256} is missing from the store at {self.root}") from None
+
+    def iter_blobs(self) -> Iterator[str]:
+        """Every stored blob's SHA-256, in no particular order."""
+        for sub in sorted(self._objects.iterdir()):
+            if sub.is_dir():
+                for p in sorted(sub.iterdir()):
+                    if _HEX.match(p.name):
+                        yield p.name
+
+    def verify(self, sha256: str) -> bool:
+        """Whether the stored bytes still hash to their name."""
+        digest = hashlib.sha256()
+        with open(self.path(sha256), "rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest() == sha256
