@@ -16,7 +16,7 @@ import anyio.to_thread
 
 from ledger.events import ArtifactRecorded, PinChanged
 from projections.catalog import Catalog, Row
-from projections.query import Filter, best as best_row, by_uri_sha, rank, select
+from projections.query import Filter, best as best_row, by_blob, rank, select
 from store.local import check_sha
 
 from . import content
@@ -254,7 +254,7 @@ class ArtifactFacade:
             except ValueError:
                 sha = None
             if sha is not None and path == self._src.store.path(sha):
-                row = by_uri_sha(cat, sha)
+                row = by_blob(cat, sha)
         if row is None:
             raise FileNotFoundError(f"no artifact with URI {uri!r} in the ledger at {self._src.root}")
         return cat, row

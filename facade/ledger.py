@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from pathlib import Path
@@ -178,11 +179,19 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
         log = SegmentLog(str(path / "log"), segment_bytes=segment_bytes, fsync=fsync)
         store = LocalBlobStore(path / "blobs", fsync=fsync)
         led = Ledger(path, log, store)
+        # Replay allocates millions of long-lived objects; the cyclic GC would
+        # rescan them over and over, so it is paused and the survivors frozen.
+        gc_was_on = gc.isenabled()
+        gc.disable()
         try:
             log.recover(lambda rec: led._apply_records([rec]))
         except BaseException:
             log.close()
             raise
+        finally:
+            if gc_was_on:
+                gc.enable()
+        gc.freeze()
         return led
 
     return await anyio.to_thread.run_sync(blocking_open)

@@ -1,7 +1,9 @@
 """Canonical, hashable forms of JSON label values for exact-equality matching.
 
 ``1`` and ``"1"`` differ, ``true`` and ``1`` differ, ``1`` and ``1.0`` are the
-same JSON number. Strings match case-sensitively and literally.
+same JSON number, strings match case-sensitively and literally. Strings,
+numbers and null are their own canonical form (Python already keeps them
+apart); only booleans (``True == 1`` in Python) and lists need wrapping.
 """
 
 from __future__ import annotations
@@ -14,16 +16,19 @@ RESERVED = ("run_id", "graph_id", "node_id", "project_id")
 def canon(value: Any) -> Any:
     """Return a hashable key that is equal exactly when the JSON values are equal."""
     t = type(value)
-    if t is str:
-        return ("s", value)
+    if t is str or t is int or t is float or value is None:
+        return value
     if t is bool:
         return ("b", value)
-    if t is int:
-        return ("n", value)
-    if t is float:
-        return ("n", int(value)) if value.is_integer() else ("n", value)
-    if value is None:
-        return ("z",)
     if t is list or t is tuple:
         return ("l", tuple(canon(v) for v in value))
     raise TypeError(f"{value!r} is not a JSON scalar or list of scalars")
+
+
+def is_plain(labels: dict[str, Any]) -> bool:
+    """Whether every value is already its own canonical form (no bools, no lists)."""
+    for v in labels.values():
+        t = type(v)
+        if t is bool or t is list or t is tuple:
+            return False
+    return True

@@ -1,17 +1,23 @@
 """Read-side queries over a Catalog: filtering, ranking and best-by-metric.
 
-Pure functions; the facade turns scopes and label filters into a ``Filter``.
+Pure functions. ``upto`` restricts every query to the catalogue as it was after
+event ``upto`` (index lists are in seq order, so that is a cut of each list).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any
 
 from .catalog import Catalog, Row
-from .labels import canon
+from .labels import RESERVED, canon
 
 _MISSING = object()
+
+
+def _seq(row: Row) -> int:
+    return row.seq
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +27,7 @@ class Filter:
     ``impossible`` marks a filter that two constraints made unsatisfiable.
     """
 
+    ids: tuple[tuple[str, Any], ...] = ()
     labels: tuple[tuple[str, Any], ...] = ()
     kind: str | None = None
     impossible: bool = False
@@ -31,22 +38,37 @@ class Filter:
         merged = {k: canon(v) for k, v in constraints.items()}
         for k, v in (extra or {}).items():
             c = canon(v)
-            if merged.get(k, c) != c:
+            if k in merged and merged[k] != c:
                 return cls(kind=kind, impossible=True)
             merged[k] = c
-        return cls(labels=tuple(sorted(merged.items())), kind=kind)
+        ids = tuple(sorted((k, v) for k, v in merged.items() if k in RESERVED))
+        labels = tuple(sorted((k, v) for k, v in merged.items() if k not in RESERVED))
+        return cls(ids=ids, labels=labels, kind=kind)
+
+
+def visible(state: Catalog, upto: int | None) -> int | None:
+    """Normalise ``upto``: None when it covers the whole state."""
+    return None if upto is None or upto >= state.head_seq else upto
+
+
+def _cut(lst: list[Row], upto: int | None) -> int:
+    if upto is None or not lst or lst[-1].seq <= upto:
+        return len(lst)
+    return bisect_right(lst, upto, key=_seq)
 
 
 def _candidates(state: Catalog, f: Filter) -> list[Row]:
     """The shortest index list that every match must appear in."""
     lists: list[list[Row]] = []
-    lab = dict(f.labels)
-    run, graph, node = lab.get("run_id"), lab.get("graph_id"), lab.get("node_id")
-    if run is not None and graph is not None and run[0] == "s" and graph[0] == "s":
-        if node is not None and node[0] == "s":
-            lists.append(state.by_node.get((run[1], graph[1], node[1]), []))
+    ids = dict(f.ids)
+    run, graph, node = ids.get("run_id", _MISSING), ids.get("graph_id", _MISSING), ids.get("node_id", _MISSING)
+    if type(run) is str and type(graph) is str:
+        if type(node) is str:
+            lists.append(state.by_node.get((run, graph, node), []))
         else:
-            lists.append(state.by_graph.get((run[1], graph[1]), []))
+            lists.append(state.by_graph.get((run, graph), []))
+    for item in f.ids:
+        lists.append(state.by_label.get(item, []))
     for item in f.labels:
         lists.append(state.by_label.get(item, []))
     if f.kind is not None:
@@ -57,8 +79,12 @@ def _candidates(state: Catalog, f: Filter) -> list[Row]:
 
 
 def _matches(row: Row, f: Filter) -> bool:
-    if f.kind is not None and row.ev.kind != f.kind:
+    ev = row.ev
+    if f.kind is not None and ev.kind != f.kind:
         return False
+    for k, c in f.ids:
+        if getattr(ev, k) != c:
+            return False
     keys = row.keys
     for k, c in f.labels:
         if keys.get(k, _MISSING) != c:
@@ -66,12 +92,14 @@ def _matches(row: Row, f: Filter) -> bool:
     return True
 
 
-def select(state: Catalog, f: Filter, limit: int | None = None) -> list[Row]:
+def select(state: Catalog, f: Filter, limit: int | None = None, upto: int | None = None) -> list[Row]:
     """Matching rows, newest first (highest seq first)."""
     if f.impossible:
         return []
+    cand = _candidates(state, f)
     out: list[Row] = []
-    for row in reversed(_candidates(state, f)):
+    for i in range(_cut(cand, visible(state, upto)) - 1, -1, -1):
+        row = cand[i]
         if _matches(row, f):
             out.append(row)
             if limit is not None and len(out) >= limit:
@@ -79,11 +107,14 @@ def select(state: Catalog, f: Filter, limit: int | None = None) -> list[Row]:
     return out
 
 
-def rank(state: Catalog, f: Filter, metric: str, mode: str, limit: int | None = None) -> list[Row]:
+def rank(state: Catalog, f: Filter, metric: str, mode: str, limit: int | None = None,
+         upto: int | None = None) -> list[Row]:
     """Rows having ``metric``, best first; ties broken newest first."""
     if f.impossible:
         return []
-    rows = [r for r in _candidates(state, f) if metric in r.ev.metrics and _matches(r, f)]
+    cand = _candidates(state, f)
+    n = _cut(cand, visible(state, upto))
+    rows = [r for r in (cand if n == len(cand) else cand[:n]) if metric in r.ev.metrics and _matches(r, f)]
     if mode == "max":
         rows.sort(key=lambda r: (r.ev.metrics[metric], r.seq), reverse=True)
     else:
@@ -91,39 +122,88 @@ def rank(state: Catalog, f: Filter, metric: str, mode: str, limit: int | None = 
     return rows if limit is None else rows[:limit]
 
 
-_TABLE_SCOPES = {
-    (): ("all", lambda lab: None),
-    ("run_id",): ("run", lambda lab: lab["run_id"][1]),
-    ("graph_id", "run_id"): ("graph", lambda lab: (lab["run_id"][1], lab["graph_id"][1])),
-    ("graph_id", "node_id", "run_id"): ("node", lambda lab: (lab["run_id"][1], lab["graph_id"][1], lab["node_id"][1])),
-    ("project_id",): ("project", lambda lab: lab["project_id"][1]),
-}
-
-
-def best(state: Catalog, f: Filter, metric: str, mode: str) -> Row | None:
-    """The first row of ``rank``: O(1) from the best tables when the filter is a plain scope."""
-    if f.impossible:
+def _table_key(f: Filter) -> tuple[str, Any] | None:
+    """The best-table (scope, key) a filter is exactly equivalent to, if any."""
+    if f.labels or f.kind is None:
         return None
-    lab = dict(f.labels)
-    table = _TABLE_SCOPES.get(tuple(k for k, _ in f.labels))
-    if table is not None and f.kind is not None and all(c[0] == "s" for c in lab.values()):
-        entry = state.best.get((table[0], table[1](lab), f.kind, metric))
-        if entry is None:
-            return None
-        return entry[0] if mode == "max" else entry[1]
-    winner: Row | None = None
-    wv: Any = None
-    for r in _candidates(state, f):
+    ids = dict(f.ids)
+    if not all(type(v) is str for v in ids.values()):
+        return None
+    names = tuple(k for k, _ in f.ids)
+    if names == ():
+        return ("all", None)
+    if names == ("run_id",):
+        return ("run", ids["run_id"])
+    if names == ("graph_id", "run_id"):
+        return ("graph", (ids["run_id"], ids["graph_id"]))
+    if names == ("graph_id", "node_id", "run_id"):
+        return ("node", (ids["run_id"], ids["graph_id"], ids["node_id"]))
+    if names == ("project_id",):
+        return ("project", ids["project_id"])
+    return None
+
+
+def _scan_best(state: Catalog, f: Filter, metric: str, upto: int | None) -> list[Row | None]:
+    """[max row, min row] by a linear pass; later rows win ties (they are newer)."""
+    hi: Row | None = None
+    lo: Row | None = None
+    hv: Any = None
+    lv: Any = None
+    cand = _candidates(state, f)
+    for i in range(_cut(cand, upto)):
+        r = cand[i]
         v = r.ev.metrics.get(metric, _MISSING)
         if v is _MISSING or not _matches(r, f):
             continue
-        # Candidates ascend in seq, so >= / <= lets the newer of equal values win.
-        if winner is None or (v >= wv if mode == "max" else v <= wv):
-            winner, wv = r, v
-    return winner
+        if hi is None or v >= hv:
+            hi, hv = r, v
+        if lo is None or v <= lv:
+            lo, lv = r, v
+    return [hi, lo]
 
 
-def by_uri_sha(state: Catalog, sha256: str) -> Row | None:
+def best(state: Catalog, f: Filter, metric: str, mode: str, upto: int | None = None) -> Row | None:
+    """The first row of ``rank``; O(1) from the best tables when the filter is a plain scope."""
+    if f.impossible:
+        return None
+    upto = visible(state, upto)
+    sk = _table_key(f) if upto is None else None
+    if sk is None:
+        entry = _scan_best(state, f, metric, upto)
+    else:
+        assert f.kind is not None
+        tables = state.best.setdefault((f.kind, metric), {})
+        entry = tables.get(sk)
+        if entry is None:
+            entry = tables[sk] = _scan_best(state, f, metric, None)
+    return entry[0] if mode == "max" else entry[1]
+
+
+def pinned_at(state: Catalog, row: Row, upto: int | None) -> bool:
+    """An artifact's pin state after event ``upto`` (current state when None)."""
+    aid = row.ev.artifact_id
+    if upto is None or upto >= state.head_seq:
+        return state.pinned[aid]
+    hist = state.pin_history.get(aid)
+    if not hist:
+        return row.ev.pinned
+    i = bisect_right(hist, upto, key=lambda h: h[0])
+    return hist[i - 1][1] if i else row.ev.pinned
+
+
+def seq_at_time(state: Catalog, ts_us: int) -> int:
+    """The last seq committed at or before ``ts_us`` (0 if none)."""
+    return bisect_right(state.times, ts_us)
+
+
+def by_blob(state: Catalog, sha256: str, upto: int | None = None) -> Row | None:
     """The newest artifact over a blob (URIs name blobs, which artifacts may share)."""
-    rows = state.by_sha.get(sha256)
-    return rows[-1] if rows else None
+    row = state.by_sha.get(sha256)
+    upto = visible(state, upto)
+    if row is None or upto is None or row.seq <= upto:
+        return row
+    ordered = state.ordered
+    for i in range(_cut(ordered, upto) - 1, -1, -1):
+        if ordered[i].ev.sha256 == sha256:
+            return ordered[i]
+    return None
