@@ -68,7 +68,7 @@ def _matches(row: Row, f: Filter) -> bool:
 
 def select(state: Catalog, f: Filter, limit: int | None = None) -> list[Row]:
     """Matching rows, newest first (highest seq first)."""
-    if f.impossible:
+    if f.impossible or limit == 0:
         return []
     out: list[Row] = []
     for row in reversed(_candidates(state, f)):
