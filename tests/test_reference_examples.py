@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 from pathlib import Path
@@ -10,7 +11,7 @@ import anyio
 import numpy as np
 import PIL.Image as Image
 
-from facade import Artifact, open_ledger
+from facade import Artifact, ArtifactFacade, open_ledger
 
 IDS = {"run_id": "run-1", "graph_id": "graph-a", "node_id": "node-x"}
 
@@ -180,3 +181,49 @@ def test_writer_numpy(root):
         assert await context.artifacts().load_artifact(art.uri) == data
 
     anyio.run(_run(body), root)
+
+
+# name -> [(parameter, kind, default)]; "-" marks a required parameter.
+P, K = "POSITIONAL_OR_KEYWORD", "KEYWORD_ONLY"
+REFERENCE_SIGNATURES = {
+    "stage": [("ext", P, "")],
+    "ingest": [("staged_path", P, "-"), ("kind", K, "-"), ("labels", K, None), ("metrics", K, None),
+               ("suggested_uri", K, None), ("pin", K, False)],
+    "save": [("path", P, "-"), ("kind", K, "-"), ("labels", K, None), ("metrics", K, None),
+             ("suggested_uri", K, None), ("pin", K, False)],
+    "writer": [("kind", K, "-"), ("planned_ext", K, None), ("pin", K, False)],
+    "stage_dir": [("suffix", P, "")],
+    "ingest_dir": [("staged_dir", P, "-")],
+    "tmp_path": [("suffix", P, "")],
+    "load_artifact": [("uri", P, "-")],
+    "load_artifact_bytes": [("uri", P, "-")],
+    "list": [("scope", K, "run")],
+    "search": [("kind", K, None), ("labels", K, None), ("metric", K, None), ("mode", K, None), ("scope", K, "run"),
+               ("extra_scope_labels", K, None)],
+    "best": [("kind", K, "-"), ("metric", K, "-"), ("mode", K, "-"), ("scope", K, "run"), ("filters", K, None)],
+    "pin": [("artifact_id", P, "-"), ("pinned", P, True)],
+}
+
+
+def test_facade_methods_have_the_reference_signatures():
+    """Every reference method exists with its parameter names, kinds and defaults (extras only as optional keywords)."""
+    for name, params in REFERENCE_SIGNATURES.items():
+        fn = getattr(ArtifactFacade, name)
+        sig = inspect.signature(fn)
+        got = {p.name: p for p in sig.parameters.values() if p.name != "self"}
+        for pname, kind, default in params:
+            assert pname in got, (name, pname)
+            p = got[pname]
+            assert p.kind.name == kind, (name, pname, p.kind)
+            want = inspect.Parameter.empty if default == "-" else default
+            assert p.default == want, (name, pname, p.default)
+        for extra in set(got) - {p[0] for p in params}:
+            p = got[extra]
+            assert p.kind is inspect.Parameter.VAR_KEYWORD or (
+                p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+            ), (name, extra)
+        if name == "writer":
+            assert not inspect.iscoroutinefunction(fn)
+        else:
+            assert inspect.iscoroutinefunction(fn), name
+    assert "kw" in inspect.signature(ArtifactFacade.ingest_dir).parameters
