@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -173,6 +174,36 @@ def test_rule2_ingest_takes_staged_file_and_leaves_staging_empty(root):
         art2 = await arts.ingest(staged2, kind="text")
         assert art2.sha256 == art.sha256 and art2.artifact_id != art.artifact_id
         assert staging_names(ledger.root) == []
+
+    run_with_ledger(root, body)
+
+
+def test_rule2_ingest_of_hard_linked_staged_files_copies(root, tmp_path):
+    """Rule 2: a staged file hard-linked from elsewhere is copied, so that other name can never alter the blob."""
+    mine = tmp_path / "mine.txt"
+    mine.write_bytes(b"original")
+    nested = tmp_path / "nested.txt"
+    nested.write_bytes(b"nested original")
+
+    async def body(ledger):
+        arts = facade(ledger)
+        staged = await arts.stage(".txt")
+        os.unlink(staged)
+        os.link(mine, staged)
+        art = await arts.ingest(staged, kind="text")
+        d = await arts.stage_dir()
+        os.link(nested, Path(d) / "n.txt")
+        dir_art = await arts.ingest_dir(d)
+        assert staging_names(ledger.root) == []
+        for p in (mine, nested):
+            assert p.stat().st_nlink == 1
+            assert p.stat().st_mode & stat.S_IWUSR  # the caller's file was not made read-only
+        mine.write_bytes(b"tampered")
+        nested.write_bytes(b"tampered too")
+        assert await arts.load_artifact_bytes(art.uri) == b"original"
+        loaded = await arts.load_artifact(dir_art.uri)
+        assert (loaded / "n.txt").read_bytes() == b"nested original"
+        assert all(ledger.store.verify(sha) for sha in blob_names(ledger.root))
 
     run_with_ledger(root, body)
 
