@@ -812,14 +812,13 @@ BAD_METRICS = [
 ]
 
 
-async def _every_write(arts, tmp_path, **meta):
-    """Attempt each of the four write paths with the given metadata; yields the raised exceptions."""
+async def _every_write(ledger, arts, tmp_path, **meta):
+    """Attempt save, ingest, writer and ingest_dir with ``meta``; return what each raised (None if nothing)."""
     src = write_file(tmp_path / "payload.bin", b"payload")
     staged = await arts.stage(".bin")
     Path(staged).write_bytes(b"payload")
     staged_dir = await arts.stage_dir()
     write_file(Path(staged_dir) / "f.bin", b"payload")
-    ledger = arts._src
     before = snapshot(ledger)
     errors = []
 
@@ -857,7 +856,7 @@ def test_rule7_bad_labels_refused_naming_the_key_before_any_write(root, tmp_path
 
     async def body(ledger):
         arts = facade(ledger)
-        for err in await _every_write(arts, tmp_path, labels=labels):
+        for err in await _every_write(ledger, arts, tmp_path, labels=labels):
             assert type(err) is exc, err
             assert key in str(err), err
         assert arts.last_artifact is None
@@ -873,7 +872,7 @@ def test_rule7_bad_metrics_refused_naming_the_key_before_any_write(root, tmp_pat
 
     async def body(ledger):
         arts = facade(ledger)
-        for err in await _every_write(arts, tmp_path, metrics=metrics):
+        for err in await _every_write(ledger, arts, tmp_path, metrics=metrics):
             assert type(err) is exc, err
             assert key in str(err), err
         assert arts.last_artifact is None
@@ -1165,6 +1164,30 @@ def test_rule10_suffixes_are_kept_and_bad_suffixes_refused(root):
     run_with_ledger(root, body)
 
 
+def test_rule10_staged_paths_belong_to_their_own_ledger(tmp_path):
+    """Rule 10: a path staged by one ledger cannot be ingested by another; each keeps its own staging area."""
+
+    async def main():
+        async with open_ledger(tmp_path / "one") as one, open_ledger(tmp_path / "two") as two:
+            a1, a2 = facade(one), facade(two)
+            f1 = await a1.stage(".txt")
+            d1 = await a1.stage_dir()
+            Path(f1).write_text("from one")
+            write_file(Path(d1) / "x", b"x")
+            assert Path(f1).parent == one.root / "staging"
+            assert Path(await a2.stage()).parent == two.root / "staging"
+            before = snapshot(two)
+            with pytest.raises(ValueError):
+                await a2.ingest(f1, kind="text")
+            with pytest.raises(ValueError):
+                await a2.ingest_dir(d1)
+            assert snapshot(two) == before
+            assert Path(f1).read_text() == "from one"
+            assert (await a1.ingest(f1, kind="text")).kind == "text"
+
+    anyio.run(main)
+
+
 # ---------------------------------------------------------------- rule 11: suggested_uri
 def test_rule11_suggested_uri_recorded_on_every_write_path(root, tmp_path):
     """Rule 11: suggested_uri is recorded as given on save/ingest/writer/ingest_dir; blobs stay content-addressed."""
@@ -1204,7 +1227,7 @@ def test_rule11_absolute_dotdot_and_scheme_suggested_uri_refused(root, tmp_path,
 
     async def body(ledger):
         arts = facade(ledger)
-        for err in await _every_write(arts, tmp_path, suggested_uri=hint):
+        for err in await _every_write(ledger, arts, tmp_path, suggested_uri=hint):
             assert type(err) is ValueError, err
         with pytest.raises(TypeError):
             await arts.save(write_file(tmp_path / "x", b"x"), kind="k", suggested_uri=Path("rel"))
