@@ -554,6 +554,20 @@ def test_rule5_unknown_uri_raises_file_not_found_naming_it(root, tmp_path):
     run_with_ledger(root, body)
 
 
+def test_rule5_uri_round_trips_under_an_awkward_root(tmp_path):
+    """Rule 5: art.uri loads back even when the ledger root has spaces, %, #, ? and non-ASCII characters."""
+    root = tmp_path / "with space é%20#frag" / "L ?"
+
+    async def body(ledger):
+        arts = facade(ledger)
+        art = await arts.save(write_file(tmp_path / "x.txt", b"hi"), kind="text")
+        assert art.uri.startswith("file:///") and " " not in art.uri
+        assert await arts.load_artifact(art.uri) == "hi"
+        assert await arts.load_artifact_bytes(art.uri) == b"hi"
+
+    run_with_ledger(root, body)
+
+
 def test_rule5_shared_bytes_decode_by_each_artifacts_own_kind(root, tmp_path):
     """Rule 5 with rule 1: artifacts sharing bytes each load by their own kind through artifact://<id>."""
     data = b'{"x": 1}'
