@@ -169,9 +169,14 @@ class ArtifactFacade:
         return await self._ingest_file(p, origin="ingest", mime=content.guess_mime(p.name), meta=meta)
 
     async def _ingest_file(self, p: Path, *, origin: str, mime: str, meta: dict[str, Any]) -> Artifact:
-        info = await anyio.to_thread.run_sync(lambda: self._src.store.put_file(str(p), move=True))
-        return await self._record(origin=origin, sha256=info.sha256, size=info.size, mime=mime,
-                                  name=None, meta=meta)
+        store = self._src.store
+        info = await anyio.to_thread.run_sync(lambda: store.put_file(str(p), adopt=True))
+        art = await self._record(origin=origin, sha256=info.sha256, size=info.size, mime=mime,
+                                 name=None, meta=meta)
+        # Only now that the event is durable does staging let go of the file;
+        # had recording failed, the staged file would still be there to retry.
+        p.unlink(missing_ok=True)
+        return art
 
     @asynccontextmanager
     async def writer(self, *, kind: str, planned_ext: str | None = None, pin: bool = False,
@@ -216,7 +221,7 @@ class ArtifactFacade:
             entries = []
             total = 0
             for rel, full in files:
-                info = store.put_file(full, move=True)
+                info = store.put_file(full, adopt=True)
                 entries.append({"path": rel, "sha256": info.sha256, "bytes": info.size})
                 total += info.size
             manifest = store.put_bytes(content.encode_manifest(entries, dirs))
@@ -251,13 +256,19 @@ class ArtifactFacade:
             if row is not None and upto is not None and row.seq > upto:
                 row = None  # recorded after the moment this view shows
         elif uri.startswith("file://"):
-            path = Path(unquote(urlparse(uri).path))
+            parsed = urlparse(uri)
+            path = Path(unquote(parsed.path))
             try:
                 sha = check_sha(path.name)
             except ValueError:
                 sha = None
             if sha is not None and path == self._src.store.path(sha):
-                row = by_blob(cat, sha, upto)
+                if parsed.fragment:
+                    row = cat.rows.get(parsed.fragment)
+                    if row is not None and (row.ev.sha256 != sha or (upto is not None and row.seq > upto)):
+                        row = None
+                else:
+                    row = by_blob(cat, sha, upto)
         if row is None:
             raise FileNotFoundError(f"no artifact with URI {uri!r} in the ledger at {self._src.root}")
         return cat, row

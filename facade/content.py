@@ -109,12 +109,16 @@ def materialize(manifest: dict[str, Any], read_blob, target: Path) -> Path:
             dest.write_bytes(read_blob(entry["sha256"]))
             # Cached trees are shared by every load; keep them read-only.
             os.chmod(dest, 0o444)
+        # Cached trees are shared by every load: no file or folder in them is writable.
+        for d in sorted(manifest["dirs"], key=len, reverse=True):
+            os.chmod(tmp / d, 0o555)
+        os.chmod(tmp, 0o555)
         try:
             os.rename(tmp, target)
         except OSError:
             if not target.is_dir():
                 raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another loader won the race
+            _rmtree_force(tmp)  # another loader won the race
     except BaseException:
         if tmp.exists():
             _rmtree_force(tmp)
@@ -123,7 +127,9 @@ def materialize(manifest: dict[str, Any], read_blob, target: Path) -> Path:
 
 
 def _rmtree_force(path: Path) -> None:
+    # Directories were made read-only; deleting entries needs them writable again.
+    os.chmod(path, 0o755)
     for p in path.rglob("*"):
-        if p.is_file():
-            os.chmod(p, 0o644)
+        if p.is_dir() and not p.is_symlink():
+            os.chmod(p, 0o755)
     shutil.rmtree(path, ignore_errors=True)

@@ -301,7 +301,8 @@ def row_to_artifact(row: Row, pinned: bool, uri: str) -> Artifact:
         labels = dict(labels)
     return Artifact.model_construct(
         artifact_id=ev.artifact_id,
-        uri=uri,
+        # The fragment names the occurrence: artifacts sharing a blob keep their own URI.
+        uri=f"{uri}#{ev.artifact_id}",
         kind=ev.kind,
         sha256=ev.sha256,
         bytes=ev.size,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from typing import Any
 
@@ -116,11 +117,16 @@ def check_metrics(metrics: Any) -> dict[str, int | float]:
         if not isinstance(key, str):
             raise TypeError(f"metrics key {key!r} is a {type(key).__name__}; keys must be strings")
         _check_text("metrics key", key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or type(value).__name__ == "bool_" or not isinstance(value, numbers.Real):
             raise TypeError(f"metrics[{key!r}] is a {type(value).__name__}; metrics must be finite numbers")
-        if isinstance(value, float) and not math.isfinite(value):
+        # numbers.Integral/Real admit NumPy scalars (np.int64, np.float32), stored as plain int/float.
+        if isinstance(value, numbers.Integral):
+            out[key] = _check_int(f"metrics[{key!r}]", int(value))
+            continue
+        value = float(value)
+        if not math.isfinite(value):
             raise ValueError(f"metrics[{key!r}] is {value}; metrics must be finite numbers")
-        out[key] = float(value) if isinstance(value, float) else _check_int(f"metrics[{key!r}]", int(value))
+        out[key] = value
     return out
 
 

@@ -78,11 +78,19 @@ class LocalBlobStore:
         self._publish(tmp, sha)
         return BlobInfo(sha, len(data))
 
-    def put_file(self, path: str | os.PathLike[str], *, move: bool = False) -> BlobInfo:
-        """Store a file's bytes; with ``move`` the file is renamed in when possible."""
+    def put_file(self, path: str | os.PathLike[str], *, adopt: bool = False) -> BlobInfo:
+        """Store a file's bytes durably; the caller's file is left in place.
+
+        With ``adopt`` the store may hard-link the file's inode instead of copying
+        it (the caller then removes its name once the blob is recorded); a file
+        with other hard links is always copied, since another name could change
+        the blob's bytes.
+        """
         src = Path(path)
-        if move:
-            return self._move_in(src)
+        if adopt and os.lstat(src).st_nlink == 1:
+            info = self._link_in(src)
+            if info is not None:
+                return info
         digest = hashlib.sha256()
         size = 0
         tmp = self._tmp / f"{uuid.uuid4().hex}.part"
@@ -110,13 +118,8 @@ class LocalBlobStore:
         self._publish(tmp, sha)
         return BlobInfo(sha, size)
 
-    def _move_in(self, src: Path) -> BlobInfo:
-        if os.lstat(src).st_nlink > 1:
-            # Another name shares this inode: renaming it in would let that name
-            # change the blob's bytes (and chmod would hit it too), so copy instead.
-            info = self.put_file(src)
-            src.unlink()
-            return info
+    def _link_in(self, src: Path) -> BlobInfo | None:
+        """Publish ``src``'s inode under its address; None when linking is impossible."""
         digest = hashlib.sha256()
         size = 0
         with open(src, "rb") as f:
@@ -127,16 +130,14 @@ class LocalBlobStore:
                 os.fsync(f.fileno())
         sha = digest.hexdigest()
         if self.exists(sha):
-            src.unlink()
             return BlobInfo(sha, size)
+        tmp = self._tmp / f"{uuid.uuid4().hex}.part"
         try:
-            os.chmod(src, 0o444)
-            self._publish(src, sha)
+            os.link(src, tmp)
         except OSError:
-            # Different filesystem (EXDEV) or similar: fall back to a copy.
-            info = self.put_file(src)
-            src.unlink()
-            return info
+            return None  # another filesystem (EXDEV) or no hard links: copy instead
+        os.chmod(tmp, 0o444)
+        self._publish(tmp, sha)
         return BlobInfo(sha, size)
 
     def _publish(self, tmp: Path, sha: str) -> None:

@@ -569,7 +569,7 @@ def test_rule5_uri_round_trips_under_an_awkward_root(tmp_path):
 
 
 def test_rule5_shared_bytes_decode_by_each_artifacts_own_kind(root, tmp_path):
-    """Rule 5 with rule 1: artifacts sharing bytes each load by their own kind through artifact://<id>."""
+    """Rule 5 with rule 1: artifacts sharing bytes each load by their own kind, through art.uri and artifact://<id>."""
     data = b'{"x": 1}'
 
     async def body(ledger):
@@ -577,7 +577,12 @@ def test_rule5_shared_bytes_decode_by_each_artifacts_own_kind(root, tmp_path):
         as_json = await arts.save(write_file(tmp_path / "a.json", data), kind="json")
         as_text = await arts.save(write_file(tmp_path / "b.txt", data), kind="text")
         as_raw = await arts.save(write_file(tmp_path / "c.bin", data), kind="raw")
-        assert as_json.uri == as_text.uri == as_raw.uri  # one blob, one file URI
+        # One blob (same file part), but each occurrence keeps its own URI.
+        assert len({a.uri.split("#")[0] for a in (as_json, as_text, as_raw)}) == 1
+        assert len({as_json.uri, as_text.uri, as_raw.uri}) == 3
+        assert await arts.load_artifact(as_json.uri) == {"x": 1}
+        assert await arts.load_artifact(as_text.uri) == '{"x": 1}'
+        assert await arts.load_artifact(as_raw.uri) == data
         assert await arts.load_artifact(f"artifact://{as_json.id}") == {"x": 1}
         assert await arts.load_artifact(f"artifact://{as_text.id}") == '{"x": 1}'
         assert await arts.load_artifact(f"artifact://{as_raw.id}") == data
@@ -1223,7 +1228,8 @@ def test_rule11_suggested_uri_recorded_on_every_write_path(root, tmp_path):
                                                     None]
         assert [a.suggested_uri for a in reversed(await arts.list())] == [a.suggested_uri for a in made]
         for a in made:
-            assert a.uri == (ledger.root / "blobs" / "sha256" / a.sha256[:2] / a.sha256).as_uri()
+            # The store ignores the hint: the URI is the blob's content address plus the artifact id.
+            assert a.uri == (ledger.root / "blobs" / "sha256" / a.sha256[:2] / a.sha256).as_uri() + "#" + a.id
         for hint in ("plots", "tables", "nested", "reports"):
             assert not any(p.name == hint for p in ledger.root.rglob("*")), hint
             assert not (tmp_path / hint).exists()
