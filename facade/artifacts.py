@@ -245,8 +245,11 @@ class ArtifactFacade:
             raise TypeError(f"uri must be a string, got {type(uri).__name__}")
         cat = await self._src._refresh()
         row: Row | None = None
+        upto = self._src.upto
         if uri.startswith(ARTIFACT_SCHEME):
             row = cat.rows.get(uri[len(ARTIFACT_SCHEME):])
+            if row is not None and upto is not None and row.seq > upto:
+                row = None  # recorded after the moment this view shows
         elif uri.startswith("file://"):
             path = Path(unquote(urlparse(uri).path))
             try:
@@ -254,7 +257,7 @@ class ArtifactFacade:
             except ValueError:
                 sha = None
             if sha is not None and path == self._src.store.path(sha):
-                row = by_blob(cat, sha)
+                row = by_blob(cat, sha, upto)
         if row is None:
             raise FileNotFoundError(f"no artifact with URI {uri!r} in the ledger at {self._src.root}")
         return cat, row
@@ -312,7 +315,7 @@ class ArtifactFacade:
         """Artifacts in the scope, newest first."""
         f = self._filter(scope, None, None, None)
         cat = await self._src._refresh()
-        return self._out(cat, select(cat, f))
+        return self._out(cat, select(cat, f, upto=self._src.upto))
 
     async def search(self, *, kind: str | None = None, labels: dict | None = None, metric: str | None = None,
                      mode: Literal["max", "min"] | None = None, scope: Scope = "run",
@@ -324,8 +327,8 @@ class ArtifactFacade:
         f = self._filter(scope, kind, labels, extra_scope_labels)
         cat = await self._src._refresh()
         if metric is not None:
-            return self._out(cat, rank(cat, f, metric, mode, limit))  # type: ignore[arg-type]
-        return self._out(cat, select(cat, f, limit))
+            return self._out(cat, rank(cat, f, metric, mode, limit, upto=self._src.upto))  # type: ignore[arg-type]
+        return self._out(cat, select(cat, f, limit, upto=self._src.upto))
 
     async def best(self, *, kind: str, metric: str, mode: Literal["max", "min"], scope: Scope = "run",
                    filters: dict | None = None) -> Artifact | None:
@@ -334,5 +337,5 @@ class ArtifactFacade:
         check_ranking(metric, mode, required=True)
         f = self._filter(scope, kind, filters, None)
         cat = await self._src._refresh()
-        row = best_row(cat, f, metric, mode)
+        row = best_row(cat, f, metric, mode, upto=self._src.upto)
         return None if row is None else self._src._to_artifact(row, cat)

@@ -4,23 +4,35 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 import uuid
+import warnings
+from datetime import datetime, timedelta, timezone
+from itertools import islice
 from pathlib import Path
-from typing import Any, Generator
+from typing import Any, AsyncIterator, Callable, Generator
 
 import anyio
 import anyio.to_thread
 
+from ledger import checkpoints
 from ledger.errors import LedgerClosed, LedgerCorruption
 from ledger.events import Event, EventDecodeError, decode_event, encode_event
-from ledger.filelog import DEFAULT_SEGMENT_BYTES, SegmentLog
+from ledger.filelog import DEFAULT_SEGMENT_BYTES, Position, SegmentLog
 from ledger.framing import Record
 from ledger.group_commit import GroupCommitLog
+from projections import snapshot
 from projections.catalog import Catalog, Logged, Row, apply
+from projections.query import pinned_at, seq_at_time
 from store.local import LocalBlobStore
 
+from . import audit
 from .model import Artifact, utc_from_us
 from .validation import check_id
+from .view import LedgerView
+
+DEFAULT_CHECKPOINT_EVERY = 10_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 MARKER = "ARTIFACT-LEDGER"
 MARKER_TEXT = "artifact-ledger 1\n"
@@ -40,28 +52,97 @@ class Context:
 class Ledger:
     """An open ledger; create with ``open_ledger(root)``."""
 
-    def __init__(self, root: Path, log: SegmentLog, store: LocalBlobStore):
+    upto: int | None = None  # a live ledger sees everything; views set a cut
+
+    def __init__(self, root: Path, log: SegmentLog, store: LocalBlobStore, *,
+                 checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, fsync: bool = True):
         self.root = root
         self.store = store
         self.catalog = Catalog()
         self.staging = root / "staging"
         self.materialized = root / "materialized"
+        self.checkpoint_dir = root / "checkpoints"
+        self.checkpoint_every = checkpoint_every
+        self._fsync = fsync
         self._log = log
         self._gc = GroupCommitLog(log, self._apply_records)
         self._closed = False
+        self._ckpt_seq = 0  # seq of the newest checkpoint written or loaded
+        self._ckpt_thread: threading.Thread | None = None
+        self._ckpt_error: BaseException | None = None
 
     # ------------------------------------------------------------ lifecycle
     def _apply_records(self, records: list[Record]) -> None:
         cat = self.catalog
         for rec in records:
             apply(cat, Logged(rec.seq, rec.ts_us, _decode(rec)))
+        if records and cat.head_seq - self._ckpt_seq >= self.checkpoint_every and not self._closed:
+            self._start_checkpoint(records[-1].offset)
+
+    def _start_checkpoint(self, record_offset: int) -> None:
+        """Write a checkpoint in a background thread the ledger owns (joined on close)."""
+        if self._ckpt_thread is not None and self._ckpt_thread.is_alive():
+            return
+        cap = snapshot.capture(self.catalog)
+        pos = self._log.position()
+        self._ckpt_seq = cap.head_seq
+        self._ckpt_thread = threading.Thread(
+            target=self._write_checkpoint, args=(cap, pos, record_offset, True),
+            name=f"artifact-ledger checkpoint {cap.head_seq}",
+        )
+        self._ckpt_thread.start()
+
+    def _write_checkpoint(self, cap: snapshot.Capture, pos: Position, record_offset: int, background: bool) -> None:
+        try:
+            checkpoints.write(str(self.checkpoint_dir), snapshot.SNAPSHOT_SCHEMA, pos, record_offset,
+                              snapshot.encode_parts(cap), fsync=self._fsync)
+        except BaseException as exc:
+            if not background:
+                raise
+            # A checkpoint is only a cache: losing one costs replay time, never data.
+            self._ckpt_error = exc
+
+    async def _join_checkpoint(self) -> None:
+        t = self._ckpt_thread
+        if t is not None:
+            await anyio.to_thread.run_sync(t.join)
+            self._ckpt_thread = None
+        if self._ckpt_error is not None:
+            err, self._ckpt_error = self._ckpt_error, None
+            warnings.warn(f"a background checkpoint failed: {err!r}", checkpoints.CheckpointWarning, stacklevel=3)
+
+    async def checkpoint(self) -> int:
+        """Write a checkpoint of the current state now; returns the seq it reflects."""
+        self._check_open()
+        await self._join_checkpoint()
+        async with self._gc._lock:  # no append may move the head while the cut is taken
+            cat = self.catalog
+            if cat.head_seq == 0:
+                return 0
+            cap = snapshot.capture(cat)
+            pos = self._log.position()
+            rec_offset = self._head_record_offset()
+        await anyio.to_thread.run_sync(self._write_checkpoint, cap, pos, rec_offset, False)
+        self._ckpt_seq = cap.head_seq
+        return cap.head_seq
+
+    def _head_record_offset(self) -> int:
+        """Byte offset of the head record in its segment (read back from the log)."""
+        pos = self._log.position()
+        rec = next(iter(self._log.read_range(pos.seq, pos.seq)))
+        return rec.offset
 
     async def aclose(self) -> None:
-        """Finish in-flight writes and release the ledger's files."""
+        """Finish in-flight writes, checkpoint if the log moved on, and release the files."""
         if self._closed:
             return
-        self._closed = True
-        await self._gc.aclose()
+        try:
+            await self._join_checkpoint()
+            if self.catalog.head_seq > self._ckpt_seq and self._gc._poisoned is None:
+                await self.checkpoint()
+        finally:
+            self._closed = True
+            await self._gc.aclose()
 
     async def __aenter__(self) -> "Ledger":
         return self
@@ -80,15 +161,19 @@ class Ledger:
         return self._log.head_seq, self._log.head_hash.hex()
 
     # ------------------------------------------------------------ binding
-    def artifacts(self, *, run_id: str, graph_id: str, node_id: str, project_id: str | None = None):
-        """An ArtifactFacade bound to (run, graph, node, project)."""
-        from .artifacts import ArtifactFacade
-
+    @staticmethod
+    def _check_ids(run_id: Any, graph_id: Any, node_id: Any, project_id: Any) -> None:
         check_id("run_id", run_id)
         check_id("graph_id", graph_id)
         check_id("node_id", node_id)
         if project_id is not None:
             check_id("project_id", project_id)
+
+    def artifacts(self, *, run_id: str, graph_id: str, node_id: str, project_id: str | None = None):
+        """An ArtifactFacade bound to (run, graph, node, project)."""
+        from .artifacts import ArtifactFacade
+
+        self._check_ids(run_id, graph_id, node_id, project_id)
         return ArtifactFacade(self, run_id=run_id, graph_id=graph_id, node_id=node_id, project_id=project_id)
 
     def context(self, *, run_id: str, graph_id: str, node_id: str, project_id: str | None = None) -> Context:
@@ -113,7 +198,94 @@ class Ledger:
         return self.catalog
 
     def _to_artifact(self, row: Row, catalog: Catalog | None = None) -> Artifact:
-        return row_to_artifact(row, (catalog or self.catalog).pinned[row.ev.artifact_id], self.store.uri(row.ev.sha256))
+        return row_to_artifact(row, self.catalog.pinned[row.ev.artifact_id], self.store.uri(row.ev.sha256))
+
+    def _artifact_at(self, row: Row, seq: int) -> Artifact:
+        return row_to_artifact(row, pinned_at(self.catalog, row, seq), self.store.uri(row.ev.sha256))
+
+    # ------------------------------------------------------------ time travel and audit
+    def _seq_of(self, name: str, value: Any, *, upper: bool) -> int:
+        """A position argument (seq int or aware datetime) as a seq."""
+        if isinstance(value, datetime):
+            if value.tzinfo is None:
+                raise ValueError(f"{name}={value!r} is a naive datetime; pass a timezone-aware one (e.g. UTC)")
+            us = (value - _EPOCH) // timedelta(microseconds=1)
+            return seq_at_time(self.catalog, us) if upper else seq_at_time(self.catalog, us - 1) + 1
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be a seq (int) or a timezone-aware datetime, got {value!r}")
+        return value
+
+    async def as_of(self, *, seq: int | None = None, time: datetime | None = None) -> LedgerView:
+        """A read-only view of the catalogue right after event ``seq`` (or the last at or before ``time``)."""
+        if (seq is None) == (time is None):
+            raise ValueError("as_of() takes exactly one of seq= or time=")
+        cat = await self._refresh()
+        head = cat.head_seq
+        if head == 0:
+            raise ValueError("the ledger has no events yet, so there is no past state to view")
+        if seq is not None:
+            n = self._seq_of("seq", seq, upper=True)
+            if not 1 <= n <= head:
+                raise ValueError(f"seq {n} is outside the ledger's range 1..{head}")
+        else:
+            n = self._seq_of("time", time, upper=True)
+            if n == 0:
+                first = utc_from_us(cat.times[0]).isoformat()
+                raise ValueError(f"time {time.isoformat()} is before the first event (committed at {first}); "  # type: ignore[union-attr]
+                                 f"valid times are {first} or later")
+        return LedgerView(self, n)
+
+    async def events(self, since: int | datetime | None = None,
+                     until: int | datetime | None = None) -> AsyncIterator[audit.LedgerEvent]:
+        """Iterate recorded events in order, with seq, time and hash; bounds are inclusive."""
+        cat = await self._refresh()
+        lo = 1 if since is None else self._seq_of("since", since, upper=False)
+        hi = cat.head_seq if until is None else self._seq_of("until", until, upper=True)
+        it = self._log.read_range(max(lo, 1), min(hi, cat.head_seq))
+        while True:
+            batch = await anyio.to_thread.run_sync(lambda: list(islice(it, 2048)))
+            if not batch:
+                return
+            for rec in batch:
+                yield audit.LedgerEvent.from_record(rec)
+
+    async def history(self, artifact_id: str) -> list[audit.LedgerEvent]:
+        """Every event that touched one artifact: its recording and its pin changes."""
+        cat = await self._refresh()
+        row = cat.rows.get(artifact_id)
+        if row is None:
+            raise KeyError(f"unknown artifact_id {artifact_id!r}")
+        seqs = [row.seq] + [s for s, _ in cat.pin_history.get(artifact_id, [])]
+
+        def read() -> list[audit.LedgerEvent]:
+            return [audit.LedgerEvent.from_record(next(iter(self._log.read_range(s, s)))) for s in seqs]
+
+        return await anyio.to_thread.run_sync(read)
+
+    async def diff(self, a: int | datetime, b: int | datetime) -> audit.Diff:
+        """What changed from position ``a`` to ``b``: artifacts added, pins changed, best winners changed."""
+        cat = await self._refresh()
+        sa = self._seq_of("a", a, upper=True)
+        sb = self._seq_of("b", b, upper=True)
+        head = cat.head_seq
+        if not 0 <= sa <= head or not 0 <= sb <= head:
+            raise ValueError(f"diff positions must be within 0..{head}, got {sa} and {sb}")
+        if sa > sb:
+            raise ValueError(f"diff(a, b) needs a <= b, got a={sa} b={sb}")
+        return audit.diff(cat, sa, sb, self._artifact_at)
+
+    async def verify(self, expect_head: tuple[int, str] | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> audit.VerifyResult:
+        """Walk the whole hash chain and re-hash every blob; reports the first problem and the head."""
+        cat = await self._refresh()
+        if expect_head is not None:
+            if (not isinstance(expect_head, tuple) or len(expect_head) != 2 or not isinstance(expect_head[0], int)
+                    or not isinstance(expect_head[1], str)):
+                raise TypeError(f"expect_head must be a (seq, hex hash) tuple, got {expect_head!r}")
+        rows = cat.ordered[:]
+        return await anyio.to_thread.run_sync(
+            lambda: audit.verify(str(self.root / "log"), self.store, rows, expect_head=expect_head, progress=progress)
+        )
 
     def _new_staging_name(self, suffix: str) -> Path:
         return self.staging / f"{uuid.uuid4().hex}{suffix}"
@@ -171,20 +343,51 @@ def _prepare_root(root: Path, create: bool) -> None:
         (root / sub).mkdir(exist_ok=True)
 
 
-async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: int, fsync: bool) -> Ledger:
+def _load_checkpoint(led: Ledger, log: SegmentLog) -> Position | None:
+    """Load the newest checkpoint that matches the log; warn about and skip any other."""
+    for path in checkpoints.candidates(str(led.checkpoint_dir)):
+        try:
+            info, payload = checkpoints.read(path)
+            if info.schema != snapshot.SNAPSHOT_SCHEMA:
+                checkpoints.warn(path, f"snapshot schema {info.schema}, this library reads {snapshot.SNAPSHOT_SCHEMA}")
+                continue
+            pos = info.position
+            rec = log.record_at(pos.segment_first_seq, info.record_offset)
+            if rec is None or rec.seq != pos.seq or rec.hash != pos.hash or rec.offset + rec.length != pos.offset:
+                checkpoints.warn(path, f"it does not match the log's record at seq {pos.seq}")
+                continue
+            cat = snapshot.decode(payload)
+            if cat.head_seq != pos.seq:
+                checkpoints.warn(path, f"its snapshot is at seq {cat.head_seq}, its header says {pos.seq}")
+                continue
+        except (checkpoints.CheckpointError, snapshot.SnapshotError, OSError) as exc:
+            checkpoints.warn(path, str(exc))
+            continue
+        led.catalog = cat
+        led._ckpt_seq = pos.seq
+        return pos
+    return None
+
+
+async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: int, fsync: bool,
+                checkpoint_every: int) -> Ledger:
     path = Path(root).resolve()
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
 
     def blocking_open() -> Ledger:
         _prepare_root(path, create)
         log = SegmentLog(str(path / "log"), segment_bytes=segment_bytes, fsync=fsync)
         store = LocalBlobStore(path / "blobs", fsync=fsync)
-        led = Ledger(path, log, store)
+        led = Ledger(path, log, store, checkpoint_every=checkpoint_every, fsync=fsync)
         # Replay allocates millions of long-lived objects; the cyclic GC would
         # rescan them over and over, so it is paused and the survivors frozen.
         gc_was_on = gc.isenabled()
         gc.disable()
         try:
-            log.recover(lambda rec: led._apply_records([rec]))
+            start = _load_checkpoint(led, log)
+            cat = led.catalog
+            log.recover(lambda rec: apply(cat, Logged(rec.seq, rec.ts_us, _decode(rec))), start=start)
         except BaseException:
             log.close()
             raise
@@ -192,6 +395,8 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
             if gc_was_on:
                 gc.enable()
         gc.freeze()
+        if cat.head_seq - led._ckpt_seq >= checkpoint_every:
+            led._start_checkpoint(led._head_record_offset())
         return led
 
     return await anyio.to_thread.run_sync(blocking_open)
@@ -223,6 +428,8 @@ def open_ledger(
     create: bool = True,
     segment_bytes: int = DEFAULT_SEGMENT_BYTES,
     fsync: bool = True,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
 ) -> _Opener:
     """Open (or create) the embedded ledger in directory ``root``; await it or use ``async with``."""
-    return _Opener(root, {"create": create, "segment_bytes": segment_bytes, "fsync": fsync})
+    return _Opener(root, {"create": create, "segment_bytes": segment_bytes, "fsync": fsync,
+                          "checkpoint_every": checkpoint_every})

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import struct
 import time
 import warnings
+from bisect import bisect_right
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -33,6 +35,7 @@ from .framing import (
 
 SEGMENT_SUFFIX = ".seg"
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+SPARSE_EVERY = 1024
 
 
 class TornTailWarning(UserWarning):
@@ -80,6 +83,8 @@ class SegmentLog:
         self._seg_first = 0  # first seq of the current segment; 0 = no segment yet
         self._seg_fd: int | None = None
         self._end = 0  # bytes of the current segment already read or written
+        # Every SPARSE_EVERY-th record's (seq, segment first seq, offset), to seek by seq.
+        self._sparse: list[tuple[int, int, int]] = []
 
     # ----------------------------------------------------------------- locking
     @contextmanager
@@ -209,6 +214,8 @@ class SegmentLog:
                 if rec.prev_hash != self.head_hash:
                     raise LedgerCorruption(name, base + pos, rec.seq, "hash chain broken (previous-hash mismatch)")
                 on_record(rec)
+                if rec.seq % SPARSE_EVERY == 1:
+                    self._sparse.append((rec.seq, self._seg_first, rec.offset))
                 self.head_seq, self.head_hash, self.head_ts = rec.seq, rec.hash, rec.ts_us
                 pos += rec.length
                 self._end = base + pos
@@ -239,27 +246,85 @@ class SegmentLog:
             stacklevel=4,
         )
 
+    def record_at(self, segment_first_seq: int, offset: int) -> Record | None:
+        """The intact record at a byte offset of a segment, or None."""
+        path = os.path.join(self.directory, segment_name(segment_first_seq))
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                head = f.read(8)
+                if len(head) < 8:
+                    return None
+                (length,) = struct.unpack_from("<I", head)
+                data = head + f.read(length)
+        except FileNotFoundError:
+            return None
+        status, rec, _ = read_record(data, 0, segment_name(segment_first_seq), offset)
+        return rec if status == OK else None
+
+    def _start_for(self, seq: int) -> tuple[int, int, int]:
+        """(segment first seq, offset, seq of the record there) to start reading towards ``seq``."""
+        firsts = [s for s in self.segments() if s <= seq]
+        if not firsts:
+            raise ValueError(f"seq {seq} is before the first segment")
+        seg = firsts[-1]
+        i = bisect_right(self._sparse, (seq, 1 << 62, 0))
+        if i:
+            sseq, sseg, soff = self._sparse[i - 1]
+            if sseg == seg:
+                return seg, soff, sseq
+        return seg, SEGMENT_HEADER_SIZE, seg
+
+    def read_range(self, since: int = 1, until: int | None = None) -> Iterator[Record]:
+        """Committed records with since <= seq <= until (default: this process's head).
+
+        Committed records never change, so no lock is needed; reading stops at
+        ``until`` and never looks at a tail another writer may be extending.
+        """
+        last = self.head_seq if until is None else min(until, self.head_seq)
+        since = max(since, 1)
+        if since > last:
+            return
+        seg, off, expect = self._start_for(since)
+        while True:
+            name = segment_name(seg)
+            try:
+                with open(os.path.join(self.directory, name), "rb") as f:
+                    f.seek(off)
+                    data = f.read()
+            except FileNotFoundError:
+                raise LedgerCorruption(name, 0, expect, "segment is missing") from None
+            pos = 0
+            while pos < len(data):
+                status, rec, reason = read_record(data, pos, name, off)
+                if status != OK or rec is None or rec.seq != expect:
+                    raise LedgerCorruption(name, off + pos, expect, reason or "unexpected seq")
+                if rec.seq >= since:
+                    yield rec
+                if rec.seq >= last:
+                    return
+                expect += 1
+                pos += rec.length
+            seg, off = expect, SEGMENT_HEADER_SIZE
+
     def read_from(self, start_seq: int = 1) -> Iterator[Record]:
-        """Iterate committed records with seq >= start_seq (no repair, shared lock per segment)."""
+        """Every intact record on disk with seq >= start_seq, independent of this object's head."""
         for first in self.segments():
             nxt = [s for s in self.segments() if s > first]
             if nxt and nxt[0] <= start_seq:
                 continue
-            with self.locked(exclusive=False):
-                path = os.path.join(self.directory, segment_name(first))
-                with open(path, "rb") as f:
-                    data = f.read()
             name = segment_name(first)
+            with open(os.path.join(self.directory, name), "rb") as f:
+                data = f.read()
             try:
                 decode_segment_header(data)
             except HeaderError as exc:
                 raise LedgerCorruption(name, 0, first, f"bad segment header: {exc}") from exc
             pos = SEGMENT_HEADER_SIZE
             while pos < len(data):
-                status, rec, reason = read_record(data, pos, name, 0)
-                if status != OK:
+                status, rec, _ = read_record(data, pos, name, 0)
+                if status != OK or rec is None:
                     break
-                assert rec is not None
                 if rec.seq >= start_seq:
                     yield rec
                 pos += rec.length
@@ -292,6 +357,8 @@ class SegmentLog:
                 buf += frame
                 rec = Record(seq, ts, self.head_hash, h, payload, segment_name(self._seg_first), offset, len(frame))
                 out.append(rec)
+                if seq % SPARSE_EVERY == 1:
+                    self._sparse.append((seq, self._seg_first, offset))
                 self.head_seq, self.head_hash, self.head_ts = seq, h, ts
             self._write(buf, start)
             return out

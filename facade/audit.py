@@ -1,0 +1,266 @@
+"""Audit: typed event listings, diffs between positions, and full verification."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Iterable
+
+import msgspec
+
+from ledger.errors import LedgerCorruption
+from ledger.events import ArtifactRecorded, Event, EventDecodeError, PinChanged, decode_event
+from ledger.filelog import SegmentLog
+from ledger.framing import Record
+from projections.catalog import Catalog, Row, scope_keys_of
+from projections.query import Filter, _scan_best, pinned_at
+
+from . import content
+from .model import Artifact, utc_from_us
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEvent:
+    """One recorded event with its position, commit time and hash-chain links."""
+
+    seq: int
+    time: datetime
+    hash: str
+    prev_hash: str
+    event: Event
+
+    @classmethod
+    def from_record(cls, rec: Record) -> "LedgerEvent":
+        """Decode a log record into a typed event."""
+        try:
+            ev = decode_event(rec.payload)
+        except EventDecodeError as exc:
+            raise LedgerCorruption(rec.segment, rec.offset, rec.seq, str(exc)) from exc
+        return cls(rec.seq, utc_from_us(rec.ts_us), rec.hash.hex(), rec.prev_hash.hex(), ev)
+
+    @property
+    def type(self) -> str:
+        """The event's type tag (e.g. ``artifact.recorded``)."""
+        return type(self.event).__struct_config__.tag  # type: ignore[return-value]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: position, time, hashes and the event's fields."""
+        return {
+            "seq": self.seq,
+            "time": self.time.isoformat(),
+            "hash": self.hash,
+            "prev_hash": self.prev_hash,
+            "type": self.type,
+            "event": msgspec.to_builtins(self.event),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PinChange:
+    """An existing artifact whose pin state differs between the two positions."""
+
+    artifact_id: str
+    before: bool
+    after: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BestChange:
+    """A best-by-metric table whose winner changed."""
+
+    scope: str
+    scope_key: dict[str, str]
+    kind: str
+    metric: str
+    mode: str
+    old: Artifact | None
+    new: Artifact | None
+
+
+@dataclass(frozen=True, slots=True)
+class Diff:
+    """What changed between seq ``a`` and seq ``b``."""
+
+    a: int
+    b: int
+    added: list[Artifact]
+    pins: list[PinChange]
+    best: list[BestChange]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict of the whole diff."""
+        art = lambda x: None if x is None else x.model_dump(mode="json")  # noqa: E731
+        return {
+            "a": self.a,
+            "b": self.b,
+            "added": [art(x) for x in self.added],
+            "pins": [{"artifact_id": p.artifact_id, "before": p.before, "after": p.after} for p in self.pins],
+            "best": [
+                {"scope": c.scope, "scope_key": c.scope_key, "kind": c.kind, "metric": c.metric, "mode": c.mode,
+                 "old": art(c.old), "new": art(c.new)}
+                for c in self.best
+            ],
+        }
+
+
+_SCOPE_IDS = {
+    "node": ("run_id", "graph_id", "node_id"),
+    "graph": ("run_id", "graph_id"),
+    "run": ("run_id",),
+    "project": ("project_id",),
+    "all": (),
+}
+
+
+def _scope_dict(scope: str, key: Any) -> dict[str, str]:
+    names = _SCOPE_IDS[scope]
+    if not names:
+        return {}
+    values = key if isinstance(key, tuple) else (key,)
+    return dict(zip(names, values))
+
+
+def diff(cat: Catalog, a: int, b: int, to_artifact: Callable[[Row, int], Artifact]) -> Diff:
+    """Compare the catalogue after seq ``a`` with the catalogue after seq ``b`` (a <= b)."""
+    added_rows = [r for r in cat.ordered if a < r.seq <= b]
+    pins: list[PinChange] = []
+    touched = sorted({aid for s, aid, _ in cat.pin_events if a < s <= b})
+    for aid in touched:
+        row = cat.rows[aid]
+        if row.seq > a:
+            continue  # new since a: reported among the added artifacts, with its pin state at b
+        before, after = pinned_at(cat, row, a), pinned_at(cat, row, b)
+        if before != after:
+            pins.append(PinChange(aid, before, after))
+    keys: dict[tuple[str, Any, str, str], None] = {}
+    for r in added_rows:
+        for metric in r.ev.metrics:
+            for scope, key in scope_keys_of(r.ev):
+                keys[(scope, key, r.ev.kind, metric)] = None
+    changes: list[BestChange] = []
+    for scope, key, kind, metric in keys:
+        f = Filter.build(_scope_dict(scope, key), None, kind)
+        old = _scan_best(cat, f, metric, a)
+        new = _scan_best(cat, f, metric, b)
+        for i, mode in enumerate(("max", "min")):
+            o, n = old[i], new[i]
+            if (o is None) != (n is None) or (o is not None and n is not None and o.seq != n.seq):
+                changes.append(BestChange(
+                    scope, _scope_dict(scope, key), kind, metric, mode,
+                    None if o is None else to_artifact(o, a), None if n is None else to_artifact(n, b),
+                ))
+    return Diff(a, b, [to_artifact(r, b) for r in added_rows], pins, changes)
+
+
+@dataclass
+class VerifyResult:
+    """Outcome of a full verification: chain, records and blobs."""
+
+    ok: bool
+    head: tuple[int, str]
+    records: int = 0
+    blobs: int = 0
+    bytes: int = 0
+    problem: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict of the result."""
+        return {"ok": self.ok, "head": {"seq": self.head[0], "hash": self.head[1]}, "records": self.records,
+                "blobs": self.blobs, "bytes": self.bytes, "problem": self.problem, "problems": self.problems}
+
+
+def verify(log_dir: str, store: Any, rows: Iterable[Row], *, expect_head: tuple[int, str] | None = None,
+           progress: Callable[[int, int], None] | None = None) -> VerifyResult:
+    """Walk the hash chain of every record and re-hash every referenced blob (blocking)."""
+    log = SegmentLog(log_dir, fsync=False)
+    rows = list(rows)
+    shas: dict[str, str] = {}
+    for r in rows:
+        shas.setdefault(r.ev.sha256, r.ev.artifact_id)
+    seg_bytes = sum(os.path.getsize(os.path.join(log_dir, n)) for n in os.listdir(log_dir) if n.endswith(".seg"))
+    blob_bytes = 0
+    for sha in shas:
+        try:
+            blob_bytes += os.path.getsize(store.path(sha))
+        except OSError:
+            pass
+    total = seg_bytes + blob_bytes
+    done = 0
+    problems: list[str] = []
+    seen_hash: dict[int, bytes] = {}
+    want_seq = expect_head[0] if expect_head else None
+    records = 0
+
+    def on_record(rec: Record) -> None:
+        nonlocal done, records
+        try:
+            decode_event(rec.payload)
+        except EventDecodeError as exc:
+            raise LedgerCorruption(rec.segment, rec.offset, rec.seq, str(exc)) from exc
+        if rec.seq == want_seq:
+            seen_hash[rec.seq] = rec.hash
+        records += 1
+        done += rec.length
+        if progress is not None and records % 4096 == 0:
+            progress(done, total)
+
+    try:
+        try:
+            log.catch_up(on_record)
+        except LedgerCorruption as exc:
+            problems.append(f"record: {exc}")
+        else:
+            if log._seg_fd is not None:
+                size = os.fstat(log._seg_fd).st_size
+                if size > log._end:
+                    problems.append(
+                        f"record: {size - log._end} bytes of an incomplete record at the end of segment "
+                        f"{log._seg_first:020d}.seg offset {log._end} (seq {log.head_seq + 1}); "
+                        "reopen the ledger to truncate it"
+                    )
+        head = (log.head_seq, log.head_hash.hex())
+    finally:
+        log.close()
+    if expect_head is not None:
+        seq, digest = expect_head
+        got = seen_hash.get(seq)
+        if got is None:
+            problems.append(f"expected head: the log no longer contains seq {seq} (it ends at seq {head[0]})")
+        elif got.hex() != digest.lower():
+            problems.append(f"expected head: record seq {seq} has hash {got.hex()}, not {digest}")
+    done = seg_bytes
+    blobs = 0
+    checked: set[str] = set()
+    queue = list(shas.items())
+    dir_shas = {r.ev.sha256 for r in rows if r.ev.mime == content.DIR_MIME}
+    while queue:
+        sha, owner = queue.pop(0)
+        if sha in checked:
+            continue
+        checked.add(sha)
+        blobs += 1
+        path = store.path(sha)
+        if not path.is_file():
+            problems.append(f"blob {sha} (artifact {owner}) is missing from the store")
+            continue
+        if not store.verify(sha):
+            problems.append(f"blob {sha} (artifact {owner}) does not match its SHA-256: its bytes changed")
+            continue
+        done += path.stat().st_size
+        if progress is not None:
+            progress(min(done, total), total)
+        if sha in dir_shas:
+            try:
+                manifest = content.decode_manifest(store.read_bytes(sha))
+                queue.extend((e["sha256"], owner) for e in manifest["files"])
+            except (ValueError, KeyError) as exc:
+                problems.append(f"blob {sha} (artifact {owner}) is not a valid directory manifest: {exc}")
+    if progress is not None:
+        progress(total, total)
+    return VerifyResult(not problems, head, records, blobs, done, problems[0] if problems else None, problems)
+
+
+__all__ = ["ArtifactRecorded", "BestChange", "Diff", "LedgerEvent", "PinChange", "PinChanged", "VerifyResult",
+           "diff", "verify"]

@@ -1,0 +1,72 @@
+"""Read-only views of the catalogue as it was after a past event."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from projections.catalog import Catalog, Row
+from projections.query import pinned_at
+
+from .model import Artifact, utc_from_us
+
+if TYPE_CHECKING:
+    from .ledger import Ledger
+
+
+class LedgerView:
+    """The ledger as of seq ``seq``: the facade's read API, and nothing that writes."""
+
+    def __init__(self, ledger: "Ledger", seq: int):
+        self._ledger = ledger
+        self.seq = seq
+        self.upto: int | None = seq
+        self.store = ledger.store
+        self.root = ledger.root
+        self.staging = ledger.staging
+        self.materialized = ledger.materialized
+
+    def __repr__(self) -> str:
+        return f"LedgerView(root={str(self.root)!r}, seq={self.seq})"
+
+    @property
+    def catalog(self) -> Catalog:
+        """The live catalogue; every query through this view is cut at ``seq``."""
+        return self._ledger.catalog
+
+    @property
+    def time(self) -> datetime:
+        """Commit time of event ``seq``."""
+        return utc_from_us(self.catalog.times[self.seq - 1])
+
+    def artifacts(self, *, run_id: str, graph_id: str, node_id: str, project_id: str | None = None):
+        """A read-only ArtifactFacade bound to these ids, answering as of ``seq``."""
+        from .artifacts import ArtifactFacade
+
+        self._ledger._check_ids(run_id, graph_id, node_id, project_id)
+        return ArtifactFacade(self, run_id=run_id, graph_id=graph_id, node_id=node_id,
+                              project_id=project_id, read_only=True)
+
+    def context(self, *, run_id: str, graph_id: str, node_id: str, project_id: str | None = None):
+        """A context whose ``.artifacts()`` is the read-only facade."""
+        from .ledger import Context
+
+        return Context(self.artifacts(run_id=run_id, graph_id=graph_id, node_id=node_id, project_id=project_id))
+
+    # ------------------------------------------------------------ source protocol used by the facade
+    def _check_open(self) -> None:
+        self._ledger._check_open()
+
+    async def _refresh(self) -> Catalog:
+        self._ledger._check_open()
+        return self._ledger.catalog
+
+    def _to_artifact(self, row: Row, catalog: Catalog | None = None) -> Artifact:
+        from .ledger import row_to_artifact
+
+        return row_to_artifact(row, pinned_at(self.catalog, row, self.seq), self.store.uri(row.ev.sha256))
+
+    async def _append(self, event: Any) -> NoReturn:
+        from .artifacts import ReadOnlyError
+
+        raise ReadOnlyError("a past view of the ledger cannot record events")

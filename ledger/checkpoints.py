@@ -1,0 +1,149 @@
+"""Checkpoint files: projection snapshots tied to a log position (see FORMAT.md).
+
+A checkpoint is a cache. It names the seq, record hash and byte position it
+reflects; when it is damaged, of another schema, or does not match the log at
+that seq, it is ignored (with a warning) and the state is rebuilt from the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+import uuid
+import warnings
+from dataclasses import dataclass
+from typing import Iterable
+
+from crc32c import crc32c
+
+from .filelog import Position
+
+MAGIC = b"ALCKPT\x00\x01"
+# schema, seq, record hash, commit ts, segment first seq, record offset, next offset, payload length, payload crc
+_HEADER = struct.Struct("<IQ32sqQQQQI")
+HEADER_SIZE = len(MAGIC) + _HEADER.size + 4
+POINTER = "_last_checkpoint"
+KEEP = 3
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was ignored; the state is rebuilt from the log instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    """Where a checkpoint sits in the log and the snapshot schema it uses."""
+
+    schema: int
+    position: Position
+    record_offset: int
+    path: str
+
+
+def file_name(seq: int) -> str:
+    """Checkpoint file name for a seq."""
+    return f"{seq:020d}.ckpt"
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write(directory: str, schema: int, pos: Position, record_offset: int, parts: Iterable[bytes],
+          *, fsync: bool = True) -> str:
+    """Write a checkpoint atomically, point ``_last_checkpoint`` at it, prune old ones."""
+    os.makedirs(directory, exist_ok=True)
+    final = os.path.join(directory, file_name(pos.seq))
+    tmp = f"{final}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(b"\0" * HEADER_SIZE)  # filled in once length and checksum are known
+            length = 0
+            crc = 0
+            for part in parts:
+                f.write(part)
+                length += len(part)
+                crc = crc32c(part, crc)
+            head = _HEADER.pack(schema, pos.seq, pos.hash, pos.ts_us, pos.segment_first_seq, record_offset,
+                                pos.offset, length, crc)
+            f.seek(0)
+            f.write(MAGIC + head + struct.pack("<I", crc32c(MAGIC + head)))
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if fsync:
+        _fsync_dir(directory)
+    pointer = json.dumps({"seq": pos.seq, "file": file_name(pos.seq)}).encode()
+    _atomic_write(os.path.join(directory, POINTER), pointer, fsync)
+    for name in sorted(n for n in os.listdir(directory) if n.endswith(".ckpt"))[:-KEEP]:
+        with contextlib.suppress(FileNotFoundError):  # another process may prune it first
+            os.unlink(os.path.join(directory, name))
+    return final
+
+
+def _atomic_write(path: str, data: bytes, fsync: bool) -> None:
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if fsync:
+        _fsync_dir(os.path.dirname(path))
+
+
+def candidates(directory: str) -> list[str]:
+    """Checkpoint paths to try, best first: the pointer's, then the rest newest first."""
+    if not os.path.isdir(directory):
+        return []
+    names = sorted((n for n in os.listdir(directory) if n.endswith(".ckpt")), reverse=True)
+    try:
+        with open(os.path.join(directory, POINTER), "rb") as f:
+            pointed = json.loads(f.read())["file"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pointed = None
+    if isinstance(pointed, str) and pointed in names:
+        # A newer file than the pointer's (another process wrote it) is still preferred.
+        names.remove(pointed)
+        newer = [n for n in names if n > pointed]
+        older = [n for n in names if n < pointed]
+        names = newer + [pointed] + older
+    return [os.path.join(directory, n) for n in names]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is damaged or unreadable."""
+
+
+def read(path: str) -> tuple[CheckpointInfo, bytes]:
+    """Read and checksum a checkpoint file; returns (info, snapshot payload)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < HEADER_SIZE or data[: len(MAGIC)] != MAGIC:
+        raise CheckpointError("not a checkpoint file (bad magic or too short)")
+    head = data[len(MAGIC) : len(MAGIC) + _HEADER.size]
+    (hcrc,) = struct.unpack_from("<I", data, len(MAGIC) + _HEADER.size)
+    if crc32c(MAGIC + head) != hcrc:
+        raise CheckpointError("checkpoint header checksum mismatch")
+    schema, seq, rhash, ts, seg, roff, noff, plen, pcrc = _HEADER.unpack(head)
+    payload = data[HEADER_SIZE:]
+    if len(payload) != plen or crc32c(payload) != pcrc:
+        raise CheckpointError("checkpoint payload checksum mismatch")
+    return CheckpointInfo(schema, Position(seq, rhash, ts, seg, noff), roff, path), payload
+
+
+def warn(path: str, reason: str) -> None:
+    """Report an ignored checkpoint."""
+    warnings.warn(f"ignoring checkpoint {path}: {reason}; rebuilding from the log", CheckpointWarning, stacklevel=3)
