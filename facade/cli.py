@@ -30,12 +30,13 @@ DESCRIPTION = "Read, audit and export an artifact ledger directory (never create
 
 EPILOG = f"""\
 The ledger directory is given by --root DIR (or -C DIR), or else by the
-environment variable {ROOT_ENV}. --root/-C and --json may be written before or
-after the command. The tool never creates a ledger.
+environment variable {ROOT_ENV}. --root/-C and --json may be written
+before or after the command. The tool never creates a ledger.
 
-Positions (--since, --until, diff A B, as-of --time) are a seq number or an ISO
-8601 time (2024-05-01T12:00:00Z; a time without a zone is UTC); a time names
-the last event committed at or before it.
+Positions (--since, --until, diff A B, as-of --time) are a seq number or an
+ISO 8601 time (2024-05-01T12:00:00Z; a time without a zone is UTC). A time
+names the last event committed at or before it; for --since, the first event
+committed at or after it.
 
 Label filters: --label KEY=VALUE, repeatable; VALUE is read as JSON when it
 parses (1, 2.5, true, null, "1", [1,2]) and as a plain string otherwise.
@@ -83,10 +84,10 @@ def _add_query_args(p: argparse.ArgumentParser, *, ranking: str) -> None:
     g.add_argument("--node", metavar="ID", help="node id")
     g.add_argument("--project", metavar="ID", help="project id")
     g.add_argument("--scope", choices=("node", "graph", "run", "project", "all"),
-                   help="how far the query reaches, as in the facade; it needs its ids (node: "
-                        "--run --graph --node, graph: --run --graph, run: --run, project: --project). "
-                        "Default: the narrowest scope the given ids determine, else all. "
-                        "Ids given beyond the scope filter too")
+                   help="how far the query reaches from the bound ids, as in the facade; it needs "
+                        "its ids (node: --run --graph --node, graph: --run --graph, run: --run, "
+                        "project: --project) and ignores the others. Without --scope, every id given "
+                        "filters (and the scope is the narrowest those ids determine)")
     f = p.add_argument_group("filters")
     f.add_argument("--kind", required=ranking == "required", help="artifact kind")
     f.add_argument("--label", action="append", metavar="KEY=VALUE", help="label equality (repeatable)")
@@ -204,10 +205,7 @@ async def _run(args: argparse.Namespace) -> int:
             at = cmd.parse_time(args.time) if args.time is not None else None
             view = await (ledger.as_of(seq=args.seq) if at is None else ledger.as_of(time=at))
             reader = Reader(ledger, view, view.seq)
-        if args.command == "export":
-            result = await cmd.cmd_export(reader, args, json_mode)
-        else:
-            result = await args.run_cmd(reader, args)
+        result = await args.run_cmd(reader, args)
         if reader.upto is not None and not json_mode:
             result.text = f"as of seq {reader.upto} ({fmt_time(reader.source.time)})\n\n{result.text}"
     finally:
@@ -217,7 +215,9 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def _emit(result: Result, json_mode: bool) -> None:
-    if json_mode and result.doc is not None:
+    if result.streamed:
+        return
+    if json_mode:
         sys.stdout.write(json.dumps(result.doc, indent=2) + "\n")
     elif result.text:
         sys.stdout.write(result.text + "\n")

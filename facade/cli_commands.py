@@ -51,6 +51,7 @@ class Result:
     doc: Any
     text: str
     code: int = EXIT_OK
+    streamed: bool = False  # the command already wrote its output (export to stdout)
 
 
 @dataclass
@@ -103,13 +104,6 @@ def parse_head(text: str) -> tuple[int, str]:
     if not sep or not seq.isdigit() or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise CliError(f"--expect-head expects SEQ:HASH (a seq number and a 64-digit hex SHA-256), got {text!r}")
     return int(seq), digest
-
-
-async def position_seq(ledger: Any, pos: int | datetime) -> int:
-    """The seq a position names (a time names the last event committed at or before it)."""
-    if isinstance(pos, int):
-        return pos
-    return (await ledger.as_of(time=pos)).seq
 
 
 # ---------------------------------------------------------------- rendering
@@ -183,7 +177,10 @@ def _query(reader: Reader, args: Any) -> tuple[Any, str, dict[str, Any], dict[st
         run_id=ids["run_id"] or _UNBOUND, graph_id=ids["graph_id"] or _UNBOUND,
         node_id=ids["node_id"] or _UNBOUND, project_id=ids["project_id"],
     )
-    extra = {k: v for k, v in ids.items() if v is not None and k not in _SCOPE_NEEDS[scope]}
+    # Without --scope every id given filters. With --scope the ids are a binding,
+    # as for a facade: the scope alone decides which of them constrain.
+    extra = {} if args.scope is not None else {
+        k: v for k, v in ids.items() if v is not None and k not in _SCOPE_NEEDS[scope]}
     return facade, scope, extra, labels
 
 
@@ -256,12 +253,7 @@ async def _selected_events(ledger: Any, args: Any) -> AsyncIterator[Any]:
     run = getattr(args, "run", None)
     kind = getattr(args, "kind", None)
     rows = ledger.catalog.rows
-    async for e in ledger.events(since=since if isinstance(since, int) else None,
-                                 until=until if isinstance(until, int) else None):
-        if isinstance(since, datetime) and e.time < since:
-            continue
-        if isinstance(until, datetime) and e.time > until:
-            break
+    async for e in ledger.events(since=since, until=until):
         if run is not None or kind is not None:
             ev = e.event
             rec = ev if isinstance(ev, ArtifactRecorded) else getattr(rows.get(ev.artifact_id), "ev", None)
@@ -278,7 +270,7 @@ async def cmd_log(reader: Reader, args: Any) -> Result:
     return Result([e.to_json() for e in events], text)
 
 
-async def cmd_export(reader: Reader, args: Any, json_mode: bool) -> Result:
+async def cmd_export(reader: Reader, args: Any) -> Result:
     """Every selected event as one JSON object per line, to stdout or ``--out``."""
     ledger = reader.ledger
     total = ledger.head[0]
@@ -297,7 +289,7 @@ async def cmd_export(reader: Reader, args: Any, json_mode: bool) -> Result:
             stream.close()
     if out_path is None:
         stream.flush()
-        return Result(None, "")
+        return Result(None, "", streamed=True)
     doc = {"events": count, "out": str(out_path)}
     return Result(doc, f"exported {count} events to {out_path}")
 
@@ -312,10 +304,8 @@ def _short(a: Artifact | None, metric: str) -> str:
 async def cmd_diff(reader: Reader, args: Any) -> Result:
     """What changed between two positions: artifacts added, pins, best-by-metric winners."""
     ledger = reader.ledger
-    a = await position_seq(ledger, parse_position(args.a))
-    b = await position_seq(ledger, parse_position(args.b)) if args.b else ledger.head[0]
-    d = await ledger.diff(a, b)
-    parts = [f"diff seq {a} -> {b}", "", f"added ({len(d.added)}):"]
+    d = await ledger.diff(parse_position(args.a), parse_position(args.b) if args.b else ledger.head[0])
+    parts = [f"diff seq {d.a} -> {d.b}", "", f"added ({len(d.added)}):"]
     if d.added:
         parts.append(artifact_rows(d.added))
     parts += ["", f"pins changed ({len(d.pins)}):"]
@@ -333,12 +323,8 @@ async def cmd_diff(reader: Reader, args: Any) -> Result:
     return Result(d.to_json(), "\n".join(parts))
 
 
-def _scope_key(key: Any) -> str:
-    if key is None:
-        return "-"
-    if isinstance(key, (list, tuple)):
-        return "/".join(str(k) for k in key)
-    return str(key)
+def _scope_key(key: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in key.items()) or "-"
 
 
 async def cmd_verify(reader: Reader, args: Any) -> Result:
@@ -350,8 +336,7 @@ async def cmd_verify(reader: Reader, args: Any) -> Result:
     finally:
         bar.close()
     seq, digest = res.head
-    doc = {"ok": res.ok, "head": {"seq": seq, "hash": digest}, "records": res.records, "blobs": res.blobs,
-           "bytes": res.bytes, "problem": res.problem}
+    doc = res.to_json()
     if expect is not None:
         doc["expected_head"] = {"seq": expect[0], "hash": expect[1]}
     summary = f"{res.records} records, {res.blobs} blobs, {fmt.fmt_bytes(res.bytes)} checked"
@@ -360,7 +345,7 @@ async def cmd_verify(reader: Reader, args: Any) -> Result:
         if expect is not None:
             text += f"\nexpected head {expect[0]}:{expect[1]} is in the log"
     else:
-        text = f"FAILED: {res.problem}\n{summary}\nhead: {seq}:{digest}"
+        text = "\n".join([*(f"FAILED: {p}" for p in res.problems), summary, f"head: {seq}:{digest}"])
     return Result(doc, text, EXIT_OK if res.ok else EXIT_FAILED)
 
 
