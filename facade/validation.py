@@ -12,13 +12,30 @@ SCOPE_NAMES = ("node", "graph", "run", "project", "all")
 MODES = ("max", "min")
 _SCALARS = (str, int, float, bool, type(None))
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+# Integers the msgpack event encoding can hold; anything wider would fail at append time.
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
+
+
+def _check_text(where: str, value: str) -> str:
+    """A string that can be stored: UTF-8 encodable (no lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{where} {value!r} is not valid Unicode text (lone surrogate)") from None
+    return value
+
+
+def _check_int(where: str, value: int) -> int:
+    if not INT_MIN <= value <= INT_MAX:
+        raise ValueError(f"{where} is {value}; integers must lie in [-2**63, 2**64-1]")
+    return value
 
 
 def check_id(name: str, value: Any) -> str:
     """A run/graph/node id: a non-empty string."""
     if not isinstance(value, str) or not value:
         raise TypeError(f"{name} must be a non-empty string, got {value!r}")
-    return value
+    return _check_text(name, value)
 
 
 def check_kind(kind: Any) -> str:
@@ -27,7 +44,7 @@ def check_kind(kind: Any) -> str:
         raise TypeError(f"kind must be a string, got {type(kind).__name__}")
     if not kind.strip():
         raise ValueError("kind must be a non-empty string")
-    return kind
+    return _check_text("kind", kind)
 
 
 def _check_label_value(where: str, value: Any) -> Any:
@@ -51,11 +68,11 @@ def _check_scalar(where: str, value: Any) -> Any:
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, int):
-        return int(value)
+        return _check_int(where, int(value))
     if isinstance(value, float):
         return float(value)
     if isinstance(value, str):
-        return str(value)
+        return _check_text(where, str(value))
     return value
 
 
@@ -69,6 +86,7 @@ def check_label_map(name: str, labels: Any) -> dict[str, Any]:
     for key, value in labels.items():
         if not isinstance(key, str):
             raise TypeError(f"{name} key {key!r} is a {type(key).__name__}; keys must be strings")
+        _check_text(f"{name} key", key)
         out[key] = _check_label_value(f"{name}[{key!r}]", value)
     return out
 
@@ -97,11 +115,12 @@ def check_metrics(metrics: Any) -> dict[str, int | float]:
     for key, value in metrics.items():
         if not isinstance(key, str):
             raise TypeError(f"metrics key {key!r} is a {type(key).__name__}; keys must be strings")
+        _check_text("metrics key", key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"metrics[{key!r}] is a {type(value).__name__}; metrics must be finite numbers")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"metrics[{key!r}] is {value}; metrics must be finite numbers")
-        out[key] = float(value) if isinstance(value, float) else int(value)
+        out[key] = float(value) if isinstance(value, float) else _check_int(f"metrics[{key!r}]", int(value))
     return out
 
 
@@ -113,6 +132,7 @@ def check_suggested_uri(uri: Any) -> str | None:
         raise TypeError(f"suggested_uri must be a string, got {type(uri).__name__}")
     if not uri or "\x00" in uri:
         raise ValueError(f"suggested_uri {uri!r} is empty or contains NUL")
+    _check_text("suggested_uri", uri)
     if uri.startswith(("/", "\\")) or _SCHEME.match(uri):
         raise ValueError(f"suggested_uri {uri!r} is absolute; it must be a relative path inside the store")
     parts = re.split(r"[\\/]+", uri)

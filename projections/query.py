@@ -94,7 +94,7 @@ def _matches(row: Row, f: Filter) -> bool:
 
 def select(state: Catalog, f: Filter, limit: int | None = None, upto: int | None = None) -> list[Row]:
     """Matching rows, newest first (highest seq first)."""
-    if f.impossible:
+    if f.impossible or limit == 0:
         return []
     cand = _candidates(state, f)
     out: list[Row] = []

@@ -111,6 +111,12 @@ class LocalBlobStore:
         return BlobInfo(sha, size)
 
     def _move_in(self, src: Path) -> BlobInfo:
+        if os.lstat(src).st_nlink > 1:
+            # Another name shares this inode: renaming it in would let that name
+            # change the blob's bytes (and chmod would hit it too), so copy instead.
+            info = self.put_file(src)
+            src.unlink()
+            return info
         digest = hashlib.sha256()
         size = 0
         with open(src, "rb") as f:
