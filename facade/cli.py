@@ -20,11 +20,12 @@ from ledger.errors import LedgerCorruption
 
 from . import cli_commands as cmd
 from .cli_commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, Reader, Result
-from .cli_format import fmt_time
+from .cli_format import Status, fmt_time
 from .ledger import open_ledger
 
 PROG = "artifact-ledger"
 ROOT_ENV = "ARTIFACT_LEDGER_ROOT"
+OPEN_QUIET_SECONDS = 0.5  # a note appears only when opening (log replay) takes longer
 
 DESCRIPTION = "Read, audit and export an artifact ledger directory (never creates or changes artifacts)."
 
@@ -191,11 +192,34 @@ def _root(args: argparse.Namespace) -> Path:
     return root
 
 
+async def _open(root: Path) -> Any:
+    """Open without creating; on a terminal, say so if replaying the log takes a while."""
+    status = Status()
+    outcome: list[Any] = []
+
+    async def announce() -> None:
+        await anyio.sleep(OPEN_QUIET_SECONDS)
+        status.show(f"opening {root}: replaying the log ...")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(announce)
+        # Failures are carried out of the group so that they are not wrapped in an ExceptionGroup.
+        try:
+            outcome.append(await open_ledger(root, create=False))
+        except Exception as exc:
+            outcome.append(exc)
+        tg.cancel_scope.cancel()
+    status.close()
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome[0]
+
+
 async def _run(args: argparse.Namespace) -> int:
     root = _root(args)
     json_mode = bool(getattr(args, "json", False))
     try:
-        ledger = await open_ledger(root, create=False)
+        ledger = await _open(root)
     except FileNotFoundError:
         raise CliError(f"no ledger at {root}: the directory is not an artifact ledger "
                        "(ledgers are created by the Python API, open_ledger)") from None
@@ -256,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:
+        # e.g. --out in a missing directory, or a ledger directory we may not read
+        return _fail(str(exc), EXIT_USAGE)
 
 
 if __name__ == "__main__":

@@ -293,6 +293,7 @@ def test_export_json_lines(built, tmp_path):
     assert [json.loads(line) for line in out.read_text().splitlines()] == lines
     doc = ok_json("export", "--out", str(out), root=built.root)
     assert doc == {"events": built.head[0], "out": str(out)}
+    fails(run_cli("export", "--out", str(tmp_path / "no" / "such" / "dir.jsonl"), root=built.root), 2, "No such file")
 
 
 # ---------------------------------------------------------------- time travel and diff
