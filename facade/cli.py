@@ -1,0 +1,289 @@
+"""``artifact-ledger``: read, audit and export a ledger directory from the shell.
+
+Argument parsing, opening the ledger and the mapping of failures to exit codes
+live here; the commands are in ``cli_commands.py``, tables in ``cli_format.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import anyio
+
+from ledger.errors import LedgerCorruption
+
+from . import cli_commands as cmd
+from .cli_commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, Reader, Result
+from .cli_format import Status, fmt_time
+from .ledger import open_ledger
+
+PROG = "artifact-ledger"
+ROOT_ENV = "ARTIFACT_LEDGER_ROOT"
+OPEN_QUIET_SECONDS = 0.5  # a note appears only when opening (log replay) takes longer
+
+DESCRIPTION = "Read, audit and export an artifact ledger directory (never creates or changes artifacts)."
+
+EPILOG = f"""\
+The ledger directory is given by --root DIR (or -C DIR), or else by the
+environment variable {ROOT_ENV}. --root/-C and --json may be written
+before or after the command. The tool never creates a ledger.
+
+Positions (--since, --until, diff A B, as-of --time) are a seq number or an
+ISO 8601 time (2024-05-01T12:00:00Z; a time without a zone is UTC). A time
+names the last event committed at or before it; for --since, the first event
+committed at or after it.
+
+Label filters: --label KEY=VALUE, repeatable; VALUE is read as JSON when it
+parses (1, 2.5, true, null, "1", [1,2]) and as a plain string otherwise.
+
+Output: aligned tables for people; --json prints one JSON document instead.
+export always writes JSON lines (one event per line).
+
+Exit status:
+  0  success
+  1  verification failed, or the ledger is damaged
+  2  usage error: bad arguments, no ledger at the directory, or a value the
+     library rejects (unknown id, seq out of range, ...)
+
+examples:
+  {PROG} -C runs/ledger list --run r1
+  {PROG} -C runs/ledger search --kind model --label epoch=3 --metric acc --mode max
+  {PROG} -C runs/ledger as-of --seq 120 best --kind model --metric acc --mode max --run r1
+  {PROG} -C runs/ledger verify --expect-head 120:3f2a...
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the tool's name in its error line (exit status 2 stays)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message}\n")
+
+
+def _common() -> argparse.ArgumentParser:
+    # SUPPRESS defaults let the same options appear before or after a command
+    # without the subcommand's default overwriting a value given earlier.
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-C", "--root", metavar="DIR", default=argparse.SUPPRESS,
+                   help=f"the ledger directory (default: ${ROOT_ENV})")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print one JSON document instead of tables")
+    return p
+
+
+def _add_query_args(p: argparse.ArgumentParser, *, ranking: str) -> None:
+    g = p.add_argument_group("binding and scope")
+    g.add_argument("--run", metavar="ID", help="run id")
+    g.add_argument("--graph", metavar="ID", help="graph id")
+    g.add_argument("--node", metavar="ID", help="node id")
+    g.add_argument("--project", metavar="ID", help="project id")
+    g.add_argument("--scope", choices=("node", "graph", "run", "project", "all"),
+                   help="how far the query reaches from the bound ids, as in the facade; it needs "
+                        "its ids (node: --run --graph --node, graph: --run --graph, run: --run, "
+                        "project: --project) and ignores the others. Without --scope, every id given "
+                        "filters (and the scope is the narrowest those ids determine)")
+    f = p.add_argument_group("filters")
+    f.add_argument("--kind", required=ranking == "required", help="artifact kind")
+    f.add_argument("--label", action="append", metavar="KEY=VALUE", help="label equality (repeatable)")
+    req = ranking == "required"
+    f.add_argument("--metric", required=req, help="rank by this metric" + ("" if req else " (needs --mode)"))
+    f.add_argument("--mode", choices=("max", "min"), required=req, help="max or min")
+    if ranking != "required":
+        f.add_argument("--limit", type=_non_negative, metavar="N", help="at most N artifacts")
+
+
+def _non_negative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return int(text)
+
+
+def _add_read_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """list/search/best/show: the commands ``as-of`` can also run at a past position."""
+    p = sub.add_parser("list", parents=[common], help="artifacts in a scope, newest first",
+                       description="Artifacts in a scope, newest first (or ranked with --metric/--mode).")
+    _add_query_args(p, ranking="optional")
+    p.set_defaults(run_cmd=cmd.cmd_search)
+    p = sub.add_parser("search", parents=[common], help="artifacts by kind and labels, optionally ranked",
+                       description="Artifacts matching kind and labels in a scope; ranked best first "
+                                   "with --metric/--mode, else newest first.")
+    _add_query_args(p, ranking="optional")
+    p.set_defaults(run_cmd=cmd.cmd_search)
+    p = sub.add_parser("best", parents=[common], help="the best artifact of a kind by a metric",
+                       description="The best artifact of a kind by a metric in a scope (ties: newest).")
+    _add_query_args(p, ranking="required")
+    p.set_defaults(run_cmd=cmd.cmd_best)
+    p = sub.add_parser("show", parents=[common], help="one artifact and its history",
+                       description="One artifact's fields and every event that touched it.")
+    p.add_argument("id", help="artifact id (or a unique prefix of at least 4 characters)")
+    p.set_defaults(run_cmd=cmd.cmd_show)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command-line grammar."""
+    common = _common()
+    parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, parents=[common],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("log", parents=[common], help="recorded events in order",
+                       description="Recorded events (artifacts recorded, pins) in commit order.")
+    _add_range_args(p)
+    p.add_argument("--run", metavar="ID", help="only events of artifacts of this run")
+    p.add_argument("--kind", help="only events of artifacts of this kind")
+    p.set_defaults(run_cmd=cmd.cmd_log)
+
+    _add_read_commands(sub, common)
+
+    p = sub.add_parser("as-of", parents=[common], help="run list/search/best/show at a past seq or time",
+                       description="Run a read command on the catalogue as it was after a seq "
+                                   "or at a time, e.g. `as-of --seq 12 list --run r1`.")
+    at = p.add_mutually_exclusive_group(required=True)
+    at.add_argument("--seq", type=_non_negative, metavar="N", help="after event N")
+    at.add_argument("--time", metavar="ISO", help="after the last event committed at or before this time")
+    inner = p.add_subparsers(dest="read_command", required=True, metavar="COMMAND", parser_class=_Parser)
+    _add_read_commands(inner, common)
+
+    p = sub.add_parser("diff", parents=[common], help="what changed between two positions",
+                       description="Artifacts added, pins changed and best-by-metric winners changed "
+                                   "between positions A and B (B defaults to the head).")
+    p.add_argument("a", metavar="A", help="seq or ISO time")
+    p.add_argument("b", metavar="B", nargs="?", help="seq or ISO time (default: head)")
+    p.set_defaults(run_cmd=cmd.cmd_diff)
+
+    p = sub.add_parser("verify", parents=[common], help="check the hash chain and every blob",
+                       description="Walk the whole hash chain and every blob's SHA-256. Exit 1 on any "
+                                   "problem. Prints the head SEQ:HASH to record elsewhere.")
+    p.add_argument("--expect-head", metavar="SEQ:HASH",
+                   help="also fail unless the log still holds this record with this hash")
+    p.set_defaults(run_cmd=cmd.cmd_verify)
+
+    p = sub.add_parser("checkpoint", parents=[common], help="write a projection checkpoint now",
+                       description="Write a checkpoint of the projections at the current head.")
+    p.set_defaults(run_cmd=cmd.cmd_checkpoint)
+
+    p = sub.add_parser("export", parents=[common], help="events as JSON lines",
+                       description="Every event (or a --since/--until range) as one JSON object per line.")
+    _add_range_args(p)
+    p.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+    p.set_defaults(run_cmd=cmd.cmd_export)
+    return parser
+
+
+def _add_range_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", metavar="POS", help="from this seq or time (inclusive)")
+    p.add_argument("--until", metavar="POS", help="up to this seq or time (inclusive)")
+
+
+def _root(args: argparse.Namespace) -> Path:
+    given = getattr(args, "root", None) or os.environ.get(ROOT_ENV)
+    if not given:
+        raise CliError(f"no ledger directory given: use --root DIR (or -C DIR) or set {ROOT_ENV}")
+    root = Path(given)
+    if not root.is_dir():
+        raise CliError(f"no ledger at {root}: no such directory")
+    return root
+
+
+async def _open(root: Path) -> Any:
+    """Open without creating; on a terminal, say so if replaying the log takes a while."""
+    status = Status()
+    outcome: list[Any] = []
+
+    async def announce() -> None:
+        await anyio.sleep(OPEN_QUIET_SECONDS)
+        status.show(f"opening {root}: replaying the log ...")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(announce)
+        # Failures are carried out of the group so that they are not wrapped in an ExceptionGroup.
+        try:
+            outcome.append(await open_ledger(root, create=False))
+        except Exception as exc:
+            outcome.append(exc)
+        tg.cancel_scope.cancel()
+    status.close()
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome[0]
+
+
+async def _run(args: argparse.Namespace) -> int:
+    root = _root(args)
+    json_mode = bool(getattr(args, "json", False))
+    try:
+        ledger = await _open(root)
+    except FileNotFoundError:
+        raise CliError(f"no ledger at {root}: the directory is not an artifact ledger "
+                       "(ledgers are created by the Python API, open_ledger)") from None
+    try:
+        reader = Reader(ledger, ledger)
+        if args.command == "as-of":
+            at = cmd.parse_time(args.time) if args.time is not None else None
+            view = await (ledger.as_of(seq=args.seq) if at is None else ledger.as_of(time=at))
+            reader = Reader(ledger, view, view.seq)
+        result = await args.run_cmd(reader, args)
+        if reader.upto is not None and not json_mode:
+            result.text = f"as of seq {reader.upto} ({fmt_time(reader.source.time)})\n\n{result.text}"
+    finally:
+        await ledger.aclose()
+    _emit(result, json_mode)
+    return result.code
+
+
+def _emit(result: Result, json_mode: bool) -> None:
+    if result.streamed:
+        return
+    if json_mode:
+        sys.stdout.write(json.dumps(result.doc, indent=2) + "\n")
+    elif result.text:
+        sys.stdout.write(result.text + "\n")
+    sys.stdout.flush()
+
+
+def _warn(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    # Library warnings (a repaired torn tail, an ignored checkpoint) matter to
+    # the user but not their source line; one line each.
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``artifact-ledger`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    warnings.showwarning = _warn
+    try:
+        return anyio.run(_run, args)
+    except CliError as exc:
+        return _fail(str(exc), exc.code)
+    except LedgerCorruption as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except KeyError as exc:
+        return _fail(str(exc.args[0]) if exc.args else "unknown key", EXIT_USAGE)
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) stopped early; silence the flush at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        # e.g. --out in a missing directory, or a ledger directory we may not read
+        return _fail(str(exc), EXIT_USAGE)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

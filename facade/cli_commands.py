@@ -1,0 +1,355 @@
+"""The commands of ``artifact-ledger``: each reads through the public Python API.
+
+A command returns a ``Result`` (one JSON document, the same thing as text for
+people, and an exit code); ``cli.py`` parses arguments, opens the ledger and
+prints. ``export`` streams instead, since a log may not fit in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from ledger.events import ArtifactRecorded
+
+from . import cli_format as fmt
+from .model import Artifact
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # verification failed or the ledger is damaged
+EXIT_USAGE = 2  # bad arguments, missing ledger, rejected by the API
+
+# The facade needs every id bound; ids a query leaves out are never read
+# because the scope check below insists the scope's own ids are given.
+_UNBOUND = "-"
+_SCOPE_NEEDS = {
+    "node": ("run_id", "graph_id", "node_id"),
+    "graph": ("run_id", "graph_id"),
+    "run": ("run_id",),
+    "project": ("project_id",),
+    "all": (),
+}
+_FLAG = {"run_id": "--run", "graph_id": "--graph", "node_id": "--node", "project_id": "--project"}
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr with an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Result:
+    """What a command produced: a JSON document, its text rendering, an exit code."""
+
+    doc: Any
+    text: str
+    code: int = EXIT_OK
+    streamed: bool = False  # the command already wrote its output (export to stdout)
+
+
+@dataclass
+class Reader:
+    """Where read commands look: the live ledger, or a past view of it (``upto`` = its seq)."""
+
+    ledger: Any
+    source: Any
+    upto: int | None = None
+
+
+# ---------------------------------------------------------------- argument values
+def parse_label(text: str) -> tuple[str, Any]:
+    """``k=v``: v is read as JSON when it parses (``1``, ``true``, ``"1"``, ``[1,2]``), else as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise CliError(f"--label expects KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    scalars = (str, int, float, bool, type(None))
+    if isinstance(value, list):
+        ok = all(isinstance(v, scalars) for v in value)
+    else:
+        ok = isinstance(value, scalars)
+    if not ok:
+        raise CliError(f"--label {key}: label values are JSON scalars or lists of scalars, got {raw!r}")
+    return key, value
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time; one without a zone is taken as UTC."""
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"{text!r} is neither a seq number nor an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)") from None
+    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+
+
+def parse_position(text: str) -> int | datetime:
+    """A ledger position: a seq number (digits) or an ISO time."""
+    return int(text) if text.isdigit() else parse_time(text)
+
+
+def parse_head(text: str) -> tuple[int, str]:
+    """``SEQ:HASH`` as printed by ``verify``."""
+    seq, sep, digest = text.partition(":")
+    digest = digest.lower()
+    if not sep or not seq.isdigit() or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise CliError(f"--expect-head expects SEQ:HASH (a seq number and a 64-digit hex SHA-256), got {text!r}")
+    return int(seq), digest
+
+
+# ---------------------------------------------------------------- rendering
+def artifact_rows(arts: list[Artifact]) -> str:
+    """The artifact table of list/search/best/diff."""
+    return fmt.table(
+        ("SEQ", "ID", "KIND", "RUN", "GRAPH", "NODE", "PIN", "SIZE", "CREATED", "METRICS", "LABELS"),
+        [
+            (a.seq, a.artifact_id, a.kind, a.run_id, a.graph_id, a.node_id, "yes" if a.pinned else "",
+             fmt.fmt_bytes(a.bytes), fmt.fmt_time(a.created_at), fmt.fmt_metrics(a.metrics), fmt.fmt_pairs(a.labels))
+            for a in arts
+        ],
+        right=("SEQ", "SIZE"),
+    )
+
+
+def event_rows(events: list[Any], lookup: dict[str, ArtifactRecorded]) -> str:
+    """The event table of log/show."""
+    rows = []
+    for e in events:
+        ev = e.event
+        if isinstance(ev, ArtifactRecorded):
+            what = "recorded"
+            detail = f"{ev.origin} {fmt.fmt_bytes(ev.size)} {ev.mime}" + (" pinned" if ev.pinned else "")
+            rec = ev
+        else:
+            what = "pin" if ev.pinned else "unpin"
+            detail = ""
+            rec = lookup.get(ev.artifact_id)
+        rows.append((e.seq, fmt.fmt_time(e.time), what, ev.artifact_id, rec.kind if rec else "?",
+                     rec.run_id if rec else "?", detail))
+    return fmt.table(("SEQ", "TIME", "EVENT", "ARTIFACT", "KIND", "RUN", "DETAIL"), rows, right=("SEQ",))
+
+
+def _dump(a: Artifact | None) -> Any:
+    return None if a is None else a.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------- queries
+def _binding(args: Any) -> tuple[dict[str, str | None], str]:
+    ids = {"run_id": args.run, "graph_id": args.graph, "node_id": args.node, "project_id": args.project}
+    scope = args.scope
+    if scope is None:
+        # The narrowest scope the given ids pin down, as a facade bound to them would use.
+        if ids["run_id"] and ids["graph_id"] and ids["node_id"]:
+            scope = "node"
+        elif ids["run_id"] and ids["graph_id"]:
+            scope = "graph"
+        elif ids["run_id"]:
+            scope = "run"
+        elif ids["project_id"]:
+            scope = "project"
+        else:
+            scope = "all"
+    missing = [_FLAG[k] for k in _SCOPE_NEEDS[scope] if not ids[k]]
+    if missing:
+        raise CliError(f"--scope {scope} needs {' and '.join(missing)}")
+    return ids, scope
+
+
+def _query(reader: Reader, args: Any) -> tuple[Any, str, dict[str, Any], dict[str, Any]]:
+    """The bound facade, the scope, id filters beyond the scope, and label filters."""
+    ids, scope = _binding(args)
+    labels: dict[str, Any] = {}
+    for text in args.label or ():
+        k, v = parse_label(text)
+        if k in ids and ids[k] is not None:
+            raise CliError(f"{k} is given twice: by {_FLAG[k]} and by --label {k}=...; keep one")
+        labels[k] = v
+    facade = reader.source.artifacts(
+        run_id=ids["run_id"] or _UNBOUND, graph_id=ids["graph_id"] or _UNBOUND,
+        node_id=ids["node_id"] or _UNBOUND, project_id=ids["project_id"],
+    )
+    # Without --scope every id given filters. With --scope the ids are a binding,
+    # as for a facade: the scope alone decides which of them constrain.
+    extra = {} if args.scope is not None else {
+        k: v for k, v in ids.items() if v is not None and k not in _SCOPE_NEEDS[scope]}
+    return facade, scope, extra, labels
+
+
+async def cmd_search(reader: Reader, args: Any) -> Result:
+    """``list`` and ``search``: artifacts in a scope, by kind and labels, optionally ranked."""
+    facade, scope, extra, labels = _query(reader, args)
+    arts = await facade.search(kind=args.kind, labels=labels or None, metric=args.metric, mode=args.mode,
+                               scope=scope, extra_scope_labels=extra or None, limit=args.limit)
+    text = artifact_rows(arts) if arts else "no artifacts match"
+    return Result([_dump(a) for a in arts], text)
+
+
+async def cmd_best(reader: Reader, args: Any) -> Result:
+    """The best artifact of a kind by a metric in a scope (``null`` when none)."""
+    facade, scope, extra, labels = _query(reader, args)
+    art = await facade.best(kind=args.kind, metric=args.metric, mode=args.mode, scope=scope,
+                            filters={**labels, **extra} or None)
+    text = artifact_rows([art]) if art is not None else f"no {args.kind} artifact has metric {args.metric!r}"
+    return Result(_dump(art), text)
+
+
+def _resolve_id(ledger: Any, given: str) -> str:
+    """A full artifact id from an id or a unique prefix of at least 4 characters."""
+    rows = ledger.catalog.rows
+    if given in rows:
+        return given
+    if len(given) >= 4:
+        hits = [aid for aid in rows if aid.startswith(given)]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise CliError(f"artifact id prefix {given!r} is ambiguous ({len(hits)} artifacts); give more characters")
+    raise CliError(f"no artifact with id {given!r} in the ledger at {ledger.root}")
+
+
+async def cmd_show(reader: Reader, args: Any) -> Result:
+    """One artifact's fields (as of the reader's position) and the events that touched it."""
+    aid = _resolve_id(reader.ledger, args.id)
+    history = await reader.ledger.history(aid)
+    if reader.upto is not None:
+        history = [e for e in history if e.seq <= reader.upto]
+        if not history:
+            raise CliError(f"artifact {aid} was recorded after seq {reader.upto}")
+    rec: ArtifactRecorded = history[0].event
+    facade = reader.source.artifacts(run_id=rec.run_id, graph_id=rec.graph_id, node_id=rec.node_id,
+                                     project_id=rec.project_id)
+    art = next(a for a in await facade.list(scope="node") if a.artifact_id == aid)
+    text = "\n".join([
+        fmt.fields([
+            ("id", art.artifact_id), ("kind", art.kind), ("uri", art.uri), ("sha256", art.sha256),
+            ("size", f"{art.bytes} bytes ({fmt.fmt_bytes(art.bytes)})"), ("mime", art.mime),
+            ("pinned", "yes" if art.pinned else "no"), ("run", art.run_id), ("graph", art.graph_id),
+            ("node", art.node_id), ("project", art.project_id or "-"),
+            ("created", fmt.fmt_time(art.created_at)), ("seq", art.seq),
+            ("suggested_uri", art.suggested_uri or "-"),
+            ("metrics", fmt.fmt_metrics(art.metrics)), ("labels", fmt.fmt_pairs(art.labels)),
+        ]),
+        "",
+        "history:",
+        event_rows(history, {aid: rec}),
+    ])
+    return Result({"artifact": _dump(art), "history": [e.to_json() for e in history]}, text)
+
+
+# ---------------------------------------------------------------- audit
+async def _selected_events(ledger: Any, args: Any) -> AsyncIterator[Any]:
+    """Events within --since/--until (seq or time) matching --run/--kind."""
+    since = parse_position(args.since) if args.since else None
+    until = parse_position(args.until) if args.until else None
+    run = getattr(args, "run", None)
+    kind = getattr(args, "kind", None)
+    rows = ledger.catalog.rows
+    async for e in ledger.events(since=since, until=until):
+        if run is not None or kind is not None:
+            ev = e.event
+            rec = ev if isinstance(ev, ArtifactRecorded) else getattr(rows.get(ev.artifact_id), "ev", None)
+            if rec is None or (run is not None and rec.run_id != run) or (kind is not None and rec.kind != kind):
+                continue
+        yield e
+
+
+async def cmd_log(reader: Reader, args: Any) -> Result:
+    """Recorded events in order, filtered by run, kind and seq/time range."""
+    events = [e async for e in _selected_events(reader.ledger, args)]
+    lookup = {aid: row.ev for aid, row in reader.ledger.catalog.rows.items()}
+    text = event_rows(events, lookup) if events else "no events match"
+    return Result([e.to_json() for e in events], text)
+
+
+async def cmd_export(reader: Reader, args: Any) -> Result:
+    """Every selected event as one JSON object per line, to stdout or ``--out``."""
+    ledger = reader.ledger
+    total = ledger.head[0]
+    bar = fmt.Progress("export", unit="events")
+    out_path = Path(args.out) if args.out else None
+    stream = open(out_path, "w", encoding="utf-8") if out_path else sys.stdout
+    count = 0
+    try:
+        async for e in _selected_events(ledger, args):
+            stream.write(json.dumps(e.to_json(), separators=(",", ":")) + "\n")
+            count += 1
+            bar.update(e.seq, total)
+    finally:
+        bar.close()
+        if out_path is not None:
+            stream.close()
+    if out_path is None:
+        stream.flush()
+        return Result(None, "", streamed=True)
+    doc = {"events": count, "out": str(out_path)}
+    return Result(doc, f"exported {count} events to {out_path}")
+
+
+def _short(a: Artifact | None, metric: str) -> str:
+    if a is None:
+        return "-"
+    value = a.metrics.get(metric)
+    return a.artifact_id + ("" if value is None else f" ({metric}={value:g})")
+
+
+async def cmd_diff(reader: Reader, args: Any) -> Result:
+    """What changed between two positions: artifacts added, pins, best-by-metric winners."""
+    ledger = reader.ledger
+    d = await ledger.diff(parse_position(args.a), parse_position(args.b) if args.b else ledger.head[0])
+    parts = [f"diff seq {d.a} -> {d.b}", "", f"added ({len(d.added)}):"]
+    if d.added:
+        parts.append(artifact_rows(d.added))
+    parts += ["", f"pins changed ({len(d.pins)}):"]
+    if d.pins:
+        parts.append(fmt.table(("ARTIFACT", "BEFORE", "AFTER"),
+                               [(p.artifact_id, "pinned" if p.before else "unpinned",
+                                 "pinned" if p.after else "unpinned") for p in d.pins]))
+    parts += ["", f"best changed ({len(d.best)}):"]
+    if d.best:
+        parts.append(fmt.table(
+            ("SCOPE", "KEY", "KIND", "METRIC", "MODE", "OLD", "NEW"),
+            [(c.scope, _scope_key(c.scope_key), c.kind, c.metric, c.mode, _short(c.old, c.metric),
+              _short(c.new, c.metric)) for c in d.best],
+        ))
+    return Result(d.to_json(), "\n".join(parts))
+
+
+def _scope_key(key: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in key.items()) or "-"
+
+
+async def cmd_verify(reader: Reader, args: Any) -> Result:
+    """Walk the hash chain and every blob; exit 1 when anything does not check out."""
+    expect = parse_head(args.expect_head) if args.expect_head else None
+    bar = fmt.Progress("verify", unit="bytes")
+    try:
+        res = await reader.ledger.verify(expect_head=expect, progress=bar.update)
+    finally:
+        bar.close()
+    seq, digest = res.head
+    doc = res.to_json()
+    if expect is not None:
+        doc["expected_head"] = {"seq": expect[0], "hash": expect[1]}
+    summary = f"{res.records} records, {res.blobs} blobs, {fmt.fmt_bytes(res.bytes)} checked"
+    if res.ok:
+        text = f"ok: {summary}\nhead: {seq}:{digest}"
+        if expect is not None:
+            text += f"\nexpected head {expect[0]}:{expect[1]} is in the log"
+    else:
+        text = "\n".join([*(f"FAILED: {p}" for p in res.problems), summary, f"head: {seq}:{digest}"])
+    return Result(doc, text, EXIT_OK if res.ok else EXIT_FAILED)
+
+
+async def cmd_checkpoint(reader: Reader, args: Any) -> Result:
+    """Write a projection checkpoint at the head now."""
+    seq = await reader.ledger.checkpoint()
+    return Result({"checkpoint_seq": seq}, f"checkpoint written at seq {seq}")
