@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import msgspec
 
@@ -123,7 +123,7 @@ def _scope_dict(scope: str, key: Any) -> dict[str, str]:
 
 def diff(cat: Catalog, a: int, b: int, to_artifact: Callable[[Row, int], Artifact]) -> Diff:
     """Compare the catalogue after seq ``a`` with the catalogue after seq ``b`` (a <= b)."""
-    added_rows = [r for r in cat.ordered if a < r.seq <= b]
+    added_rows = [Row(cat, i) for i in range(cat.rows_at(a), cat.rows_at(b))]
     pins: list[PinChange] = []
     touched = sorted({aid for s, aid, _ in cat.pin_events if a < s <= b})
     for aid in touched:
@@ -135,9 +135,10 @@ def diff(cat: Catalog, a: int, b: int, to_artifact: Callable[[Row, int], Artifac
             pins.append(PinChange(aid, before, after))
     keys: dict[tuple[str, Any, str, str], None] = {}
     for r in added_rows:
-        for metric in r.ev.metrics:
-            for scope, key in scope_keys_of(r.ev):
-                keys[(scope, key, r.ev.kind, metric)] = None
+        ev = r.ev
+        for metric in ev.metrics:
+            for scope, key in scope_keys_of(ev):
+                keys[(scope, key, ev.kind, metric)] = None
     changes: list[BestChange] = []
     for scope, key, kind, metric in keys:
         f = Filter.build(_scope_dict(scope, key), None, kind)
@@ -171,14 +172,20 @@ class VerifyResult:
                 "blobs": self.blobs, "bytes": self.bytes, "problem": self.problem, "problems": self.problems}
 
 
-def verify(log_dir: str, store: Any, rows: Iterable[Row], *, expect_head: tuple[int, str] | None = None,
+def referenced_blobs(cat: Catalog) -> list[tuple[str, str, bool]]:
+    """(sha256, first artifact id naming it, is a directory manifest) for every artifact."""
+    dir_id = cat.str_ids.get(content.DIR_MIME, -1)
+    return [(cat.sha_hex(i), cat.ids[i], cat.mime_s[i] == dir_id) for i in range(cat.n)]
+
+
+def verify(log_dir: str, store: Any, referenced: list[tuple[str, str, bool]], *,
+           expect_head: tuple[int, str] | None = None,
            progress: Callable[[int, int], None] | None = None) -> VerifyResult:
     """Walk the hash chain of every record and re-hash every referenced blob (blocking)."""
     log = SegmentLog(log_dir, fsync=False)
-    rows = list(rows)
     shas: dict[str, str] = {}
-    for r in rows:
-        shas.setdefault(r.ev.sha256, r.ev.artifact_id)
+    for sha, owner, _ in referenced:
+        shas.setdefault(sha, owner)
     seg_bytes = sum(os.path.getsize(os.path.join(log_dir, n)) for n in os.listdir(log_dir) if n.endswith(".seg"))
     blob_bytes = 0
     for sha in shas:
@@ -234,7 +241,7 @@ def verify(log_dir: str, store: Any, rows: Iterable[Row], *, expect_head: tuple[
     blobs = 0
     checked: set[str] = set()
     queue = list(shas.items())
-    dir_shas = {r.ev.sha256 for r in rows if r.ev.mime == content.DIR_MIME}
+    dir_shas = {sha for sha, _, is_dir in referenced if is_dir}
     while queue:
         sha, owner = queue.pop(0)
         if sha in checked:

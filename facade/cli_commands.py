@@ -265,7 +265,9 @@ async def _selected_events(ledger: Any, args: Any) -> AsyncIterator[Any]:
 async def cmd_log(reader: Reader, args: Any) -> Result:
     """Recorded events in order, filtered by run, kind and seq/time range."""
     events = [e async for e in _selected_events(reader.ledger, args)]
-    lookup = {aid: row.ev for aid, row in reader.ledger.catalog.rows.items()}
+    rows = reader.ledger.catalog.rows
+    needed = {e.event.artifact_id for e in events if not isinstance(e.event, ArtifactRecorded)}
+    lookup = {aid: rows[aid].ev for aid in needed if aid in rows}
     text = event_rows(events, lookup) if events else "no events match"
     return Result([e.to_json() for e in events], text)
 

@@ -198,10 +198,10 @@ class Ledger:
         return self.catalog
 
     def _to_artifact(self, row: Row, catalog: Catalog | None = None) -> Artifact:
-        return row_to_artifact(row, self.catalog.pinned[row.ev.artifact_id], self.store.uri(row.ev.sha256))
+        return row_to_artifact(row, bool(row.cat.pin_now[row.i]), self.store.uri)
 
     def _artifact_at(self, row: Row, seq: int) -> Artifact:
-        return row_to_artifact(row, pinned_at(self.catalog, row, seq), self.store.uri(row.ev.sha256))
+        return row_to_artifact(row, pinned_at(self.catalog, row, seq), self.store.uri)
 
     # ------------------------------------------------------------ time travel and audit
     def _seq_of(self, name: str, value: Any, *, upper: bool) -> int:
@@ -282,41 +282,39 @@ class Ledger:
             if (not isinstance(expect_head, tuple) or len(expect_head) != 2 or not isinstance(expect_head[0], int)
                     or not isinstance(expect_head[1], str)):
                 raise TypeError(f"expect_head must be a (seq, hex hash) tuple, got {expect_head!r}")
-        rows = cat.ordered[:]
+        blobs = audit.referenced_blobs(cat)
         return await anyio.to_thread.run_sync(
-            lambda: audit.verify(str(self.root / "log"), self.store, rows, expect_head=expect_head, progress=progress)
+            lambda: audit.verify(str(self.root / "log"), self.store, blobs, expect_head=expect_head, progress=progress)
         )
 
     def _new_staging_name(self, suffix: str) -> Path:
         return self.staging / f"{uuid.uuid4().hex}{suffix}"
 
 
-def row_to_artifact(row: Row, pinned: bool, uri: str) -> Artifact:
-    """Build the user-facing Artifact from a projection row (copying mutable parts)."""
-    ev = row.ev
-    labels = ev.labels
-    if row.has_lists:
-        labels = {k: (list(v) if type(v) is list else v) for k, v in labels.items()}
-    else:
-        labels = dict(labels)
+def row_to_artifact(row: Row, pinned: bool, blob_uri: Callable[[str], str]) -> Artifact:
+    """Build the user-facing Artifact straight from the catalogue's columns."""
+    c, i = row.cat, row.i
+    s = c.strs
+    sha = c.sha_hex(i)
+    aid = c.ids[i]
     return Artifact.model_construct(
-        artifact_id=ev.artifact_id,
+        artifact_id=aid,
         # The fragment names the occurrence: artifacts sharing a blob keep their own URI.
-        uri=f"{uri}#{ev.artifact_id}",
-        kind=ev.kind,
-        sha256=ev.sha256,
-        bytes=ev.size,
-        mime=ev.mime,
-        labels=labels,
-        metrics=dict(ev.metrics),
+        uri=f"{blob_uri(sha)}#{aid}",
+        kind=s[c.kind_s[i]],
+        sha256=sha,
+        bytes=c.size[i],
+        mime=s[c.mime_s[i]],
+        labels=c.labels(i),
+        metrics=c.metrics(i),
         pinned=pinned,
-        run_id=ev.run_id,
-        graph_id=ev.graph_id,
-        node_id=ev.node_id,
-        project_id=ev.project_id,
-        created_at=utc_from_us(row.ts_us),
-        seq=row.seq,
-        suggested_uri=ev.suggested_uri,
+        run_id=s[c.run_s[i]],
+        graph_id=s[c.graph_s[i]],
+        node_id=s[c.node_s[i]],
+        project_id=s[c.project_s[i]],
+        created_at=utc_from_us(c.ts[i]),
+        seq=c.seq[i],
+        suggested_uri=s[c.suggested_s[i]],
     )
 
 

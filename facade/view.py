@@ -64,7 +64,7 @@ class LedgerView:
     def _to_artifact(self, row: Row, catalog: Catalog | None = None) -> Artifact:
         from .ledger import row_to_artifact
 
-        return row_to_artifact(row, pinned_at(self.catalog, row, self.seq), self.store.uri(row.ev.sha256))
+        return row_to_artifact(row, pinned_at(self.catalog, row, self.seq), self.store.uri)
 
     async def _append(self, event: Any) -> NoReturn:
         from .artifacts import ReadOnlyError

@@ -1,20 +1,27 @@
 """The catalogue projection: a pure fold of ledger events into query indexes.
 
 ``apply(state, logged)`` has no I/O, no clock and no randomness; the same
-event sequence always yields an equal state. The state is also time-indexed
-(every index list is in seq order, pins keep their history, commit times are
-kept per seq), so the catalogue as of any earlier seq is a cut of it.
+event sequence always yields an equal state.
+
+The state is columnar: artifact ``i`` (the i-th recorded, so rows are in seq
+order) is spread over typed arrays, strings are interned into one table, and
+each index is an ``array('i')`` of row numbers in ascending order. That keeps
+a million artifacts in a few hundred megabytes, lets a checkpoint load as a
+handful of memory copies, and makes the catalogue as of any earlier seq a cut
+of each array (pins keep their history, commit times are kept per seq).
 """
 
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_right
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ledger.events import ArtifactRecorded, Event, PinChanged
 
-from .labels import RESERVED, canon, is_plain
+from .labels import RESERVED, canon
 
 SCOPES = ("node", "graph", "run", "project", "all")
 
@@ -28,23 +35,274 @@ class Logged:
     event: Event
 
 
-class Row:
-    """One artifact as the projection holds it (immutable after creation)."""
+class Catalog:
+    """Projection state: artifacts as columns, pins, and the indexes queries use."""
 
-    __slots__ = ("seq", "ts_us", "ev", "keys")
+    def __init__(self) -> None:
+        self.head_seq = 0
+        self.times = array("q")  # commit time (µs) of every seq; times[seq - 1]
+        # interned strings (and None) referenced by the *_s columns below
+        self.strs: list[str | None] = []
+        self.str_ids: dict[str | None, int] = {}
+        # one entry per artifact row
+        self.seq = array("q")
+        self.ts = array("q")
+        self.size = array("q")
+        self.kind_s = array("i")
+        self.mime_s = array("i")
+        self.origin_s = array("i")
+        self.run_s = array("i")
+        self.graph_s = array("i")
+        self.node_s = array("i")
+        self.project_s = array("i")
+        self.name_s = array("i")
+        self.suggested_s = array("i")
+        self.sha = bytearray()  # 32 raw bytes per row
+        self.pinned0 = bytearray()  # pin state recorded with the artifact
+        self.pin_now = bytearray()  # current pin state
+        self.ids: list[str] = []
+        self._id_rows: dict[str, int] | None = {}  # artifact id -> row; None until first needed
+        # labels: row i owns label_pair[label_off[i]:label_off[i+1]], ids into pairs
+        self.label_off = array("q", [0])
+        self.label_pair = array("i")
+        self.pairs: list[tuple[str, Any]] = []  # (key, value as recorded)
+        self.pair_ids: dict[tuple[str, Any], int] = {}  # (key, canonical value) -> pair id
+        # metrics: row i owns metric_name/metric_val[metric_off[i]:metric_off[i+1]]
+        self.metric_off = array("q", [0])
+        self.metric_name = array("i")
+        self.metric_val: list[int | float] = []
+        # indexes: key -> ascending row numbers
+        self.by_label: dict[tuple[str, Any], array] = {}  # (key, canonical value); ids included
+        self.by_graph: dict[tuple[str, str], array] = {}
+        self.by_node: dict[tuple[str, str, str], array] = {}
+        self.by_kind: dict[str, array] = {}
+        self._by_sha: dict[bytes, int] | None = None  # newest row per blob, built on first use
+        # pins: artifact id -> [(seq, pinned), ...] for artifacts with pin events
+        self.pin_history: dict[str, list[tuple[int, bool]]] = {}
+        self.pin_events: list[tuple[int, str, bool]] = []
+        # Best-by-metric tables: (kind, metric) -> {(scope, key): [max row, min row]} (-1: none).
+        # Filled on first query of a scope key, then kept current by apply().
+        self.best: dict[tuple[str, str], dict[tuple[str, Any], list[int]]] = {}
 
-    def __init__(self, seq: int, ts_us: int, ev: ArtifactRecorded):
-        self.seq = seq
-        self.ts_us = ts_us
-        self.ev = ev
-        labels = ev.labels
-        # Label values are compared in canonical form; most labels already are.
-        self.keys: dict[str, Any] = labels if is_plain(labels) else {k: canon(v) for k, v in labels.items()}
+    # ------------------------------------------------------------ reading rows
+    @property
+    def head_ts(self) -> int:
+        """Commit time of the newest event (0 when empty)."""
+        return self.times[-1] if self.times else 0
 
     @property
-    def has_lists(self) -> bool:
-        """Whether any label value is a list (callers copy those before handing them out)."""
-        return any(type(v) is list for v in self.ev.labels.values())
+    def n(self) -> int:
+        """Number of artifacts."""
+        return len(self.ids)
+
+    def rows_at(self, upto: int | None) -> int:
+        """How many artifacts existed after event ``upto`` (all when None)."""
+        if upto is None or upto >= self.head_seq:
+            return len(self.ids)
+        return bisect_right(self.seq, upto)
+
+    @property
+    def id_rows(self) -> dict[str, int]:
+        """Row number by artifact id (built on first use after a checkpoint load)."""
+        d = self._id_rows
+        if d is None:
+            d = self._id_rows = dict(zip(self.ids, range(len(self.ids))))
+        return d
+
+    def row(self, i: int) -> "Row":
+        """A handle on artifact row ``i``."""
+        return Row(self, i)
+
+    @property
+    def rows(self) -> "_RowsById":
+        """Artifacts by id (a read-only mapping of Row handles)."""
+        return _RowsById(self)
+
+    @property
+    def ordered(self) -> "_RowsInOrder":
+        """Artifacts in seq order (a read-only sequence of Row handles)."""
+        return _RowsInOrder(self)
+
+    @property
+    def pinned(self) -> "_Pinned":
+        """Current pin state by artifact id."""
+        return _Pinned(self)
+
+    def sha_hex(self, i: int) -> str:
+        """Hex SHA-256 of row ``i``'s blob."""
+        return self.sha[i * 32 : i * 32 + 32].hex()
+
+    def row_of_sha(self, sha256: str) -> int | None:
+        """The newest row over a blob."""
+        if self._by_sha is None:
+            sha = bytes(self.sha)
+            self._by_sha = {sha[j * 32 : j * 32 + 32]: j for j in range(len(self.ids))}
+        try:
+            return self._by_sha.get(bytes.fromhex(sha256))
+        except ValueError:
+            return None
+
+    def labels(self, i: int) -> dict[str, Any]:
+        """Row ``i``'s labels as recorded (lists copied)."""
+        pairs = self.pairs
+        out = {}
+        for p in self.label_pair[self.label_off[i] : self.label_off[i + 1]]:
+            k, v = pairs[p]
+            out[k] = list(v) if type(v) is tuple else v
+        return out
+
+    def metrics(self, i: int) -> dict[str, int | float]:
+        """Row ``i``'s metrics."""
+        a, b = self.metric_off[i], self.metric_off[i + 1]
+        strs = self.strs
+        return {strs[self.metric_name[j]]: self.metric_val[j] for j in range(a, b)}  # type: ignore[misc]
+
+    def metric(self, i: int, name_id: int) -> Any:
+        """Row ``i``'s value of the metric with string id ``name_id``, or None."""
+        names = self.metric_name
+        for j in range(self.metric_off[i], self.metric_off[i + 1]):
+            if names[j] == name_id:
+                return self.metric_val[j]
+        return None
+
+    def event(self, i: int) -> ArtifactRecorded:
+        """Row ``i`` as the event that recorded it."""
+        s = self.strs
+        return ArtifactRecorded(
+            artifact_id=self.ids[i],
+            origin=s[self.origin_s[i]],  # type: ignore[arg-type]
+            kind=s[self.kind_s[i]],  # type: ignore[arg-type]
+            sha256=self.sha_hex(i),
+            size=self.size[i],
+            mime=s[self.mime_s[i]],  # type: ignore[arg-type]
+            labels=self.labels(i),
+            metrics=self.metrics(i),
+            pinned=bool(self.pinned0[i]),
+            run_id=s[self.run_s[i]],  # type: ignore[arg-type]
+            graph_id=s[self.graph_s[i]],  # type: ignore[arg-type]
+            node_id=s[self.node_s[i]],  # type: ignore[arg-type]
+            project_id=s[self.project_s[i]],
+            suggested_uri=s[self.suggested_s[i]],
+            name=s[self.name_s[i]],
+        )
+
+    # ------------------------------------------------------------ equality
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Catalog) and self.fingerprint() == other.fingerprint()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def fingerprint(self) -> tuple:
+        """A plain, comparable summary of the whole state (for tests and audits)."""
+
+        def idx(d: dict) -> list:
+            return sorted((repr(k), list(v)) for k, v in d.items())
+
+        return (
+            self.head_seq,
+            list(self.times),
+            [(self.seq[i], self.ts[i], self.event(i)) for i in range(self.n)],
+            bytes(self.pin_now),
+            sorted(self.pin_history.items()),
+            self.pin_events,
+            idx(self.by_label),
+            idx(self.by_graph),
+            idx(self.by_node),
+            idx(self.by_kind),
+        )
+
+
+class Row:
+    """A handle on one artifact row of a Catalog."""
+
+    __slots__ = ("cat", "i")
+
+    def __init__(self, cat: Catalog, i: int):
+        self.cat = cat
+        self.i = i
+
+    def __repr__(self) -> str:
+        return f"Row(seq={self.seq}, artifact_id={self.artifact_id!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Row) and other.cat is self.cat and other.i == self.i
+
+    def __hash__(self) -> int:
+        return hash((id(self.cat), self.i))
+
+    @property
+    def seq(self) -> int:
+        """Seq of the event that recorded the artifact."""
+        return self.cat.seq[self.i]
+
+    @property
+    def ts_us(self) -> int:
+        """Commit time of that event."""
+        return self.cat.ts[self.i]
+
+    @property
+    def artifact_id(self) -> str:
+        """The artifact's id."""
+        return self.cat.ids[self.i]
+
+    @property
+    def ev(self) -> ArtifactRecorded:
+        """The recording event, rebuilt from the columns."""
+        return self.cat.event(self.i)
+
+
+class _RowsById(Mapping):
+    __slots__ = ("cat",)
+
+    def __init__(self, cat: Catalog):
+        self.cat = cat
+
+    def __getitem__(self, aid: str) -> Row:
+        return Row(self.cat, self.cat.id_rows[aid])
+
+    def __contains__(self, aid: object) -> bool:
+        return aid in self.cat.id_rows
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.cat.ids)
+
+    def __len__(self) -> int:
+        return len(self.cat.ids)
+
+
+class _RowsInOrder(Sequence):
+    __slots__ = ("cat",)
+
+    def __init__(self, cat: Catalog):
+        self.cat = cat
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [Row(self.cat, j) for j in range(*i.indices(len(self.cat.ids)))]
+        if i < 0:
+            i += len(self.cat.ids)
+        if not 0 <= i < len(self.cat.ids):
+            raise IndexError(i)
+        return Row(self.cat, i)
+
+    def __len__(self) -> int:
+        return len(self.cat.ids)
+
+
+class _Pinned(Mapping):
+    __slots__ = ("cat",)
+
+    def __init__(self, cat: Catalog):
+        self.cat = cat
+
+    def __getitem__(self, aid: str) -> bool:
+        return bool(self.cat.pin_now[self.cat.id_rows[aid]])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.cat.ids)
+
+    def __len__(self) -> int:
+        return len(self.cat.ids)
 
 
 def scope_keys_of(ev: ArtifactRecorded) -> tuple[tuple[str, Any], ...]:
@@ -60,75 +318,13 @@ def scope_keys_of(ev: ArtifactRecorded) -> tuple[tuple[str, Any], ...]:
     return keys
 
 
-class Catalog:
-    """Projection state: artifacts, pins, and the indexes queries use."""
-
-    def __init__(self) -> None:
-        self.head_seq = 0
-        self.times = array("q")  # commit time (µs) of every seq; times[seq - 1]
-        self.rows: dict[str, Row] = {}
-        self.ordered: list[Row] = []
-        self.pinned: dict[str, bool] = {}
-        # artifact id -> [(seq, pinned), ...] for artifacts with pin events
-        self.pin_history: dict[str, list[tuple[int, bool]]] = {}
-        self.pin_events: list[tuple[int, str, bool]] = []
-        self.by_label: dict[tuple[str, Any], list[Row]] = {}
-        self.by_graph: dict[tuple[str, str], list[Row]] = {}
-        self.by_node: dict[tuple[str, str, str], list[Row]] = {}
-        self.by_kind: dict[str, list[Row]] = {}
-        self.by_sha: dict[str, Row] = {}  # newest artifact over each blob
-        # Best-by-metric tables: (kind, metric) -> {(scope, key): [max row, min row]}.
-        # Filled on first query of a scope key, then kept current by apply().
-        self.best: dict[tuple[str, str], dict[tuple[str, Any], list[Row]]] = {}
-
-    @property
-    def head_ts(self) -> int:
-        """Commit time of the newest event (0 when empty)."""
-        return self.times[-1] if self.times else 0
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Catalog) and self.fingerprint() == other.fingerprint()
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def fingerprint(self) -> tuple:
-        """A plain, comparable summary of the whole state (for tests and audits)."""
-
-        def idx(d: dict) -> list:
-            return sorted(((repr(k), [r.seq for r in v]) for k, v in d.items()))
-
-        return (
-            self.head_seq,
-            list(self.times),
-            [(r.seq, r.ts_us, r.ev) for r in self.ordered],
-            sorted(self.pinned.items()),
-            sorted(self.pin_history.items()),
-            self.pin_events,
-            idx(self.by_label),
-            idx(self.by_graph),
-            idx(self.by_node),
-            idx(self.by_kind),
-            sorted((k, r.seq) for k, r in self.by_sha.items()),
-        )
-
-
 def apply(state: Catalog, logged: Logged) -> Catalog:
     """Fold one event into the state and return it."""
     ev = logged.event
     if type(ev) is ArtifactRecorded:
-        _add_artifact(state, Row(logged.seq, logged.ts_us, ev))
+        add_artifact(state, logged.seq, logged.ts_us, ev)
     elif type(ev) is PinChanged:
-        # A pin of an unknown id cannot be produced through the facade; the log
-        # still wins, so it is kept out of the index rather than failing replay.
-        aid = ev.artifact_id
-        if aid in state.rows:
-            state.pinned[aid] = ev.pinned
-            hist = state.pin_history.get(aid)
-            if hist is None:
-                state.pin_history[aid] = [(logged.seq, ev.pinned)]
-            else:
-                hist.append((logged.seq, ev.pinned))
-            state.pin_events.append((logged.seq, aid, ev.pinned))
+        apply_pin(state, logged.seq, ev.artifact_id, ev.pinned)
     state.head_seq = logged.seq
     state.times.append(logged.ts_us)
     return state
@@ -142,44 +338,95 @@ def replay(events: Iterable[Logged], state: Catalog | None = None) -> Catalog:
     return st
 
 
-def _add_artifact(state: Catalog, row: Row) -> None:
-    ev = row.ev
+def apply_pin(state: Catalog, seq: int, aid: str, pinned: bool) -> None:
+    """Record a pin change of a known artifact."""
+    # A pin of an unknown id cannot be produced through the facade; the log
+    # still wins, so it is kept out of the index rather than failing replay.
+    i = state.id_rows.get(aid)
+    if i is None:
+        return
+    state.pin_now[i] = pinned
+    hist = state.pin_history.get(aid)
+    if hist is None:
+        state.pin_history[aid] = [(seq, pinned)]
+    else:
+        hist.append((seq, pinned))
+    state.pin_events.append((seq, aid, pinned))
+
+
+def _push(index: dict, key: Any, i: int) -> None:
+    lst = index.get(key)
+    if lst is None:
+        index[key] = array("i", (i,))
+    else:
+        lst.append(i)
+
+
+def add_artifact(state: Catalog, seq: int, ts_us: int, ev: ArtifactRecorded) -> None:
+    """Append one artifact row and index it."""
     aid = ev.artifact_id
-    if aid in state.rows:
+    id_rows = state.id_rows
+    if aid in id_rows:
         return  # ids are random 128-bit values; a repeat carries no new information
-    state.rows[aid] = row
-    state.ordered.append(row)
-    state.pinned[aid] = ev.pinned
+    i = len(state.ids)
+    strs = state.strs
+    str_ids = state.str_ids
+
+    def sid(s: str | None) -> int:
+        k = str_ids.get(s)
+        if k is None:
+            k = str_ids[s] = len(strs)
+            strs.append(s)
+        return k
+
+    state.ids.append(aid)
+    id_rows[aid] = i
+    state.seq.append(seq)
+    state.ts.append(ts_us)
+    state.size.append(ev.size)
+    state.kind_s.append(sid(ev.kind))
+    state.mime_s.append(sid(ev.mime))
+    state.origin_s.append(sid(ev.origin))
+    state.run_s.append(sid(ev.run_id))
+    state.graph_s.append(sid(ev.graph_id))
+    state.node_s.append(sid(ev.node_id))
+    state.project_s.append(sid(ev.project_id))
+    state.name_s.append(sid(ev.name))
+    state.suggested_s.append(sid(ev.suggested_uri))
+    state.sha += bytes.fromhex(ev.sha256)
+    state.pinned0.append(ev.pinned)
+    state.pin_now.append(ev.pinned)
+    if state._by_sha is not None:
+        state._by_sha[bytes.fromhex(ev.sha256)] = i
+
     by_label = state.by_label
-    for key in (
-        ("run_id", ev.run_id),
-        ("graph_id", ev.graph_id),
-        ("node_id", ev.node_id),
-        ("project_id", ev.project_id),
-        *row.keys.items(),
-    ):
-        lst = by_label.get(key)
-        if lst is None:
-            by_label[key] = [row]
-        else:
-            lst.append(row)
-    for index, key in (
-        (state.by_graph, (ev.run_id, ev.graph_id)),
-        (state.by_node, (ev.run_id, ev.graph_id, ev.node_id)),
-        (state.by_kind, ev.kind),
-    ):
-        lst = index.get(key)
-        if lst is None:
-            index[key] = [row]
-        else:
-            lst.append(row)
-    state.by_sha[ev.sha256] = row
-    if state.best:
-        _update_best(state, row)
+    _push(by_label, ("run_id", ev.run_id), i)
+    _push(by_label, ("graph_id", ev.graph_id), i)
+    _push(by_label, ("node_id", ev.node_id), i)
+    _push(by_label, ("project_id", ev.project_id), i)
+    pair_ids = state.pair_ids
+    label_pair = state.label_pair
+    for k, v in ev.labels.items():
+        key = (k, canon(v))
+        p = pair_ids.get(key)
+        if p is None:
+            p = pair_ids[key] = len(state.pairs)
+            state.pairs.append((k, tuple(v) if type(v) is list else v))
+        label_pair.append(p)
+        _push(by_label, key, i)
+    state.label_off.append(len(label_pair))
+    for name, value in ev.metrics.items():
+        state.metric_name.append(sid(name))
+        state.metric_val.append(value)
+    state.metric_off.append(len(state.metric_val))
+    _push(state.by_graph, (ev.run_id, ev.graph_id), i)
+    _push(state.by_node, (ev.run_id, ev.graph_id, ev.node_id), i)
+    _push(state.by_kind, ev.kind, i)
+    if state.best and ev.metrics:
+        _update_best(state, i, ev)
 
 
-def _update_best(state: Catalog, row: Row) -> None:
-    ev = row.ev
+def _update_best(state: Catalog, i: int, ev: ArtifactRecorded) -> None:
     scope_keys = None
     for metric, value in ev.metrics.items():
         tables = state.best.get((ev.kind, metric))
@@ -187,18 +434,20 @@ def _update_best(state: Catalog, row: Row) -> None:
             continue
         if scope_keys is None:
             scope_keys = scope_keys_of(ev)
+        name_id = state.str_ids[metric]
         for sk in scope_keys:
             entry = tables.get(sk)
             if entry is None:
                 continue  # not queried yet: computed from the indexes when first asked
-            if entry[0] is None:
-                entry[0] = entry[1] = row
+            if entry[0] < 0:
+                entry[0] = entry[1] = i
                 continue
             # Ties go to the newer artifact (higher seq), which is this one.
-            if value >= entry[0].ev.metrics[metric]:
-                entry[0] = row
-            if value <= entry[1].ev.metrics[metric]:
-                entry[1] = row
+            if value >= state.metric(entry[0], name_id):
+                entry[0] = i
+            if value <= state.metric(entry[1], name_id):
+                entry[1] = i
 
 
-__all__ = ["Catalog", "Logged", "Row", "RESERVED", "SCOPES", "apply", "replay", "scope_keys_of"]
+__all__ = ["Catalog", "Logged", "Row", "RESERVED", "SCOPES", "add_artifact", "apply", "apply_pin", "replay",
+           "scope_keys_of"]

@@ -1,12 +1,13 @@
 """Read-side queries over a Catalog: filtering, ranking and best-by-metric.
 
 Pure functions. ``upto`` restricts every query to the catalogue as it was after
-event ``upto`` (index lists are in seq order, so that is a cut of each list).
+event ``upto``: rows are in seq order, so that is a cut of every index.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from array import array
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,10 +15,7 @@ from .catalog import Catalog, Row
 from .labels import RESERVED, canon
 
 _MISSING = object()
-
-
-def _seq(row: Row) -> int:
-    return row.seq
+_COLUMNS = {"run_id": "run_s", "graph_id": "graph_s", "node_id": "node_s", "project_id": "project_s"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,58 +49,114 @@ def visible(state: Catalog, upto: int | None) -> int | None:
     return None if upto is None or upto >= state.head_seq else upto
 
 
-def _cut(lst: list[Row], upto: int | None) -> int:
-    if upto is None or not lst or lst[-1].seq <= upto:
-        return len(lst)
-    return bisect_right(lst, upto, key=_seq)
+class _Plan:
+    """A filter resolved against one catalogue: column ids to compare, candidates to scan."""
 
+    __slots__ = ("cand", "checks", "pairs", "kind", "empty")
 
-def _candidates(state: Catalog, f: Filter) -> list[Row]:
-    """The shortest index list that every match must appear in."""
-    lists: list[list[Row]] = []
-    ids = dict(f.ids)
-    run, graph, node = ids.get("run_id", _MISSING), ids.get("graph_id", _MISSING), ids.get("node_id", _MISSING)
-    if type(run) is str and type(graph) is str:
-        if type(node) is str:
-            lists.append(state.by_node.get((run, graph, node), []))
-        else:
-            lists.append(state.by_graph.get((run, graph), []))
-    for item in f.ids:
-        lists.append(state.by_label.get(item, []))
-    for item in f.labels:
-        lists.append(state.by_label.get(item, []))
-    if f.kind is not None:
-        lists.append(state.by_kind.get(f.kind, []))
-    if not lists:
-        return state.ordered
-    return min(lists, key=len)
+    def __init__(self, state: Catalog, f: Filter):
+        self.empty = f.impossible
+        self.checks: list[tuple[array, int]] = []
+        self.pairs: list[int] = []
+        self.kind = -1
+        self.cand: array | range | None = None
+        if self.empty:
+            return
+        str_ids = state.str_ids
+        lists: list[Any] = []
+        ids = dict(f.ids)
+        for k, c in f.ids:
+            # Id columns hold strings (project_id may be None); any other JSON value never matches.
+            if not (c is None or type(c) is str) or (c is None and k != "project_id"):
+                self.empty = True
+                return
+            sid = str_ids.get(c, -1)
+            if sid < 0:
+                self.empty = True
+                return
+            self.checks.append((getattr(state, _COLUMNS[k]), sid))
+            lists.append(state.by_label.get((k, c)))
+        run, graph, node = ids.get("run_id"), ids.get("graph_id"), ids.get("node_id")
+        if type(run) is str and type(graph) is str:
+            if type(node) is str:
+                lists.append(state.by_node.get((run, graph, node)))
+            else:
+                lists.append(state.by_graph.get((run, graph)))
+        for item in f.labels:
+            p = state.pair_ids.get(item)
+            if p is None:
+                self.empty = True
+                return
+            self.pairs.append(p)
+            lists.append(state.by_label.get(item))
+        if f.kind is not None:
+            k = str_ids.get(f.kind, -1)
+            if k < 0:
+                self.empty = True
+                return
+            self.kind = k
+            lists.append(state.by_kind.get(f.kind))
+        if any(x is None for x in lists):
+            self.empty = True
+            return
+        self.cand = min(lists, key=len) if lists else range(len(state.ids))
 
+    def bound(self, state: Catalog, upto: int | None) -> int:
+        """How many candidates existed after event ``upto``."""
+        cand = self.cand
+        assert cand is not None
+        n = state.rows_at(upto)
+        if n == len(state.ids):
+            return len(cand)
+        return bisect_left(cand, n)
 
-def _matches(row: Row, f: Filter) -> bool:
-    ev = row.ev
-    if f.kind is not None and ev.kind != f.kind:
-        return False
-    for k, c in f.ids:
-        if getattr(ev, k) != c:
+    def matches(self, state: Catalog, i: int) -> bool:
+        """Whether row ``i`` satisfies every constraint."""
+        if self.kind >= 0 and state.kind_s[i] != self.kind:
             return False
-    keys = row.keys
-    for k, c in f.labels:
-        if keys.get(k, _MISSING) != c:
-            return False
-    return True
+        for col, sid in self.checks:
+            if col[i] != sid:
+                return False
+        if self.pairs:
+            mine = state.label_pair[state.label_off[i] : state.label_off[i + 1]]
+            for p in self.pairs:
+                if p not in mine:
+                    return False
+        return True
 
 
 def select(state: Catalog, f: Filter, limit: int | None = None, upto: int | None = None) -> list[Row]:
     """Matching rows, newest first (highest seq first)."""
-    if f.impossible or limit == 0:
+    plan = _Plan(state, f)
+    if plan.empty or limit == 0:
         return []
-    cand = _candidates(state, f)
+    cand = plan.cand
+    assert cand is not None
     out: list[Row] = []
-    for i in range(_cut(cand, visible(state, upto)) - 1, -1, -1):
-        row = cand[i]
-        if _matches(row, f):
-            out.append(row)
+    for j in range(plan.bound(state, visible(state, upto)) - 1, -1, -1):
+        i = cand[j]
+        if plan.matches(state, i):
+            out.append(Row(state, i))
             if limit is not None and len(out) >= limit:
+                break
+    return out
+
+
+def _metric_rows(state: Catalog, plan: _Plan, metric: str, upto: int | None) -> list[tuple[Any, int]]:
+    """(value, row) for every candidate that matches and has ``metric``, in seq order."""
+    name_id = state.str_ids.get(metric, -1)
+    if plan.empty or name_id < 0:
+        return []
+    cand = plan.cand
+    assert cand is not None
+    off, names, vals = state.metric_off, state.metric_name, state.metric_val
+    out = []
+    for j in range(plan.bound(state, upto)):
+        i = cand[j]
+        for m in range(off[i], off[i + 1]):
+            if names[m] == name_id:
+                if plan.matches(state, i):
+                    out.append((vals[m], i))
                 break
     return out
 
@@ -110,21 +164,20 @@ def select(state: Catalog, f: Filter, limit: int | None = None, upto: int | None
 def rank(state: Catalog, f: Filter, metric: str, mode: str, limit: int | None = None,
          upto: int | None = None) -> list[Row]:
     """Rows having ``metric``, best first; ties broken newest first."""
-    if f.impossible:
-        return []
-    cand = _candidates(state, f)
-    n = _cut(cand, visible(state, upto))
-    rows = [r for r in (cand if n == len(cand) else cand[:n]) if metric in r.ev.metrics and _matches(r, f)]
+    found = _metric_rows(state, _Plan(state, f), metric, visible(state, upto))
+    # Rows are in seq order, so the row number breaks ties exactly as seq does.
     if mode == "max":
-        rows.sort(key=lambda r: (r.ev.metrics[metric], r.seq), reverse=True)
+        found.sort(reverse=True)
     else:
-        rows.sort(key=lambda r: (-r.ev.metrics[metric], r.seq), reverse=True)
-    return rows if limit is None else rows[:limit]
+        found.sort(key=lambda vr: (-vr[0], vr[1]), reverse=True)
+    if limit is not None:
+        found = found[:limit]
+    return [Row(state, i) for _, i in found]
 
 
 def _table_key(f: Filter) -> tuple[str, Any] | None:
     """The best-table (scope, key) a filter is exactly equivalent to, if any."""
-    if f.labels or f.kind is None:
+    if f.labels or f.kind is None or f.impossible:
         return None
     ids = dict(f.ids)
     if not all(type(v) is str for v in ids.values()):
@@ -143,23 +196,22 @@ def _table_key(f: Filter) -> tuple[str, Any] | None:
     return None
 
 
-def _scan_best(state: Catalog, f: Filter, metric: str, upto: int | None) -> list[Row | None]:
-    """[max row, min row] by a linear pass; later rows win ties (they are newer)."""
-    hi: Row | None = None
-    lo: Row | None = None
+def _scan_best_rows(state: Catalog, f: Filter, metric: str, upto: int | None) -> list[int]:
+    """[max row, min row] (-1 when none) by one pass; later rows win ties (they are newer)."""
+    hi = lo = -1
     hv: Any = None
     lv: Any = None
-    cand = _candidates(state, f)
-    for i in range(_cut(cand, upto)):
-        r = cand[i]
-        v = r.ev.metrics.get(metric, _MISSING)
-        if v is _MISSING or not _matches(r, f):
-            continue
-        if hi is None or v >= hv:
-            hi, hv = r, v
-        if lo is None or v <= lv:
-            lo, lv = r, v
+    for v, i in _metric_rows(state, _Plan(state, f), metric, upto):
+        if hi < 0 or v >= hv:
+            hi, hv = i, v
+        if lo < 0 or v <= lv:
+            lo, lv = i, v
     return [hi, lo]
+
+
+def _scan_best(state: Catalog, f: Filter, metric: str, upto: int | None) -> list[Row | None]:
+    """[max row, min row] as Row handles (None when none)."""
+    return [None if i < 0 else Row(state, i) for i in _scan_best_rows(state, f, metric, visible(state, upto))]
 
 
 def best(state: Catalog, f: Filter, metric: str, mode: str, upto: int | None = None) -> Row | None:
@@ -169,26 +221,29 @@ def best(state: Catalog, f: Filter, metric: str, mode: str, upto: int | None = N
     upto = visible(state, upto)
     sk = _table_key(f) if upto is None else None
     if sk is None:
-        entry = _scan_best(state, f, metric, upto)
+        entry = _scan_best_rows(state, f, metric, upto)
     else:
         assert f.kind is not None
-        tables = state.best.setdefault((f.kind, metric), {})
-        entry = tables.get(sk)
+        tables = state.best.get((f.kind, metric))
+        if tables is None:
+            tables = state.best[(f.kind, metric)] = {}
+        entry = tables.get(sk)  # type: ignore[assignment]
         if entry is None:
-            entry = tables[sk] = _scan_best(state, f, metric, None)
-    return entry[0] if mode == "max" else entry[1]
+            entry = tables[sk] = _scan_best_rows(state, f, metric, None)
+    i = entry[0] if mode == "max" else entry[1]
+    return None if i < 0 else Row(state, i)
 
 
 def pinned_at(state: Catalog, row: Row, upto: int | None) -> bool:
     """An artifact's pin state after event ``upto`` (current state when None)."""
-    aid = row.ev.artifact_id
+    i = row.i
     if upto is None or upto >= state.head_seq:
-        return state.pinned[aid]
-    hist = state.pin_history.get(aid)
+        return bool(state.pin_now[i])
+    hist = state.pin_history.get(state.ids[i])
     if not hist:
-        return row.ev.pinned
-    i = bisect_right(hist, upto, key=lambda h: h[0])
-    return hist[i - 1][1] if i else row.ev.pinned
+        return bool(state.pinned0[i])
+    k = bisect_right(hist, upto, key=lambda h: h[0])
+    return hist[k - 1][1] if k else bool(state.pinned0[i])
 
 
 def seq_at_time(state: Catalog, ts_us: int) -> int:
@@ -197,13 +252,19 @@ def seq_at_time(state: Catalog, ts_us: int) -> int:
 
 
 def by_blob(state: Catalog, sha256: str, upto: int | None = None) -> Row | None:
-    """The newest artifact over a blob (URIs name blobs, which artifacts may share)."""
-    row = state.by_sha.get(sha256)
-    upto = visible(state, upto)
-    if row is None or upto is None or row.seq <= upto:
-        return row
-    ordered = state.ordered
-    for i in range(_cut(ordered, upto) - 1, -1, -1):
-        if ordered[i].ev.sha256 == sha256:
-            return ordered[i]
+    """The newest artifact over a blob (as of ``upto``)."""
+    i = state.row_of_sha(sha256)
+    if i is None:
+        return None
+    n = state.rows_at(visible(state, upto))
+    if i < n:
+        return Row(state, i)
+    try:
+        raw = bytes.fromhex(sha256)
+    except ValueError:
+        return None
+    sha = state.sha
+    for j in range(n - 1, -1, -1):
+        if sha[j * 32 : j * 32 + 32] == raw:
+            return Row(state, j)
     return None

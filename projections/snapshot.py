@@ -1,9 +1,8 @@
 """Pure conversion of a Catalog to and from checkpoint bytes.
 
-A snapshot holds the facts (artifacts with their seq and time, pin events,
-commit times); the indexes are rebuilt from them on load, so a snapshot can
-never disagree with itself. Rows are encoded in chunks so that a big snapshot
-never holds the GIL (and so the event loop) for long in one call.
+The catalogue is columnar, so a snapshot is mostly raw array bytes: loading
+one is a series of memory copies, not a replay. Large lists are encoded in
+chunks so that no single call holds the GIL (and the event loop) for long.
 """
 
 from __future__ import annotations
@@ -11,57 +10,72 @@ from __future__ import annotations
 import struct
 from array import array
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import msgspec
 
-from ledger.events import ArtifactRecorded
+from .catalog import Catalog
 
-from .catalog import Catalog, Row, _add_artifact
+SNAPSHOT_SCHEMA = 2
+CHUNK = 65536
 
-SNAPSHOT_SCHEMA = 1
-CHUNK_ROWS = 8192
-
-_Rows = list[tuple[int, int, ArtifactRecorded]]
-
-
-class _Head(msgspec.Struct, array_like=True):
-    schema: int
-    head_seq: int
-    times: bytes
-    pin_events: list[tuple[int, str, bool]]
-    n_rows: int
+_ARRAYS = ("times", "seq", "ts", "size", "kind_s", "mime_s", "origin_s", "run_s", "graph_s", "node_s",
+           "project_s", "name_s", "suggested_s", "label_off", "label_pair", "metric_off", "metric_name")
+_BYTES = ("sha", "pinned0", "pin_now")
+_LISTS = ("strs", "ids", "metric_val")
+_INDEXES = ("by_label", "by_graph", "by_node", "by_kind")
 
 
 @dataclass(frozen=True, slots=True)
 class Capture:
-    """A consistent, immutable cut of a Catalog, cheap to take on the event loop."""
+    """A consistent copy of a Catalog's contents, cheap to take on the event loop."""
 
     head_seq: int
-    times: bytes
-    rows: list[Row]
+    arrays: dict[str, bytes]
+    lists: dict[str, list]
+    pairs: list[tuple[str, Any]]
+    indexes: dict[str, list[tuple[Any, bytes]]]
     pin_events: list[tuple[int, str, bool]]
 
 
 def capture(state: Catalog) -> Capture:
-    """Copy the references a snapshot needs (rows are immutable, lists are copied)."""
-    return Capture(state.head_seq, state.times.tobytes(), state.ordered[:], state.pin_events[:])
+    """Copy what a snapshot needs (memory copies only; no encoding)."""
+    arrays = {name: getattr(state, name).tobytes() for name in _ARRAYS}
+    arrays.update({name: bytes(getattr(state, name)) for name in _BYTES})
+    return Capture(
+        head_seq=state.head_seq,
+        arrays=arrays,
+        lists={name: getattr(state, name)[:] for name in _LISTS},
+        pairs=state.pairs[:],
+        indexes={name: [(k, v.tobytes()) for k, v in getattr(state, name).items()] for name in _INDEXES},
+        pin_events=state.pin_events[:],
+    )
 
 
 _enc = msgspec.msgpack.Encoder()
-_head_dec = msgspec.msgpack.Decoder(_Head)
-_rows_dec = msgspec.msgpack.Decoder(_Rows)
+_dec = msgspec.msgpack.Decoder()
 _LEN = struct.Struct("<I")
 
 
+def _part(obj: Any) -> bytes:
+    data = _enc.encode(obj)
+    return _LEN.pack(len(data)) + data
+
+
 def encode_parts(cap: Capture) -> Iterator[bytes]:
-    """Serialise a capture as length-prefixed parts: a head, then row chunks."""
-    head = _enc.encode(_Head(SNAPSHOT_SCHEMA, cap.head_seq, cap.times, cap.pin_events, len(cap.rows)))
-    yield _LEN.pack(len(head)) + head
-    rows = cap.rows
-    for i in range(0, len(rows), CHUNK_ROWS):
-        chunk = _enc.encode([(r.seq, r.ts_us, r.ev) for r in rows[i : i + CHUNK_ROWS]])
-        yield _LEN.pack(len(chunk)) + chunk
+    """Serialise a capture as length-prefixed msgpack parts."""
+    lens = {name: len(v) for name, v in cap.lists.items()}
+    yield _part([SNAPSHOT_SCHEMA, cap.head_seq, lens, cap.pairs, cap.pin_events])
+    for name in sorted(cap.arrays):
+        yield _part([name, cap.arrays[name]])
+    for name in _LISTS:
+        values = cap.lists[name]
+        for i in range(0, len(values), CHUNK):
+            yield _part([name, values[i : i + CHUNK]])
+    for name in _INDEXES:
+        entries = cap.indexes[name]
+        for i in range(0, len(entries), CHUNK):
+            yield _part([name, [[_plain(k), v] for k, v in entries[i : i + CHUNK]]])
 
 
 def encode(cap: Capture) -> bytes:
@@ -70,7 +84,16 @@ def encode(cap: Capture) -> bytes:
 
 
 class SnapshotError(ValueError):
-    """Snapshot bytes are undecodable or of another schema version."""
+    """Snapshot bytes are undecodable, inconsistent, or of another schema version."""
+
+
+def _plain(key: Any) -> Any:
+    """Index keys are tuples (canonical label values nest tuples); msgpack keeps them as arrays."""
+    return [_plain(x) for x in key] if isinstance(key, tuple) else key
+
+
+def _tupled(key: Any) -> Any:
+    return tuple(_tupled(x) for x in key) if isinstance(key, list) else key
 
 
 def _parts(data: bytes) -> Iterator[memoryview]:
@@ -88,31 +111,59 @@ def _parts(data: bytes) -> Iterator[memoryview]:
 
 
 def decode(data: bytes) -> Catalog:
-    """Rebuild a Catalog (indexes included) from snapshot bytes."""
-    parts = _parts(data)
+    """Rebuild a Catalog from snapshot bytes, checking that its parts agree."""
     try:
-        head = _head_dec.decode(next(parts))
-        if head.schema != SNAPSHOT_SCHEMA:
-            raise SnapshotError(f"snapshot schema {head.schema}, expected {SNAPSHOT_SCHEMA}")
-        state = Catalog()
-        count = 0
-        for part in parts:
-            for seq, ts_us, ev in _rows_dec.decode(part):
-                _add_artifact(state, Row(seq, ts_us, ev))
-                count += 1
-    except (msgspec.DecodeError, StopIteration) as exc:
+        return _decode(data)
+    except (msgspec.DecodeError, StopIteration, TypeError, ValueError, KeyError, IndexError) as exc:
+        if isinstance(exc, SnapshotError):
+            raise
         raise SnapshotError(f"undecodable snapshot: {exc!r}") from exc
-    if count != head.n_rows or len(state.rows) != count:
-        raise SnapshotError(f"snapshot holds {count} rows, its head says {head.n_rows}")
-    for seq, aid, pinned in head.pin_events:
-        if aid in state.rows:
-            state.pinned[aid] = pinned
-            state.pin_history.setdefault(aid, []).append((seq, pinned))
-            state.pin_events.append((seq, aid, pinned))
-    times = array("q")
-    times.frombytes(head.times)
-    if len(times) != head.head_seq:
-        raise SnapshotError(f"snapshot has {len(times)} commit times for head seq {head.head_seq}")
-    state.times = times
-    state.head_seq = head.head_seq
+
+
+def _decode(data: bytes) -> Catalog:
+    parts = _parts(data)
+    schema, head_seq, lens, pairs, pin_events = _dec.decode(next(parts))
+    if schema != SNAPSHOT_SCHEMA:
+        raise SnapshotError(f"snapshot schema {schema}, expected {SNAPSHOT_SCHEMA}")
+    state = Catalog()
+    for name in _LISTS:
+        getattr(state, name).clear()
+    for name in ("label_off", "metric_off"):
+        getattr(state, name).pop()
+    for part in parts:
+        name, value = _dec.decode(part)
+        if name in _ARRAYS:
+            getattr(state, name).frombytes(value)
+        elif name in _BYTES:
+            getattr(state, name).extend(value)
+        elif name in _LISTS:
+            getattr(state, name).extend(value)
+        elif name in _INDEXES:
+            index = getattr(state, name)
+            for key, raw in value:
+                a = array("i")
+                a.frombytes(raw)
+                index[_tupled(key)] = a
+        else:
+            raise SnapshotError(f"unknown snapshot part {name!r}")
+    n = len(state.ids)
+    if {name: len(getattr(state, name)) for name in _LISTS} != lens:
+        raise SnapshotError("snapshot lists are incomplete")
+    for name in ("seq", "ts", "size", "kind_s", "run_s", "pinned0", "pin_now"):
+        if len(getattr(state, name)) != n:
+            raise SnapshotError(f"snapshot column {name} has {len(getattr(state, name))} rows, expected {n}")
+    if len(state.sha) != 32 * n or len(state.label_off) != n + 1 or len(state.metric_off) != n + 1:
+        raise SnapshotError("snapshot row offsets do not match its row count")
+    if len(state.times) != head_seq:
+        raise SnapshotError(f"snapshot has {len(state.times)} commit times for head seq {head_seq}")
+    state.str_ids = dict(zip(state.strs, range(len(state.strs))))
+    state._id_rows = None  # a million-entry dict is built only when an id is looked up
+    state.pairs = [(k, _tupled(v)) for k, v in pairs]
+    from .labels import canon
+
+    state.pair_ids = {(k, canon(v)): i for i, (k, v) in enumerate(state.pairs)}
+    for seq, aid, pinned in pin_events:
+        state.pin_history.setdefault(aid, []).append((seq, pinned))
+        state.pin_events.append((seq, aid, pinned))
+    state.head_seq = head_seq
     return state

@@ -16,7 +16,7 @@ from typing import Iterator
 
 from .base import BlobInfo
 
-_HEX = re.compile(r"^[0-9a-f]{64}$")
+_HEX = re.compile(r"[0-9a-f]{64}")
 CHUNK = 1 << 20
 
 
@@ -30,7 +30,7 @@ def _fsync_dir(path: str) -> None:
 
 def check_sha(sha256: str) -> str:
     """Validate a hex SHA-256 string so it can never escape the store's root."""
-    if not isinstance(sha256, str) or not _HEX.match(sha256):
+    if not isinstance(sha256, str) or not _HEX.fullmatch(sha256):
         raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
     return sha256
 
@@ -44,6 +44,7 @@ class LocalBlobStore:
         self._objects = self.root / "sha256"
         self._tmp = self.root / "tmp"
         self._objects.mkdir(parents=True, exist_ok=True)
+        self._uri_prefix = self._objects.as_uri() + "/"
         self._tmp.mkdir(parents=True, exist_ok=True)
 
     def path(self, sha256: str) -> Path:
@@ -53,7 +54,9 @@ class LocalBlobStore:
 
     def uri(self, sha256: str) -> str:
         """A ``file://`` URI of the blob."""
-        return self.path(sha256).as_uri()
+        check_sha(sha256)
+        # Hex digests need no quoting, so the prefix is built (and quoted) once.
+        return f"{self._uri_prefix}{sha256[:2]}/{sha256}"
 
     def exists(self, sha256: str) -> bool:
         """Whether the blob is present."""
@@ -159,7 +162,7 @@ class LocalBlobStore:
         for sub in sorted(self._objects.iterdir()):
             if sub.is_dir():
                 for p in sorted(sub.iterdir()):
-                    if _HEX.match(p.name):
+                    if _HEX.fullmatch(p.name):
                         yield p.name
 
     def verify(self, sha256: str) -> bool:
