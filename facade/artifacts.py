@@ -152,11 +152,18 @@ class ArtifactFacade:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or path, got {type(path).__name__}")
         p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"cannot save {str(path)!r}: no such file")
-        if not p.is_file():
-            raise IsADirectoryError(f"cannot save {str(path)!r}: not a regular file (use stage_dir/ingest_dir for directories)")
-        info = await anyio.to_thread.run_sync(self._src.store.put_file, str(p))
+        store = self._src.store
+
+        def put():
+            # Checked in the worker thread: stat calls would otherwise stall the event loop.
+            if not p.exists():
+                raise FileNotFoundError(f"cannot save {str(path)!r}: no such file")
+            if not p.is_file():
+                raise IsADirectoryError(
+                    f"cannot save {str(path)!r}: not a regular file (use stage_dir/ingest_dir for directories)")
+            return store.put_file(str(p))
+
+        info = await anyio.to_thread.run_sync(put)
         return await self._record(origin="save", sha256=info.sha256, size=info.size,
                                   mime=content.guess_mime(p.name), name=p.name, meta=meta)
 

@@ -30,9 +30,13 @@ class _Pending:
 class GroupCommitLog:
     """Serialises all log I/O of one process and batches appends."""
 
-    def __init__(self, log: SegmentLog, on_records: Callable[[list[Record]], None]):
+    def __init__(self, log: SegmentLog, on_records: Callable[[list[Record]], None],
+                 before_write: Callable[[], None] | None = None):
         self.log = log
         self._on_records = on_records
+        # Runs in the writer thread before each batch: the blob store makes the
+        # blobs the batch's events name durable here (blobs before events).
+        self._before_write = before_write
         self._pending: list[_Pending] = []
         self._lock = anyio.Lock()
         self._poisoned: BaseException | None = None
@@ -71,9 +75,7 @@ class GroupCommitLog:
             r.taken = True
         seen: list[Record] = []
         try:
-            new = await anyio.to_thread.run_sync(
-                self.log.append_batch, [r.payload for r in batch], seen.append
-            )
+            new = await anyio.to_thread.run_sync(self._write, [r.payload for r in batch], seen.append)
         except BaseException as exc:
             # The batch may be partly on disk: only a reopen can tell.
             self._poisoned = exc
@@ -85,6 +87,11 @@ class GroupCommitLog:
         for r, rec in zip(batch, new):
             r.record = rec
         self._on_records(seen + new)
+
+    def _write(self, payloads: list[bytes], on_record: Callable[[Record], None]) -> list[Record]:
+        if self._before_write is not None:
+            self._before_write()
+        return self.log.append_batch(payloads, on_record)
 
     async def refresh(self) -> None:
         """Pick up records other processes committed (cheap when there are none)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -38,9 +39,14 @@ def check_sha(sha256: str) -> str:
 class LocalBlobStore:
     """Blobs in a directory, deduplicated by SHA-256."""
 
-    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True):
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True, defer_dir_sync: bool = False):
         self.root = Path(root).resolve()
         self.fsync = fsync
+        # With defer_dir_sync, renames are made durable by sync_dirs(), which the
+        # ledger calls once per group commit before appending the batch's events.
+        self.defer_dir_sync = defer_dir_sync
+        self._dirty: set[str] = set()
+        self._dirty_lock = threading.Lock()
         self._objects = self.root / "sha256"
         self._tmp = self.root / "tmp"
         self._objects.mkdir(parents=True, exist_ok=True)
@@ -145,10 +151,30 @@ class LocalBlobStore:
 
     def _publish(self, tmp: Path, sha: str) -> None:
         final = self.path(sha)
-        final.parent.mkdir(exist_ok=True)
+        shard = final.parent
+        try:
+            shard.mkdir()
+            new_shard = True
+        except FileExistsError:
+            new_shard = False
         os.rename(tmp, final)
-        if self.fsync:
-            _fsync_dir(str(final.parent))
+        if not self.fsync:
+            return
+        dirs = [str(shard), str(self._objects)] if new_shard else [str(shard)]
+        if self.defer_dir_sync:
+            with self._dirty_lock:
+                self._dirty.update(dirs)
+        else:
+            for d in dirs:
+                _fsync_dir(d)
+
+    def sync_dirs(self) -> None:
+        """Make every rename since the last call durable (one fsync per touched directory)."""
+        with self._dirty_lock:
+            dirs, self._dirty = self._dirty, set()
+        # Shards before their parent, so a new shard's entries are durable before its name.
+        for d in sorted(dirs, key=len, reverse=True):
+            _fsync_dir(d)
 
     def read_bytes(self, sha256: str) -> bytes:
         """Return a blob's bytes."""
