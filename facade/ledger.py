@@ -27,7 +27,7 @@ from projections.query import pinned_at, seq_at_time
 from store.local import LocalBlobStore
 
 from . import audit
-from .model import Artifact, utc_from_us
+from .model import Artifact, build_artifact, utc_from_us
 from .validation import check_id
 from .view import LedgerView
 
@@ -297,7 +297,7 @@ def row_to_artifact(row: Row, pinned: bool, blob_uri: Callable[[str], str]) -> A
     s = c.strs
     sha = c.sha_hex(i)
     aid = c.ids[i]
-    return Artifact.model_construct(
+    return build_artifact(dict(
         artifact_id=aid,
         # The fragment names the occurrence: artifacts sharing a blob keep their own URI.
         uri=f"{blob_uri(sha)}#{aid}",
@@ -315,7 +315,7 @@ def row_to_artifact(row: Row, pinned: bool, blob_uri: Callable[[str], str]) -> A
         created_at=utc_from_us(c.ts[i]),
         seq=c.seq[i],
         suggested_uri=s[c.suggested_s[i]],
-    )
+    ))
 
 
 def _decode(rec: Record) -> Event:
