@@ -17,12 +17,12 @@ import anyio.to_thread
 
 from ledger import checkpoints
 from ledger.errors import LedgerClosed, LedgerCorruption
-from ledger.events import Event, EventDecodeError, decode_event, encode_event
+from ledger.events import Event, EventDecodeError, decode_event, decode_events, encode_event
 from ledger.filelog import DEFAULT_SEGMENT_BYTES, Position, SegmentLog
 from ledger.framing import Record
 from ledger.group_commit import GroupCommitLog
 from projections import snapshot
-from projections.catalog import Catalog, Logged, Row, apply
+from projections.catalog import Catalog, Logged, Row, apply_batch
 from projections.query import pinned_at, seq_at_time
 from store.local import LocalBlobStore
 
@@ -32,6 +32,7 @@ from .validation import check_id
 from .view import LedgerView
 
 DEFAULT_CHECKPOINT_EVERY = 10_000
+REPLAY_BATCH = 4096
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 MARKER = "ARTIFACT-LEDGER"
@@ -74,8 +75,7 @@ class Ledger:
     # ------------------------------------------------------------ lifecycle
     def _apply_records(self, records: list[Record]) -> None:
         cat = self.catalog
-        for rec in records:
-            apply(cat, Logged(rec.seq, rec.ts_us, _decode(rec)))
+        apply_batch(cat, logged_records(records))
         if records and cat.head_seq - self._ckpt_seq >= self.checkpoint_every and not self._closed:
             self._start_checkpoint(records[-1].offset)
 
@@ -318,6 +318,14 @@ def row_to_artifact(row: Row, pinned: bool, blob_uri: Callable[[str], str]) -> A
     ))
 
 
+def logged_records(records: list[Record]) -> list[Logged]:
+    """Decode records into Logged events (in one msgspec call when they are all current)."""
+    events = decode_events([r.payload for r in records])
+    if events is None:
+        events = [_decode(r) for r in records]
+    return [Logged(r.seq, r.ts_us, ev) for r, ev in zip(records, events)]
+
+
 def _decode(rec: Record) -> Event:
     try:
         return decode_event(rec.payload)
@@ -386,7 +394,16 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
         try:
             start = _load_checkpoint(led, log)
             cat = led.catalog
-            log.recover(lambda rec: apply(cat, Logged(rec.seq, rec.ts_us, _decode(rec))), start=start)
+            pending: list[Record] = []
+
+            def on_record(rec: Record) -> None:
+                pending.append(rec)
+                if len(pending) >= REPLAY_BATCH:
+                    apply_batch(cat, logged_records(pending))
+                    pending.clear()
+
+            log.recover(on_record, start=start)
+            apply_batch(cat, logged_records(pending))
         except BaseException:
             log.close()
             raise

@@ -71,6 +71,25 @@ def decode_event(payload: bytes) -> Event:
     return upcast(event)
 
 
+_list_decoder = msgspec.msgpack.Decoder(list[Event])
+
+
+def decode_events(payloads: list[bytes]) -> list[Event] | None:
+    """Decode many payloads in one call; None if any is bad (decode them one by one to find it)."""
+    n = len(payloads)
+    # A msgpack array32 header followed by the payloads is exactly a list of events.
+    try:
+        events = _list_decoder.decode(b"\xdd" + n.to_bytes(4, "big") + b"".join(payloads))
+    except msgspec.DecodeError:
+        return None
+    if len(events) != n:
+        return None
+    for ev in events:
+        if ev.v != SCHEMA_VERSION:
+            return None  # old or future versions take the one-by-one path (upcast or a clear error)
+    return events
+
+
 def upcast(event: Event) -> Event:
     """Bring an event of an older schema version up to the current one."""
     if event.v > SCHEMA_VERSION:

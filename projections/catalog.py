@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
+from itertools import accumulate, groupby
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -338,6 +339,136 @@ def replay(events: Iterable[Logged], state: Catalog | None = None) -> Catalog:
     return st
 
 
+def apply_batch(state: Catalog, events: Sequence[Logged]) -> Catalog:
+    """Fold many events at once; always equal to applying them one by one with ``apply``.
+
+    Runs of artifact events are added column by column (C-level extends and
+    grouped index appends) instead of field by field, which is what makes
+    replay and catch-up fast.
+    """
+    run: list[Logged] = []
+    for lg in events:
+        if type(lg.event) is ArtifactRecorded:
+            run.append(lg)
+            continue
+        if run:
+            _add_run(state, run)
+            run = []
+        apply(state, lg)
+    if run:
+        _add_run(state, run)
+    return state
+
+
+def _plain_labels(labels: dict[str, Any]) -> bool:
+    for v in labels.values():
+        t = type(v)
+        if t is bool or t is list:
+            return False
+    return True
+
+
+def _intern(state: Catalog, values: list[Any]) -> None:
+    str_ids, strs = state.str_ids, state.strs
+    for v in dict.fromkeys(values):
+        if v not in str_ids:
+            str_ids[v] = len(strs)
+            strs.append(v)
+
+
+def _group_into(index: dict, keys: list[Any], base: int) -> None:
+    """Append row base+j to index[keys[j]] for every j, preserving ascending order."""
+    _group_rows(index, keys, range(base, base + len(keys)))
+
+
+def _add_run(state: Catalog, run: list[Logged]) -> None:
+    evs = [lg.event for lg in run]
+    ids = [ev.artifact_id for ev in evs]
+    id_rows = state.id_rows
+    # The column-wise path needs fresh, distinct ids, plain labels and no live
+    # best tables; anything else goes through the one-event path.
+    if (state.best or len(set(ids)) != len(ids) or any(aid in id_rows for aid in ids)
+            or not all(_plain_labels(ev.labels) for ev in evs)):
+        for lg in run:
+            add_artifact(state, lg.seq, lg.ts_us, lg.event)  # type: ignore[arg-type]
+            state.head_seq = lg.seq
+            state.times.append(lg.ts_us)
+        return
+    base = len(state.ids)
+    n = len(evs)
+    state.ids.extend(ids)
+    id_rows.update(zip(ids, range(base, base + n)))
+    seqs = [lg.seq for lg in run]
+    tss = [lg.ts_us for lg in run]
+    state.seq.extend(seqs)
+    state.ts.extend(tss)
+    state.size.extend([ev.size for ev in evs])
+    str_ids = state.str_ids
+    columns = {}
+    for col, attr in (("kind_s", "kind"), ("mime_s", "mime"), ("origin_s", "origin"), ("run_s", "run_id"),
+                      ("graph_s", "graph_id"), ("node_s", "node_id"), ("project_s", "project_id"),
+                      ("name_s", "name"), ("suggested_s", "suggested_uri")):
+        values = [getattr(ev, attr) for ev in evs]
+        _intern(state, values)
+        getattr(state, col).extend(map(str_ids.__getitem__, values))
+        columns[attr] = values
+    shas = [ev.sha256 for ev in evs]
+    state.sha += bytes.fromhex("".join(shas))
+    pins = bytes(bytearray(ev.pinned for ev in evs))
+    state.pinned0 += pins
+    state.pin_now += pins
+    if state._by_sha is not None:
+        for j, sha in enumerate(shas):
+            state._by_sha[bytes.fromhex(sha)] = base + j
+    # labels: plain values are their own canonical form, so (key, value) is the pair key
+    counts = [len(ev.labels) for ev in evs]
+    items = [it for ev in evs for it in ev.labels.items()]
+    pair_ids = state.pair_ids
+    for it in dict.fromkeys(items):
+        if it not in pair_ids:
+            pair_ids[it] = len(state.pairs)
+            state.pairs.append(it)
+    pids = list(map(pair_ids.__getitem__, items))
+    state.label_pair.extend(pids)
+    state.label_off.extend(accumulate(counts, initial=state.label_off[-1]))
+    del state.label_off[-n - 1]  # accumulate() starts by repeating the previous end
+    mcounts = [len(ev.metrics) for ev in evs]
+    names = [k for ev in evs for k in ev.metrics]
+    _intern(state, names)
+    state.metric_name.extend(map(str_ids.__getitem__, names))
+    state.metric_val.extend([v for ev in evs for v in ev.metrics.values()])
+    state.metric_off.extend(accumulate(mcounts, initial=state.metric_off[-1]))
+    del state.metric_off[-n - 1]
+    by_label = state.by_label
+    for attr in RESERVED:
+        _group_into(by_label, [(attr, v) for v in columns[attr]], base)
+    label_rows = [base + j for j, c in enumerate(counts) for _ in range(c)]
+    _group_rows(by_label, items, label_rows)
+    runs, graphs = columns["run_id"], columns["graph_id"]
+    _group_into(state.by_graph, list(zip(runs, graphs)), base)
+    _group_into(state.by_node, list(zip(runs, graphs, columns["node_id"])), base)
+    _group_into(state.by_kind, columns["kind"], base)
+    state.head_seq = seqs[-1]
+    state.times.extend(tss)
+
+
+def _group_rows(index: dict, keys: list[Any], rows: Sequence[int]) -> None:
+    """Append rows[j] to index[keys[j]] for every j (rows ascending), preserving order."""
+    # Keys of mixed types do not sort, so sort positions by a small integer code per key.
+    code_of = {k: c for c, k in enumerate(dict.fromkeys(keys))}
+    codes = list(map(code_of.__getitem__, keys))
+    uniq = list(code_of)
+    order = sorted(range(len(keys)), key=codes.__getitem__)
+    for code, grp in groupby(order, key=codes.__getitem__):
+        add = array("i", map(rows.__getitem__, grp))
+        key = uniq[code]
+        lst = index.get(key)
+        if lst is None:
+            index[key] = add
+        else:
+            lst.extend(add)
+
+
 def apply_pin(state: Catalog, seq: int, aid: str, pinned: bool) -> None:
     """Record a pin change of a known artifact."""
     # A pin of an unknown id cannot be produced through the facade; the log
@@ -449,5 +580,6 @@ def _update_best(state: Catalog, i: int, ev: ArtifactRecorded) -> None:
                 entry[1] = i
 
 
-__all__ = ["Catalog", "Logged", "Row", "RESERVED", "SCOPES", "add_artifact", "apply", "apply_pin", "replay",
+__all__ = ["Catalog", "Logged", "Row", "RESERVED", "SCOPES", "add_artifact", "apply", "apply_batch", "apply_pin",
+           "replay",
            "scope_keys_of"]
