@@ -7,6 +7,7 @@ import os
 import shutil
 import struct
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from facade import open_ledger
 from ledger import checkpoints
 from ledger.errors import LedgerCorruption
 from ledger.events import ArtifactRecorded, PinChanged, decode_event
-from ledger.filelog import SegmentLog
+from ledger.filelog import SegmentLog, segment_name
+from ledger.framing import encode_segment_header
 from projections import snapshot
 from projections.catalog import Catalog, Logged, apply, replay
 from projections.query import Filter, best
@@ -493,3 +495,53 @@ def test_periodic_checkpoint_default_and_validation(tmp_path):
         assert ckpt_files(root) == [checkpoints.file_name(1)]
 
     anyio.run(main)
+
+
+def run_with_deadline(fn, seconds: float = 30) -> None:
+    """Run ``fn`` in a daemon thread and fail (instead of hanging the suite) if it does not finish."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # re-raised in the test's thread
+            errors.append(exc)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"still running after {seconds} s (hang)"
+    if errors:
+        raise errors[0]
+
+
+def test_empty_last_segment_opens_and_checkpoints(tmp_path):
+    """A segment created but never written (crash) neither hangs opening nor makes checkpoints unloadable."""
+
+    async def main():
+        src = make_sources(tmp_path)
+        root = tmp_path / "ledger"
+        await build(root, src, 4)
+        seq, digest = disk_records(root)[-1].seq, disk_records(root)[-1].hash
+        empty = root / "log" / segment_name(seq + 1)
+        empty.write_bytes(encode_segment_header(seq + 1, digest))
+        for keep_checkpoints in (True, False):
+            if not keep_checkpoints:
+                shutil.rmtree(root / "checkpoints")
+            led = await open_quiet(root)
+            assert led.head == (seq, digest.hex()) and led.catalog == full_replay(root)
+            assert await led.checkpoint() == seq
+            await led.aclose()
+            led = await open_quiet(root)
+            assert led._ckpt_seq == seq  # the checkpoint taken beside the empty segment loads
+            assert led.catalog == full_replay(root)
+            await led.aclose()
+        async with open_ledger(root, fsync=False) as led:
+            await led.artifacts(**ids_of(CTXS[0])).save(str(src / "a.bin"), kind="z")
+        assert [r.seq for r in disk_records(root)] == list(range(1, seq + 2))
+        assert disk_records(root)[-1].segment == empty.name
+        led = await open_quiet(root)
+        assert led._ckpt_seq == seq + 1 and led.catalog == full_replay(root)
+        await led.aclose()
+
+    run_with_deadline(lambda: anyio.run(main))
