@@ -545,3 +545,40 @@ def test_empty_last_segment_opens_and_checkpoints(tmp_path):
         await led.aclose()
 
     run_with_deadline(lambda: anyio.run(main))
+
+
+def test_background_checkpoints_under_concurrent_appends(tmp_path):
+    """Periodic checkpoints taken while many appends are in flight still load to the full-replay state."""
+
+    async def main():
+        src = make_sources(tmp_path)
+        root = tmp_path / "ledger"
+        async with open_ledger(root, fsync=False, checkpoint_every=3) as led:
+            facs = [led.artifacts(**ids_of(c)) for c in CTXS]
+
+            async def worker(i: int) -> None:
+                for j in range(6):
+                    art = await facs[i % 3].save(str(src / "b.txt"), kind="x", metrics={"m": (i * j) % 4})
+                    if j % 2:
+                        await facs[0].pin(art.artifact_id)
+
+            async with anyio.create_task_group() as tg:
+                for i in range(8):
+                    tg.start_soon(worker, i)
+            head = led.head[0]
+        assert head == 8 * 9
+        full = full_replay(root)
+        names = ckpt_files(root)
+        assert names[-1] == checkpoints.file_name(head) and len(names) <= checkpoints.KEEP
+        for name in names:  # every surviving checkpoint, not only the newest
+            for other in names:
+                if other != name:
+                    os.rename(root / "checkpoints" / other, root / f"aside-{other}")
+            led = await open_quiet(root, checkpoint_every=10**9)
+            assert led._ckpt_seq == int(name[: -len(".ckpt")]) and led.catalog == full
+            await led.aclose()
+            for other in names:
+                if other != name:
+                    os.rename(root / f"aside-{other}", root / "checkpoints" / other)
+
+    anyio.run(main)

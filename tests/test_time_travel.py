@@ -290,7 +290,7 @@ def test_timestamps_strictly_increase_when_clock_steps_back(tmp_path, monkeypatc
 
 
 def test_as_of_rejects_bad_positions(tmp_path):
-    """Out-of-range seq, a time before the first event, naive datetimes and bad argument combinations raise ValueError."""
+    """Out-of-range seq, a time before the first event, a naive datetime and bad argument mixes raise ValueError."""
 
     async def main():
         src = make_sources(tmp_path)
