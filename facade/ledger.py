@@ -18,7 +18,7 @@ import anyio.to_thread
 from ledger import checkpoints
 from ledger.errors import LedgerClosed, LedgerCorruption
 from ledger.events import Event, EventDecodeError, decode_event, decode_events, encode_event
-from ledger.filelog import DEFAULT_SEGMENT_BYTES, Position, SegmentLog
+from ledger.filelog import DEFAULT_SEGMENT_BYTES, SEGMENT_SUFFIX, Position, SegmentLog
 from ledger.framing import Record
 from ledger.group_commit import GroupCommitLog
 from projections import snapshot
@@ -84,7 +84,7 @@ class Ledger:
         if self._ckpt_thread is not None and self._ckpt_thread.is_alive():
             return
         cap = snapshot.capture(self.catalog)
-        pos = self._log.position()
+        pos = self._checkpoint_position()
         self._ckpt_seq = cap.head_seq
         self._ckpt_thread = threading.Thread(
             target=self._write_checkpoint, args=(cap, pos, record_offset, True),
@@ -120,11 +120,22 @@ class Ledger:
             if cat.head_seq == 0:
                 return 0
             cap = snapshot.capture(cat)
-            pos = self._log.position()
+            pos = self._checkpoint_position()
             rec_offset = self._head_record_offset()
         await anyio.to_thread.run_sync(self._write_checkpoint, cap, pos, rec_offset, False)
         self._ckpt_seq = cap.head_seq
         return cap.head_seq
+
+    def _checkpoint_position(self) -> Position:
+        """The log position a checkpoint records: the end of the head record, in that record's segment."""
+        pos = self._log.position()
+        if pos.segment_first_seq > pos.seq:
+            # The newest segment is still empty (a crash right after creating it); a position
+            # inside it would not name the segment holding the head record.
+            rec = next(iter(self._log.read_range(pos.seq, pos.seq)))
+            seg_first = int(rec.segment[: -len(SEGMENT_SUFFIX)])
+            pos = Position(pos.seq, pos.hash, pos.ts_us, seg_first, rec.offset + rec.length)
+        return pos
 
     def _head_record_offset(self) -> int:
         """Byte offset of the head record in its segment (read back from the log)."""

@@ -157,6 +157,8 @@ class SegmentLog:
                 return
         while True:
             self._scan_current(on_record, repair=repair)
+            if self._seg_first == self.head_seq + 1:
+                return  # the current segment holds no record yet (a crash right after creating it)
             if not self._enter_next_segment(repair):
                 return
 
