@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from crc32c import crc32c
 
@@ -25,9 +25,8 @@ BODY_HEAD_SIZE = _BODY_HEAD.size
 MAX_BODY = 64 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One decoded log record with its position on disk."""
+class Record(NamedTuple):
+    """One decoded log record with its position on disk (a tuple: cheap to make in bulk)."""
 
     seq: int
     ts_us: int

@@ -16,9 +16,9 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 from itertools import accumulate, groupby
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Iterable
+from operator import attrgetter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, NamedTuple
 
 from ledger.events import ArtifactRecorded, Event, PinChanged
 
@@ -27,9 +27,8 @@ from .labels import RESERVED, canon
 SCOPES = ("node", "graph", "run", "project", "all")
 
 
-@dataclass(frozen=True, slots=True)
-class Logged:
-    """An event with its ledger position and commit time."""
+class Logged(NamedTuple):
+    """An event with its ledger position and commit time (a tuple: cheap to make in bulk)."""
 
     seq: int
     ts_us: int
@@ -376,9 +375,21 @@ def _intern(state: Catalog, values: list[Any]) -> None:
             strs.append(v)
 
 
-def _group_into(index: dict, keys: list[Any], base: int) -> None:
-    """Append row base+j to index[keys[j]] for every j, preserving ascending order."""
-    _group_rows(index, keys, range(base, base + len(keys)))
+def _group_codes(index: dict, codes: Sequence[int], key_of: Callable[[int], Any], rows: Sequence[int]) -> None:
+    """Append rows[j] to index[key_of(codes[j])] for every j (rows ascending), keeping order.
+
+    Grouping is by small integers (cheap to hash and sort, unlike tuples of
+    mixed types); the index key is built once per group.
+    """
+    order = sorted(range(len(codes)), key=codes.__getitem__)
+    for code, grp in groupby(order, key=codes.__getitem__):
+        add = array("i", map(rows.__getitem__, grp))
+        key = key_of(code)
+        lst = index.get(key)
+        if lst is None:
+            index[key] = add
+        else:
+            lst.extend(add)
 
 
 def _add_run(state: Catalog, run: list[Logged]) -> None:
@@ -404,14 +415,12 @@ def _add_run(state: Catalog, run: list[Logged]) -> None:
     state.ts.extend(tss)
     state.size.extend([ev.size for ev in evs])
     str_ids = state.str_ids
-    columns = {}
     for col, attr in (("kind_s", "kind"), ("mime_s", "mime"), ("origin_s", "origin"), ("run_s", "run_id"),
                       ("graph_s", "graph_id"), ("node_s", "node_id"), ("project_s", "project_id"),
                       ("name_s", "name"), ("suggested_s", "suggested_uri")):
-        values = [getattr(ev, attr) for ev in evs]
+        values = list(map(attrgetter(attr), evs))
         _intern(state, values)
         getattr(state, col).extend(map(str_ids.__getitem__, values))
-        columns[attr] = values
     shas = [ev.sha256 for ev in evs]
     state.sha += bytes.fromhex("".join(shas))
     pins = bytes(bytearray(ev.pinned for ev in evs))
@@ -440,33 +449,24 @@ def _add_run(state: Catalog, run: list[Logged]) -> None:
     state.metric_off.extend(accumulate(mcounts, initial=state.metric_off[-1]))
     del state.metric_off[-n - 1]
     by_label = state.by_label
-    for attr in RESERVED:
-        _group_into(by_label, [(attr, v) for v in columns[attr]], base)
+    rows = range(base, base + n)
+    strs = state.strs
+    for col, attr in (("run_s", "run_id"), ("graph_s", "graph_id"), ("node_s", "node_id"),
+                      ("project_s", "project_id")):
+        _group_codes(by_label, getattr(state, col)[base:], lambda c, a=attr: (a, strs[c]), rows)
     label_rows = [base + j for j, c in enumerate(counts) for _ in range(c)]
-    _group_rows(by_label, items, label_rows)
-    runs, graphs = columns["run_id"], columns["graph_id"]
-    _group_into(state.by_graph, list(zip(runs, graphs)), base)
-    _group_into(state.by_node, list(zip(runs, graphs, columns["node_id"])), base)
-    _group_into(state.by_kind, columns["kind"], base)
+    pairs = state.pairs
+    _group_codes(by_label, pids, pairs.__getitem__, label_rows)
+    width = len(strs) + 1
+    run_c, graph_c, node_c = state.run_s[base:], state.graph_s[base:], state.node_s[base:]
+    rg = [r * width + g for r, g in zip(run_c, graph_c)]
+    _group_codes(state.by_graph, rg, lambda c: (strs[c // width], strs[c % width]), rows)
+    rgn = [x * width + nd for x, nd in zip(rg, node_c)]
+    _group_codes(state.by_node, rgn,
+                 lambda c: (strs[c // width // width], strs[c // width % width], strs[c % width]), rows)
+    _group_codes(state.by_kind, state.kind_s[base:], strs.__getitem__, rows)
     state.head_seq = seqs[-1]
     state.times.extend(tss)
-
-
-def _group_rows(index: dict, keys: list[Any], rows: Sequence[int]) -> None:
-    """Append rows[j] to index[keys[j]] for every j (rows ascending), preserving order."""
-    # Keys of mixed types do not sort, so sort positions by a small integer code per key.
-    code_of = {k: c for c, k in enumerate(dict.fromkeys(keys))}
-    codes = list(map(code_of.__getitem__, keys))
-    uniq = list(code_of)
-    order = sorted(range(len(keys)), key=codes.__getitem__)
-    for code, grp in groupby(order, key=codes.__getitem__):
-        add = array("i", map(rows.__getitem__, grp))
-        key = uniq[code]
-        lst = index.get(key)
-        if lst is None:
-            index[key] = add
-        else:
-            lst.extend(add)
 
 
 def apply_pin(state: Catalog, seq: int, aid: str, pinned: bool) -> None:
