@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,12 +21,12 @@ from ledger.errors import LedgerCorruption
 
 from . import cli_commands as cmd
 from .cli_commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, Reader, Result
-from .cli_format import Status, fmt_time
+from .cli_format import Progress, fmt_time
 from .ledger import open_ledger
 
 PROG = "artifact-ledger"
 ROOT_ENV = "ARTIFACT_LEDGER_ROOT"
-OPEN_QUIET_SECONDS = 0.5  # a note appears only when opening (log replay) takes longer
+OPEN_QUIET_SECONDS = 0.5  # a progress bar appears only when opening (log replay) takes longer
 
 DESCRIPTION = "Read, audit and export an artifact ledger directory (never creates or changes artifacts)."
 
@@ -193,26 +194,19 @@ def _root(args: argparse.Namespace) -> Path:
 
 
 async def _open(root: Path) -> Any:
-    """Open without creating; on a terminal, say so if replaying the log takes a while."""
-    status = Status()
-    outcome: list[Any] = []
+    """Open without creating; on a terminal, a replay of the log that takes a while gets a progress bar."""
+    bar = Progress(f"replaying the log of {root.name}")
+    started = time.monotonic()
 
-    async def announce() -> None:
-        await anyio.sleep(OPEN_QUIET_SECONDS)
-        status.show(f"opening {root}: replaying the log ...")
+    def rebuild_progress(done: int, total: int) -> None:
+        # Most opens load a checkpoint and finish at once; only a long replay earns a bar.
+        if time.monotonic() - started >= OPEN_QUIET_SECONDS:
+            bar.update(done, total)
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(announce)
-        # Failures are carried out of the group so that they are not wrapped in an ExceptionGroup.
-        try:
-            outcome.append(await open_ledger(root, create=False))
-        except Exception as exc:
-            outcome.append(exc)
-        tg.cancel_scope.cancel()
-    status.close()
-    if isinstance(outcome[0], Exception):
-        raise outcome[0]
-    return outcome[0]
+    try:
+        return await open_ledger(root, create=False, progress=rebuild_progress)
+    finally:
+        bar.close()
 
 
 async def _run(args: argparse.Namespace) -> int:

@@ -134,29 +134,3 @@ class Progress:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
             self._drawn = False
-
-
-class Status:
-    """A one-line note on a terminal while something without a known length runs."""
-
-    def __init__(self, stream: TextIO | None = None):
-        self.stream = sys.stderr if stream is None else stream
-        try:
-            self.enabled = self.stream.isatty()
-        except (AttributeError, ValueError):
-            self.enabled = False
-        self._shown = False
-
-    def show(self, message: str) -> None:
-        """Print the note (replacing any earlier one)."""
-        if self.enabled:
-            self.stream.write(f"\r\x1b[K{message}")
-            self.stream.flush()
-            self._shown = True
-
-    def close(self) -> None:
-        """Erase the note."""
-        if self._shown:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-            self._shown = False

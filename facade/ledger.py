@@ -387,8 +387,21 @@ def _load_checkpoint(led: Ledger, log: SegmentLog) -> Position | None:
     return None
 
 
+def _log_bytes_after(log: SegmentLog, start: Position | None) -> int:
+    """Bytes of log that a replay from ``start`` will read (for progress reports)."""
+    total = 0
+    for first in log.segments():
+        if start is not None and first < start.segment_first_seq:
+            continue
+        size = os.path.getsize(os.path.join(log.directory, f"{first:020d}{SEGMENT_SUFFIX}"))
+        if start is not None and first == start.segment_first_seq:
+            size -= start.offset
+        total += max(size, 0)
+    return total
+
+
 async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: int, fsync: bool,
-                checkpoint_every: int) -> Ledger:
+                checkpoint_every: int, progress: Callable[[int, int], None] | None = None) -> Ledger:
     path = Path(root).resolve()
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
@@ -406,15 +419,23 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
             start = _load_checkpoint(led, log)
             cat = led.catalog
             pending: list[Record] = []
+            total = _log_bytes_after(log, start) if progress is not None else 0
+            done = 0
 
             def on_record(rec: Record) -> None:
+                nonlocal done
                 pending.append(rec)
                 if len(pending) >= REPLAY_BATCH:
                     apply_batch(cat, logged_records(pending))
+                    if progress is not None:
+                        done += sum(r.length for r in pending)
+                        progress(min(done, total), total)
                     pending.clear()
 
             log.recover(on_record, start=start)
             apply_batch(cat, logged_records(pending))
+            if progress is not None:
+                progress(total, total)
         except BaseException:
             log.close()
             raise
@@ -456,7 +477,11 @@ def open_ledger(
     segment_bytes: int = DEFAULT_SEGMENT_BYTES,
     fsync: bool = True,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    progress: Callable[[int, int], None] | None = None,
 ) -> _Opener:
-    """Open (or create) the embedded ledger in directory ``root``; await it or use ``async with``."""
+    """Open (or create) the embedded ledger in directory ``root``; await it or use ``async with``.
+
+    ``progress(done_bytes, total_bytes)`` is called from a worker thread while the log is replayed.
+    """
     return _Opener(root, {"create": create, "segment_bytes": segment_bytes, "fsync": fsync,
-                          "checkpoint_every": checkpoint_every})
+                          "checkpoint_every": checkpoint_every, "progress": progress})
