@@ -66,7 +66,7 @@ class Ledger:
         self.checkpoint_every = checkpoint_every
         self._fsync = fsync
         self._log = log
-        self._gc = GroupCommitLog(log, self._apply_records, before_write=store.sync_dirs)
+        self._gc = GroupCommitLog(log, self._apply_records, before_write=store.make_durable)
         self._closed = False
         self._ckpt_seq = 0  # seq of the newest checkpoint written or loaded
         self._ckpt_thread: threading.Thread | None = None
@@ -409,7 +409,7 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
     def blocking_open() -> Ledger:
         _prepare_root(path, create)
         log = SegmentLog(str(path / "log"), segment_bytes=segment_bytes, fsync=fsync)
-        store = LocalBlobStore(path / "blobs", fsync=fsync, defer_dir_sync=True)
+        store = LocalBlobStore(path / "blobs", fsync=fsync, deferred=True)
         led = Ledger(path, log, store, checkpoint_every=checkpoint_every, fsync=fsync)
         # Replay allocates millions of long-lived objects; the cyclic GC would
         # rescan them over and over, so it is paused and the survivors frozen.

@@ -1,8 +1,10 @@
 """Content-addressed blobs on the local filesystem (the embedded default).
 
-Layout: ``<root>/sha256/<first two hex>/<full hex>``. A blob becomes visible
-under its final name only after its bytes are fsynced (temp file, fsync,
-rename, directory fsync), so a name always means complete bytes.
+Layout: ``<root>/sha256/<first two hex>/<full hex>``. A blob is written to a
+temp file and renamed to its address. It is durable once its bytes and the
+rename are flushed: at once (fsync, rename, directory fsync) for a store used
+on its own, or, for a ledger's store (``deferred=True``), by ``make_durable()``,
+which the ledger's group commit calls before appending the events of a batch.
 """
 
 from __future__ import annotations
@@ -15,18 +17,18 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+from . import durable
 from .base import BlobInfo
+from .durable import fsync_dir as _fsync_dir
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 CHUNK = 1 << 20
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+# Below this many blobs awaiting durability, fsync each; at or above it, one
+# syncfs of the filesystem (a single journal commit) is cheaper.
+SYNCFS_MIN_BLOBS = 4
+_rename = os.rename
 
 
 def check_sha(sha256: str) -> str:
@@ -39,14 +41,14 @@ def check_sha(sha256: str) -> str:
 class LocalBlobStore:
     """Blobs in a directory, deduplicated by SHA-256."""
 
-    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True, defer_dir_sync: bool = False):
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True, deferred: bool = False):
         self.root = Path(root).resolve()
         self.fsync = fsync
-        # With defer_dir_sync, renames are made durable by sync_dirs(), which the
-        # ledger calls once per group commit before appending the batch's events.
-        self.defer_dir_sync = defer_dir_sync
-        self._dirty: set[str] = set()
-        self._dirty_lock = threading.Lock()
+        # With ``deferred``, blob bytes and renames are made durable by
+        # make_durable(), which must run before any event naming them is written.
+        self.deferred = deferred
+        self._pending: list[tuple[str, str]] = []  # (temp path, sha256) awaiting make_durable()
+        self._pending_lock = threading.Lock()
         self._objects = self.root / "sha256"
         self._tmp = self.root / "tmp"
         self._objects.mkdir(parents=True, exist_ok=True)
@@ -80,7 +82,7 @@ class LocalBlobStore:
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
-            if self.fsync:
+            if self.fsync and not self.deferred:
                 os.fsync(fd)
         finally:
             os.close(fd)
@@ -113,7 +115,7 @@ class LocalBlobStore:
                     while view:
                         n = os.write(fd, view)
                         view = view[n:]
-            if self.fsync:
+            if self.fsync and not self.deferred:
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -135,7 +137,7 @@ class LocalBlobStore:
             while chunk := f.read(CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
-            if self.fsync:
+            if self.fsync and not self.deferred:
                 os.fsync(f.fileno())
         sha = digest.hexdigest()
         if self.exists(sha):
@@ -150,31 +152,57 @@ class LocalBlobStore:
         return BlobInfo(sha, size)
 
     def _publish(self, tmp: Path, sha: str) -> None:
+        if self.fsync and self.deferred:
+            # Renamed into place by make_durable() once its bytes are flushed,
+            # so a blob's name always means complete bytes, even after a crash.
+            with self._pending_lock:
+                self._pending.append((str(tmp), sha))
+            return
+        self._rename_in(str(tmp), sha, sync_dirs=self.fsync)
+
+    def _rename_in(self, tmp: str, sha: str, *, sync_dirs: bool) -> list[str]:
+        """Rename a flushed temp file to its address; returns the directories touched."""
         final = self.path(sha)
         shard = final.parent
         try:
             shard.mkdir()
-            new_shard = True
+            dirs = [str(shard), str(self._objects)]
         except FileExistsError:
-            new_shard = False
-        os.rename(tmp, final)
-        if not self.fsync:
-            return
-        dirs = [str(shard), str(self._objects)] if new_shard else [str(shard)]
-        if self.defer_dir_sync:
-            with self._dirty_lock:
-                self._dirty.update(dirs)
-        else:
+            dirs = [str(shard)]
+        _rename(tmp, final)
+        if sync_dirs:
+            # Shard before its parent, so a new shard's entries are durable before its name.
             for d in dirs:
                 _fsync_dir(d)
+        return dirs
 
-    def sync_dirs(self) -> None:
-        """Make every rename since the last call durable (one fsync per touched directory)."""
-        with self._dirty_lock:
-            dirs, self._dirty = self._dirty, set()
-        # Shards before their parent, so a new shard's entries are durable before its name.
-        for d in sorted(dirs, key=len, reverse=True):
-            _fsync_dir(d)
+    def make_durable(self) -> None:
+        """Flush and publish every blob put since the last call (deferred stores).
+
+        Bytes are flushed first (a few blobs one fsync each, many with one
+        syncfs of the filesystem), then renamed to their addresses, then the
+        renames are flushed the same way. A blob that was already present when
+        put (deduplicated) was published by an earlier call, before which no
+        event could name it.
+        """
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
+        many = len(pending) >= SYNCFS_MIN_BLOBS and durable.syncfs_available()
+        if many:
+            durable.syncfs(str(self._objects))
+        else:
+            for tmp, _ in pending:
+                durable.fsync_path(tmp)
+        dirs: set[str] = set()
+        for tmp, sha in pending:
+            dirs.update(self._rename_in(tmp, sha, sync_dirs=False))
+        if many:
+            durable.syncfs(str(self._objects))
+        else:
+            for d in sorted(dirs, key=len, reverse=True):
+                _fsync_dir(d)
 
     def read_bytes(self, sha256: str) -> bytes:
         """Return a blob's bytes."""

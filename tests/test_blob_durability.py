@@ -1,44 +1,89 @@
-"""A blob is durable (bytes fsynced, directory entry fsynced) before the event naming it is appended."""
+"""A blob is durable (bytes flushed, then renamed to its address, then the rename flushed) before the
+event naming it is appended; a blob's name therefore always means complete bytes."""
 
 from __future__ import annotations
 
 import os
 
 import anyio
+import pytest
 
 import ledger.filelog as filelog
+import store.durable as durable
 import store.local as local
 from facade import open_ledger
 from ledger.events import decode_event
 
 
-def test_blob_directory_synced_before_its_event(root, tmp_path, monkeypatch):
-    """For every appended event, its blob's shard dir was fsynced after the blob's rename and before the append."""
-    trace: list[tuple[str, object]] = []
-    real_fsync_dir = local._fsync_dir
-    real_publish = local.LocalBlobStore._publish
-    real_append = filelog.SegmentLog.append_batch
+@pytest.fixture
+def trace(monkeypatch):
+    """Record data flushes, syncfs calls, renames into the store, directory fsyncs and appends, in order."""
+    events: list[tuple] = []
+    real = (durable.fsync_path, durable.syncfs, local._fsync_dir, local._rename, filelog.SegmentLog.append_batch,
+            local.LocalBlobStore._publish)
 
-    def fsync_dir(path):
-        trace.append(("dir", path))
-        real_fsync_dir(path)
+    def fsync_path(p):
+        events.append(("data", str(p)))
+        real[0](p)
 
-    def publish(self, tmp, sha):
-        real_publish(self, tmp, sha)
-        trace.append(("published", sha))
+    def syncfs(p):
+        events.append(("syncfs",))
+        real[1](p)
+
+    def fsync_dir(p):
+        events.append(("dir", str(p)))
+        real[2](p)
+
+    def rename(src, dst):
+        events.append(("rename", str(src), str(dst)))
+        real[3](src, dst)
 
     def append_batch(self, payloads, on_record):
-        trace.append(("append", [decode_event(p).sha256 for p in payloads]))
-        return real_append(self, payloads, on_record)
+        events.append(("append", [decode_event(p).sha256 for p in payloads]))
+        return real[4](self, payloads, on_record)
 
+    def publish(self, tmp, sha):
+        events.append(("put", str(tmp)))
+        real[5](self, tmp, sha)
+
+    monkeypatch.setattr(durable, "fsync_path", fsync_path)
+    monkeypatch.setattr(durable, "syncfs", syncfs)
     monkeypatch.setattr(local, "_fsync_dir", fsync_dir)
-    monkeypatch.setattr(local.LocalBlobStore, "_publish", publish)
+    monkeypatch.setattr(local, "_rename", rename)
     monkeypatch.setattr(filelog.SegmentLog, "append_batch", append_batch)
-    files = []
-    for i in range(40):
+    monkeypatch.setattr(local.LocalBlobStore, "_publish", publish)
+    return events
+
+
+def _check_order(events, blobs_root):
+    """For every appended event: its blob was flushed, renamed in, and the rename flushed, before the append."""
+    appends = [(i, e[1]) for i, e in enumerate(events) if e[0] == "append"]
+    assert appends
+    for at, shas in appends:
+        for sha in shas:
+            final = str(blobs_root / sha[:2] / sha)
+            renames = [i for i, e in enumerate(events[:at]) if e[0] == "rename" and e[2] == final]
+            assert renames, f"blob {sha} was not in place when its event was appended"
+            r = renames[-1]
+            tmp = events[r][1]
+            put = max(i for i, e in enumerate(events[:r]) if e[0] == "put" and e[1] == tmp)
+            assert any(e == ("data", tmp) or e == ("syncfs",) for e in events[put:r]), f"{sha}: bytes not flushed"
+            shard = str(blobs_root / sha[:2])
+            assert any(e == ("dir", shard) or e == ("syncfs",) for e in events[r:at]), f"{sha}: rename not flushed"
+
+
+def _files(tmp_path, n):
+    out = []
+    for i in range(n):
         f = tmp_path / f"f{i}.bin"
         f.write_bytes(os.urandom(64))
-        files.append(f)
+        out.append(f)
+    return out
+
+
+def test_concurrent_saves_flush_blobs_before_events(root, tmp_path, trace):
+    """64-way concurrent saves: shared flushes (syncfs where available), still blobs before events."""
+    files = _files(tmp_path, 48)
 
     async def save(arts, f):
         await arts.save(str(f), kind="blob")
@@ -51,27 +96,43 @@ def test_blob_directory_synced_before_its_event(root, tmp_path, monkeypatch):
                     tg.start_soon(save, arts, f)
             return len(await arts.list())
 
-    assert anyio.run(main) == 40
-    blobs_root = root.resolve() / "blobs" / "sha256"
-    batches = [(i, shas) for i, (what, shas) in enumerate(trace) if what == "append"]
-    assert sum(len(s) for _, s in batches) == 40
-    assert len(batches) < 40, "64-way concurrency should have shared group commits"
-    for at, shas in batches:
-        for sha in shas:
-            published = trace.index(("published", sha))
-            shard = str(blobs_root / sha[:2])
-            assert any(what == "dir" and p == shard for what, p in trace[published:at]), (
-                f"event for blob {sha} appended before its directory entry was fsynced"
-            )
-    dir_syncs = sum(1 for what, _ in trace if what == "dir")
-    assert dir_syncs < 40 + 1 + len(batches), "directory fsyncs should be shared per batch"
+    assert anyio.run(main) == 48
+    _check_order(trace, root.resolve() / "blobs" / "sha256")
+    batches = [e for e in trace if e[0] == "append"]
+    assert len(batches) < 48, "concurrent saves should share group commits"
+    if durable.syncfs_available():
+        assert ("syncfs",) in trace
 
 
-def test_store_used_alone_syncs_directories_immediately(tmp_path, monkeypatch):
-    """Without a ledger driving sync_dirs(), each put makes its directory entry durable at once."""
-    seen: list[str] = []
-    real = local._fsync_dir
-    monkeypatch.setattr(local, "_fsync_dir", lambda p: (seen.append(p), real(p)))
+def test_sequential_saves_fsync_each_blob(root, tmp_path, trace):
+    """One save at a time: the blob file and its shard directory are fsynced, no filesystem-wide flush."""
+    files = _files(tmp_path, 3)
+
+    async def main():
+        async with open_ledger(root) as led:
+            arts = led.artifacts(run_id="r", graph_id="g", node_id="n")
+            for f in files:
+                await arts.save(str(f), kind="blob")
+            await arts.save(str(files[0]), kind="again")  # deduplicated: its blob is already in place
+
+    anyio.run(main)
+    _check_order(trace, root.resolve() / "blobs" / "sha256")
+    assert ("syncfs",) not in trace
+    assert sum(1 for e in trace if e[0] == "data") == 3
+
+
+def test_store_used_alone_is_durable_at_once(tmp_path, trace):
+    """Without a ledger, each put flushes its bytes and its directory entry before returning."""
     store = local.LocalBlobStore(tmp_path / "blobs")
     info = store.put_bytes(b"hello")
-    assert str(store.path(info.sha256).parent) in seen
+    assert store.path(info.sha256).read_bytes() == b"hello"
+    assert ("dir", str(store.path(info.sha256).parent)) in trace
+
+
+def test_deferred_blob_is_invisible_until_made_durable(tmp_path):
+    """In a ledger's (deferred) store a put blob has no name until make_durable(); then it reads back."""
+    store = local.LocalBlobStore(tmp_path / "blobs", deferred=True)
+    info = store.put_bytes(b"later")
+    assert not store.exists(info.sha256)
+    store.make_durable()
+    assert store.read_bytes(info.sha256) == b"later"
