@@ -18,6 +18,9 @@ from typing import Iterable
 
 from crc32c import crc32c
 
+from store.durable import atomic_write
+from store.durable import fsync_dir as _fsync_dir
+
 from .filelog import Position
 
 MAGIC = b"ALCKPT\x00\x01"
@@ -45,14 +48,6 @@ class CheckpointInfo:
 def file_name(seq: int) -> str:
     """Checkpoint file name for a seq."""
     return f"{seq:020d}.ckpt"
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write(directory: str, schema: int, pos: Position, record_offset: int, parts: Iterable[bytes],
@@ -85,23 +80,11 @@ def write(directory: str, schema: int, pos: Position, record_offset: int, parts:
     if fsync:
         _fsync_dir(directory)
     pointer = json.dumps({"seq": pos.seq, "file": file_name(pos.seq)}).encode()
-    _atomic_write(os.path.join(directory, POINTER), pointer, fsync)
+    atomic_write(os.path.join(directory, POINTER), pointer, fsync=fsync)
     for name in sorted(n for n in os.listdir(directory) if n.endswith(".ckpt"))[:-KEEP]:
         with contextlib.suppress(FileNotFoundError):  # another process may prune it first
             os.unlink(os.path.join(directory, name))
     return final
-
-
-def _atomic_write(path: str, data: bytes, fsync: bool) -> None:
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        if fsync:
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if fsync:
-        _fsync_dir(os.path.dirname(path))
 
 
 def candidates(directory: str) -> list[str]:

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from store.durable import fsync_dir as _fsync_dir
+
 from .errors import LedgerCorruption
 from .framing import (
     BAD,
@@ -56,14 +58,6 @@ class Position:
 def segment_name(first_seq: int) -> str:
     """File name of the segment whose first record has ``first_seq``."""
     return f"{first_seq:020d}{SEGMENT_SUFFIX}"
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SegmentLog:
