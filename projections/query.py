@@ -67,8 +67,8 @@ def _matches(row: Row, f: Filter) -> bool:
 
 
 def select(state: Catalog, f: Filter, limit: int | None = None) -> list[Row]:
-    """Matching rows, newest first (highest seq first)."""
-    if f.impossible:
+    """Matching rows, newest first (highest seq first); at most ``limit`` of them."""
+    if f.impossible or limit == 0:
         return []
     out: list[Row] = []
     for row in reversed(_candidates(state, f)):
