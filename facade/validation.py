@@ -12,6 +12,8 @@ SCOPE_NAMES = ("node", "graph", "run", "project", "all")
 MODES = ("max", "min")
 _SCALARS = (str, int, float, bool, type(None))
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+# The integers msgpack (the event encoding) can hold.
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
 
 
 def check_id(name: str, value: Any) -> str:
@@ -47,6 +49,8 @@ def _check_scalar(where: str, value: Any) -> Any:
         )
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{where} is {value}; label numbers must be finite")
+    if isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
+        raise ValueError(f"{where} is {value}; label integers must lie in [-2**63, 2**64 - 1]")
     # Normalise subclasses (e.g. str enums) to the plain JSON type.
     if isinstance(value, bool):
         return bool(value)
@@ -101,6 +105,8 @@ def check_metrics(metrics: Any) -> dict[str, int | float]:
             raise TypeError(f"metrics[{key!r}] is a {type(value).__name__}; metrics must be finite numbers")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"metrics[{key!r}] is {value}; metrics must be finite numbers")
+        if isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
+            raise ValueError(f"metrics[{key!r}] is {value}; integer metrics must lie in [-2**63, 2**64 - 1]")
         out[key] = float(value) if isinstance(value, float) else int(value)
     return out
 
