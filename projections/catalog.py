@@ -22,7 +22,7 @@ from typing import Any, Iterable, NamedTuple
 
 from ledger.events import ArtifactRecorded, Event, PinChanged
 
-from .labels import RESERVED, canon
+from .labels import RESERVED, canon, strict
 
 SCOPES = ("node", "graph", "run", "project", "all")
 
@@ -65,8 +65,11 @@ class Catalog:
         # labels: row i owns label_pair[label_off[i]:label_off[i+1]], ids into pairs
         self.label_off = array("q", [0])
         self.label_pair = array("i")
-        self.pairs: list[tuple[str, Any]] = []  # (key, value as recorded)
-        self.pair_ids: dict[tuple[str, Any], int] = {}  # (key, canonical value) -> pair id
+        self.pairs: list[tuple[str, Any]] = []  # (key, value as recorded; lists as tuples)
+        self.pair_ids: dict[tuple[str, Any], int] = {}  # (key, strict value) -> pair id: 1 and 1.0 differ
+        self.pair_canon: list[tuple[str, Any]] = []  # pair id -> (key, canonical value): 1 and 1.0 match
+        self.pair_rep: list[int] = []  # pair id -> first pair id with the same canonical value
+        self._rep_of: dict[tuple[str, Any], int] = {}
         # metrics: row i owns metric_name/metric_val[metric_off[i]:metric_off[i+1]]
         self.metric_off = array("q", [0])
         self.metric_name = array("i")
@@ -429,15 +432,19 @@ def _add_run(state: Catalog, run: list[Logged]) -> None:
     if state._by_sha is not None:
         for j, sha in enumerate(shas):
             state._by_sha[bytes.fromhex(sha)] = base + j
-    # labels: plain values are their own canonical form, so (key, value) is the pair key
+    # labels: a plain value is its own strict key, except floats (1.0 must stay apart from 1)
     counts = [len(ev.labels) for ev in evs]
     items = [it for ev in evs for it in ev.labels.items()]
+    if any(type(v) is float for _, v in items):
+        keys = [(k, ("f", v)) if type(v) is float else (k, v) for k, v in items]
+    else:
+        keys = items
     pair_ids = state.pair_ids
-    for it in dict.fromkeys(items):
-        if it not in pair_ids:
-            pair_ids[it] = len(state.pairs)
-            state.pairs.append(it)
-    pids = list(map(pair_ids.__getitem__, items))
+    for key, it in dict(zip(keys, items)).items():
+        if key not in pair_ids:
+            pair_ids[key] = len(state.pairs)
+            _new_pair(state, it[0], it[1], it)
+    pids = list(map(pair_ids.__getitem__, keys))
     state.label_pair.extend(pids)
     state.label_off.extend(accumulate(counts, initial=state.label_off[-1]))
     del state.label_off[-n - 1]  # accumulate() starts by repeating the previous end
@@ -455,8 +462,8 @@ def _add_run(state: Catalog, run: list[Logged]) -> None:
                       ("project_s", "project_id")):
         _group_codes(by_label, getattr(state, col)[base:], lambda c, a=attr: (a, strs[c]), rows)
     label_rows = [base + j for j, c in enumerate(counts) for _ in range(c)]
-    pairs = state.pairs
-    _group_codes(by_label, pids, pairs.__getitem__, label_rows)
+    # Group by canonical value (1 and 1.0 share an index entry) so rows stay ascending.
+    _group_codes(by_label, list(map(state.pair_rep.__getitem__, pids)), state.pair_canon.__getitem__, label_rows)
     width = len(strs) + 1
     run_c, graph_c, node_c = state.run_s[base:], state.graph_s[base:], state.node_s[base:]
     rg = [r * width + g for r, g in zip(run_c, graph_c)]
@@ -467,6 +474,15 @@ def _add_run(state: Catalog, run: list[Logged]) -> None:
     _group_codes(state.by_kind, state.kind_s[base:], strs.__getitem__, rows)
     state.head_seq = seqs[-1]
     state.times.extend(tss)
+
+
+def _new_pair(state: Catalog, k: str, v: Any, recorded: tuple[str, Any]) -> None:
+    """Append a label pair (its strict key is already in pair_ids)."""
+    ckey = (k, canon(v))
+    pid = len(state.pairs)
+    state.pairs.append(recorded)
+    state.pair_canon.append(ckey)
+    state.pair_rep.append(state._rep_of.setdefault(ckey, pid))
 
 
 def apply_pin(state: Catalog, seq: int, aid: str, pinned: bool) -> None:
@@ -538,13 +554,12 @@ def add_artifact(state: Catalog, seq: int, ts_us: int, ev: ArtifactRecorded) -> 
     pair_ids = state.pair_ids
     label_pair = state.label_pair
     for k, v in ev.labels.items():
-        key = (k, canon(v))
-        p = pair_ids.get(key)
+        p = pair_ids.get((k, strict(v)))
         if p is None:
-            p = pair_ids[key] = len(state.pairs)
-            state.pairs.append((k, tuple(v) if type(v) is list else v))
+            p = pair_ids[(k, strict(v))] = len(state.pairs)
+            _new_pair(state, k, v, (k, tuple(v) if type(v) is list else v))
         label_pair.append(p)
-        _push(by_label, key, i)
+        _push(by_label, state.pair_canon[p], i)
     state.label_off.append(len(label_pair))
     for name, value in ev.metrics.items():
         state.metric_name.append(sid(name))

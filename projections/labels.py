@@ -25,6 +25,23 @@ def canon(value: Any) -> Any:
     raise TypeError(f"{value!r} is not a JSON scalar or list of scalars")
 
 
+def strict(value: Any) -> Any:
+    """A hashable key equal only for the same JSON value of the same Python type (1 and 1.0 differ).
+
+    Used to keep each label value exactly as recorded; matching uses ``canon``.
+    """
+    t = type(value)
+    if t is str or t is int or value is None:
+        return value
+    if t is float:
+        return ("f", value)
+    if t is bool:
+        return ("b", value)
+    if t is list or t is tuple:
+        return ("l", tuple(strict(v) for v in value))
+    raise TypeError(f"{value!r} is not a JSON scalar or list of scalars")
+
+
 def is_plain(labels: dict[str, Any]) -> bool:
     """Whether every value is already its own canonical form (no bools, no lists)."""
     for v in labels.values():

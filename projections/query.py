@@ -57,7 +57,7 @@ class _Plan:
     def __init__(self, state: Catalog, f: Filter):
         self.empty = f.impossible
         self.checks: list[tuple[array, int]] = []
-        self.pairs: list[int] = []
+        self.pairs: list[tuple[str, Any]] = []  # (key, canonical value) every row must carry
         self.kind = -1
         self.cand: array | range | None = None
         if self.empty:
@@ -83,11 +83,7 @@ class _Plan:
             else:
                 lists.append(state.by_graph.get((run, graph)))
         for item in f.labels:
-            p = state.pair_ids.get(item)
-            if p is None:
-                self.empty = True
-                return
-            self.pairs.append(p)
+            self.pairs.append(item)
             lists.append(state.by_label.get(item))
         if f.kind is not None:
             k = str_ids.get(f.kind, -1)
@@ -118,9 +114,10 @@ class _Plan:
             if col[i] != sid:
                 return False
         if self.pairs:
-            mine = state.label_pair[state.label_off[i] : state.label_off[i + 1]]
-            for p in self.pairs:
-                if p not in mine:
+            canon_of = state.pair_canon
+            mine = [canon_of[p] for p in state.label_pair[state.label_off[i] : state.label_off[i + 1]]]
+            for item in self.pairs:
+                if item not in mine:
                     return False
         return True
 

@@ -159,9 +159,12 @@ def _decode(data: bytes) -> Catalog:
     state.str_ids = dict(zip(state.strs, range(len(state.strs))))
     state._id_rows = None  # a million-entry dict is built only when an id is looked up
     state.pairs = [(k, _tupled(v)) for k, v in pairs]
-    from .labels import canon
+    from .labels import canon, strict
 
-    state.pair_ids = {(k, canon(v)): i for i, (k, v) in enumerate(state.pairs)}
+    state.pair_ids = {(k, strict(v)): i for i, (k, v) in enumerate(state.pairs)}
+    state.pair_canon = [(k, canon(v)) for k, v in state.pairs]
+    state._rep_of = {}
+    state.pair_rep = [state._rep_of.setdefault(ck, pid) for pid, ck in enumerate(state.pair_canon)]
     for seq, aid, pinned in pin_events:
         state.pin_history.setdefault(aid, []).append((seq, pinned))
         state.pin_events.append((seq, aid, pinned))
