@@ -34,7 +34,7 @@ from ledger.framing import (
     find_later_record,
     read_record,
 )
-from logcheck import HEADER_SIZE, DiskRecord, check_chain, seg_files, walk_disk
+from logcheck import HEADER_SIZE, DiskRecord, check_chain, seg_files
 
 RUN = dict(run_id="r", graph_id="g", node_id="n")
 SMALL_SEGMENTS = 1024
