@@ -117,7 +117,9 @@ class SegmentLog:
         """Cheap check whether another writer appended since we last looked."""
         if self._seg_fd is not None and os.fstat(self._seg_fd).st_size != self._end:
             return True
-        return os.path.exists(os.path.join(self.directory, segment_name(self.head_seq + 1)))
+        nxt = self.head_seq + 1
+        # A current segment without records is itself named for nxt; its growth is caught above.
+        return nxt != self._seg_first and os.path.exists(os.path.join(self.directory, segment_name(nxt)))
 
     def recover(self, on_record: Callable[[Record], None], start: Position | None = None) -> None:
         """Open the log: read every record after ``start``, repairing a torn tail.
@@ -159,6 +161,16 @@ class SegmentLog:
     def _enter_next_segment(self, repair: bool) -> bool:
         """Move to the segment starting at head_seq + 1, if it exists."""
         first = self.head_seq + 1
+        if self._seg_fd is not None and first == self._seg_first:
+            # The current segment holds no record yet (a crash right after it was
+            # created), so it is the segment starting at head_seq + 1; without this
+            # check it would be re-entered forever. No segment may follow it.
+            later = [s for s in self.segments() if s > first]
+            if later:
+                raise LedgerCorruption(
+                    segment_name(later[0]), 0, first, f"segment {segment_name(first)} ends before seq {first}"
+                )
+            return False
         path = os.path.join(self.directory, segment_name(first))
         if not os.path.exists(path):
             later = [s for s in self.segments() if s > first]

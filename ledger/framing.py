@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 from typing import NamedTuple
 
@@ -108,20 +109,33 @@ def read_record(buf: bytes | memoryview, pos: int, segment: str, base: int) -> t
     return OK, rec, ""
 
 
+def _later_record_starts(start_seq: int, last_seq: int) -> re.Pattern[bytes]:
+    """A pattern matching (by lookahead) where a record with a seq in the range could start.
+
+    The length field must be plausible and the seq field must share the high
+    bytes common to every seq in the range; ``read_record`` checks the rest.
+    """
+    low = max(1, ((start_seq ^ last_seq).bit_length() + 7) // 8)
+    fixed = struct.pack("<Q", start_seq)[low:]
+    length = (
+        rb"(?:[\x30-\xff][\x00-\xff]{2}[\x00-\x04]|[\x00-\xff][\x01-\xff][\x00-\xff][\x00-\x04]"
+        rb"|[\x00-\xff]{2}[\x01-\xff][\x00-\x04]|[\x00-\xff]{3}[\x01-\x04])"
+    )
+    return re.compile(rb"(?=" + length + rb"[\x00-\xff]{%d}" % (4 + low) + re.escape(fixed) + rb")")
+
+
 def find_later_record(buf: bytes | memoryview, start: int, next_seq: int, segment: str, base: int) -> int | None:
-    """Return the offset of an intact record with seq ``next_seq`` after ``start``, if any.
+    """Return the offset of an intact record with seq >= ``next_seq`` after ``start``, if any.
 
     Used to tell a torn tail (nothing valid follows) from damage in the middle
-    of the log (an intact later record follows the bad one).
+    of the log (an intact later record follows the bad one). Damage can span
+    several records, so any later seq counts, not only ``next_seq``.
     """
-    needle = struct.pack("<Q", next_seq)
     data = bytes(buf)
-    i = data.find(needle, start + FRAME_SIZE)
-    while i != -1:
-        cand = i - FRAME_SIZE
-        if cand > start:
-            status, rec, _ = read_record(data, cand, segment, base)
-            if status == OK and rec is not None and rec.seq == next_seq:
-                return base + cand
-        i = data.find(needle, i + 1)
+    # Every record takes at least this many bytes, which bounds the seqs that can follow.
+    last_seq = next_seq + (len(data) - start) // (FRAME_SIZE + BODY_HEAD_SIZE)
+    for m in _later_record_starts(next_seq, last_seq).finditer(data, start + 1):
+        status, rec, _ = read_record(data, m.start(), segment, base)
+        if status == OK and rec is not None and next_seq <= rec.seq <= last_seq:
+            return base + m.start()
     return None

@@ -96,7 +96,9 @@ class GroupCommitLog:
     async def refresh(self) -> None:
         """Pick up records other processes committed (cheap when there are none)."""
         self._check()
-        if not self.log.has_news():
+        # The lock-free check is only safe while no batch runs in a worker thread: a
+        # batch may be switching segments and closing the file has_news() looks at.
+        if not self._lock.locked() and not self.log.has_news():
             return
         async with self._lock:
             if not self.log.has_news():
