@@ -95,7 +95,7 @@ class Ledger:
     def _write_checkpoint(self, cap: snapshot.Capture, pos: Position, record_offset: int, background: bool) -> None:
         try:
             checkpoints.write(str(self.checkpoint_dir), snapshot.SNAPSHOT_SCHEMA, pos, record_offset,
-                              snapshot.encode_parts(cap), fsync=self._fsync)
+                              snapshot.encode_parts(cap), log_digest=self._log.digest(pos), fsync=self._fsync)
         except BaseException as exc:
             if not background:
                 raise
@@ -373,6 +373,12 @@ def _load_checkpoint(led: Ledger, log: SegmentLog) -> Position | None:
             rec = log.record_at(pos.segment_first_seq, info.record_offset)
             if rec is None or rec.seq != pos.seq or rec.hash != pos.hash or rec.offset + rec.length != pos.offset:
                 checkpoints.warn(path, f"it does not match the log's record at seq {pos.seq}")
+                continue
+            # The log wins: the checkpoint stands for the log prefix it was taken from, byte for
+            # byte, so damage anywhere before it is still found (by the full replay that follows).
+            changed = log.check_digest(info.log_digest)
+            if changed is not None:
+                checkpoints.warn(path, f"the log before it changed ({changed})")
                 continue
             cat = snapshot.decode(payload)
             if cat.head_seq != pos.seq:

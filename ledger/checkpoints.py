@@ -8,6 +8,7 @@ that seq, it is ignored (with a warning) and the state is rebuilt from the log.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import struct
@@ -16,6 +17,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Iterable
 
+import msgspec
 from crc32c import crc32c
 
 from store.durable import atomic_write
@@ -23,7 +25,7 @@ from store.durable import fsync_dir as _fsync_dir
 
 from .filelog import Position
 
-MAGIC = b"ALCKPT\x00\x01"
+MAGIC = b"ALCKPT\x00\x02"  # version 2: a digest of the log prefix precedes the snapshot
 # schema, seq, record hash, commit ts, segment first seq, record offset, next offset, payload length, payload crc
 _HEADER = struct.Struct("<IQ32sqQQQQI")
 HEADER_SIZE = len(MAGIC) + _HEADER.size + 4
@@ -37,12 +39,13 @@ class CheckpointWarning(UserWarning):
 
 @dataclass(frozen=True, slots=True)
 class CheckpointInfo:
-    """Where a checkpoint sits in the log and the snapshot schema it uses."""
+    """Where a checkpoint sits in the log, the snapshot schema it uses, and the log prefix it summarises."""
 
     schema: int
     position: Position
     record_offset: int
     path: str
+    log_digest: list[tuple[int, int, int]]  # (segment first seq, bytes, CRC-32 of those bytes)
 
 
 def file_name(seq: int) -> str:
@@ -51,7 +54,7 @@ def file_name(seq: int) -> str:
 
 
 def write(directory: str, schema: int, pos: Position, record_offset: int, parts: Iterable[bytes],
-          *, fsync: bool = True) -> str:
+          *, log_digest: list[tuple[int, int, int]], fsync: bool = True) -> str:
     """Write a checkpoint atomically, point ``_last_checkpoint`` at it, prune old ones."""
     os.makedirs(directory, exist_ok=True)
     final = os.path.join(directory, file_name(pos.seq))
@@ -61,7 +64,8 @@ def write(directory: str, schema: int, pos: Position, record_offset: int, parts:
             f.write(b"\0" * HEADER_SIZE)  # filled in once length and checksum are known
             length = 0
             crc = 0
-            for part in parts:
+            digest = msgspec.msgpack.encode(log_digest)
+            for part in itertools.chain([struct.pack("<I", len(digest)) + digest], parts):
                 f.write(part)
                 length += len(part)
                 crc = crc32c(part, crc)
@@ -121,10 +125,16 @@ def read(path: str) -> tuple[CheckpointInfo, bytes]:
     if crc32c(MAGIC + head) != hcrc:
         raise CheckpointError("checkpoint header checksum mismatch")
     schema, seq, rhash, ts, seg, roff, noff, plen, pcrc = _HEADER.unpack(head)
-    payload = data[HEADER_SIZE:]
+    payload = memoryview(data)[HEADER_SIZE:]
     if len(payload) != plen or crc32c(payload) != pcrc:
         raise CheckpointError("checkpoint payload checksum mismatch")
-    return CheckpointInfo(schema, Position(seq, rhash, ts, seg, noff), roff, path), payload
+    (dlen,) = struct.unpack_from("<I", payload)
+    try:
+        digest = [tuple(x) for x in msgspec.msgpack.decode(payload[4 : 4 + dlen])]
+    except (msgspec.DecodeError, TypeError) as exc:
+        raise CheckpointError(f"undecodable log digest: {exc}") from exc
+    info = CheckpointInfo(schema, Position(seq, rhash, ts, seg, noff), roff, path, digest)  # type: ignore[arg-type]
+    return info, payload[4 + dlen :]
 
 
 def warn(path: str, reason: str) -> None:

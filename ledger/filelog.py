@@ -9,10 +9,12 @@ never see a half-written batch.
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
 import struct
 import time
 import warnings
+import zlib
 from bisect import bisect_right
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,6 +57,19 @@ class Position:
     offset: int
 
 
+def _file_crc(path: str, length: int) -> int:
+    """CRC-32 (IEEE, zlib) of a file's first ``length`` bytes, read through mmap (no copy).
+
+    Not CRC32C on purpose: every segment header ends with the CRC32C of its
+    other bytes, and a CRC over a message followed by its own CRC is the same
+    constant whatever the message, so a CRC32C digest would miss header damage.
+    """
+    if length == 0:
+        return zlib.crc32(b"")
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ) as m:
+        return zlib.crc32(m)
+
+
 def segment_name(first_seq: int) -> str:
     """File name of the segment whose first record has ``first_seq``."""
     return f"{first_seq:020d}{SEGMENT_SUFFIX}"
@@ -77,6 +92,7 @@ class SegmentLog:
         self._seg_first = 0  # first seq of the current segment; 0 = no segment yet
         self._seg_fd: int | None = None
         self._end = 0  # bytes of the current segment already read or written
+        self._crc_cache: dict[tuple[int, int], int] = {}  # (segment, length) -> CRC-32 of that prefix
         # Every SPARSE_EVERY-th record's (seq, segment first seq, offset), to seek by seq.
         self._sparse: list[tuple[int, int, int]] = []
 
@@ -153,8 +169,6 @@ class SegmentLog:
                 return
         while True:
             self._scan_current(on_record, repair=repair)
-            if self._seg_first == self.head_seq + 1:
-                return  # the current segment holds no record yet (a crash right after creating it)
             if not self._enter_next_segment(repair):
                 return
 
@@ -253,6 +267,38 @@ class SegmentLog:
             TornTailWarning,
             stacklevel=4,
         )
+
+    def digest(self, upto: Position) -> list[tuple[int, int, int]]:
+        """(first seq, bytes, CRC-32) of every segment up to ``upto``: a fingerprint of that log prefix.
+
+        Sealed segments never change, so their CRCs are computed once per process.
+        """
+        out = []
+        for first in self.segments():
+            if first > upto.segment_first_seq:
+                break
+            path = os.path.join(self.directory, segment_name(first))
+            length = upto.offset if first == upto.segment_first_seq else os.path.getsize(path)
+            key = (first, length)
+            crc = self._crc_cache.get(key)
+            if crc is None:
+                crc = self._crc_cache[key] = _file_crc(path, length)
+            out.append((first, length, crc))
+        return out
+
+    def check_digest(self, digest: list[tuple[int, int, int]]) -> str | None:
+        """None if the log still starts with exactly the bytes ``digest`` describes, else why not."""
+        have = self.segments()
+        for first, length, crc in digest:
+            if first not in have:
+                return f"segment {segment_name(first)} is missing"
+            path = os.path.join(self.directory, segment_name(first))
+            if os.path.getsize(path) < length:
+                return f"segment {segment_name(first)} is shorter than when the checkpoint was taken"
+            if _file_crc(path, length) != crc:
+                return f"the first {length} bytes of segment {segment_name(first)} changed"
+            self._crc_cache[(first, length)] = crc
+        return None
 
     def record_at(self, segment_first_seq: int, offset: int) -> Record | None:
         """The intact record at a byte offset of a segment, or None."""
