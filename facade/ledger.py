@@ -68,6 +68,7 @@ class Ledger:
         self._log = log
         self._gc = GroupCommitLog(log, self._apply_records, before_write=store.make_durable)
         self._closed = False
+        self._head = (0, bytes(32).hex())
         self._ckpt_seq = 0  # seq of the newest checkpoint written or loaded
         self._ckpt_thread: threading.Thread | None = None
         self._ckpt_error: BaseException | None = None
@@ -76,6 +77,8 @@ class Ledger:
     def _apply_records(self, records: list[Record]) -> None:
         cat = self.catalog
         apply_batch(cat, logged_records(records))
+        if records:
+            self._head = (records[-1].seq, records[-1].hash.hex())
         if records and cat.head_seq - self._ckpt_seq >= self.checkpoint_every and not self._closed:
             self._start_checkpoint(records[-1].offset)
 
@@ -168,8 +171,10 @@ class Ledger:
 
     @property
     def head(self) -> tuple[int, str]:
-        """(seq, hex hash) of the newest record this process has seen."""
-        return self._log.head_seq, self._log.head_hash.hex()
+        """(seq, hex hash) of the newest record the catalogue reflects."""
+        # Not the log's own head: a batch being written may be on disk already
+        # but not yet applied, and head must agree with what reads return.
+        return self._head
 
     # ------------------------------------------------------------ binding
     @staticmethod
@@ -440,6 +445,7 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
 
             log.recover(on_record, start=start)
             apply_batch(cat, logged_records(pending))
+            led._head = (log.head_seq, log.head_hash.hex())
             if progress is not None:
                 progress(total, total)
         except BaseException:

@@ -428,8 +428,7 @@ class SegmentLog:
         self._end = start + len(buf)
 
     def _new_segment(self) -> None:
-        if self._seg_fd is not None and self.fsync:
-            os.fdatasync(self._seg_fd)
+        # The old segment needs no sync here: _write() syncs everything it writes.
         first = self.head_seq + 1
         path = os.path.join(self.directory, segment_name(first))
         tmp = path + ".tmp"
