@@ -35,11 +35,13 @@ from .framing import (
     encode_segment_header,
     find_later_record,
     read_record,
+    scan_chain,
 )
 
 SEGMENT_SUFFIX = ".seg"
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 SPARSE_EVERY = 1024
+SCAN_CHUNK = 4096  # records decoded per scan_chain call (bounds memory during replay)
 
 
 class TornTailWarning(UserWarning):
@@ -228,6 +230,21 @@ class SegmentLog:
         pos = 0
         n = len(buf)
         while pos < n:
+            recs, pos = scan_chain(buf, pos, name, base, self.head_seq + 1, self.head_hash, SCAN_CHUNK)
+            if recs:
+                sparse = self._sparse
+                for rec in recs:
+                    on_record(rec)
+                    if rec.seq % SPARSE_EVERY == 1:
+                        sparse.append((rec.seq, self._seg_first, rec.offset))
+                last = recs[-1]
+                self.head_seq, self.head_hash, self.head_ts = last.seq, last.hash, last.ts_us
+                self._end = base + pos
+            if pos >= n:
+                return
+            if len(recs) == SCAN_CHUNK:
+                continue  # a full chunk: more intact records may follow
+            # scan_chain stopped here: decide what this record is, slowly and precisely.
             status, rec, reason = read_record(buf, pos, name, base)
             if status == OK:
                 assert rec is not None

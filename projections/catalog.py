@@ -362,14 +362,6 @@ def apply_batch(state: Catalog, events: Sequence[Logged]) -> Catalog:
     return state
 
 
-def _plain_labels(labels: dict[str, Any]) -> bool:
-    for v in labels.values():
-        t = type(v)
-        if t is bool or t is list:
-            return False
-    return True
-
-
 def _intern(state: Catalog, values: list[Any]) -> None:
     str_ids, strs = state.str_ids, state.strs
     for v in dict.fromkeys(values):
@@ -399,10 +391,12 @@ def _add_run(state: Catalog, run: list[Logged]) -> None:
     evs = [lg.event for lg in run]
     ids = [ev.artifact_id for ev in evs]
     id_rows = state.id_rows
+    items = [it for ev in evs for it in ev.labels.items()]
+    value_types = set(map(type, [v for _, v in items]))
     # The column-wise path needs fresh, distinct ids, plain labels and no live
     # best tables; anything else goes through the one-event path.
-    if (state.best or len(set(ids)) != len(ids) or any(aid in id_rows for aid in ids)
-            or not all(_plain_labels(ev.labels) for ev in evs)):
+    if (state.best or bool in value_types or list in value_types or len(set(ids)) != len(ids)
+            or not id_rows.keys().isdisjoint(ids)):
         for lg in run:
             add_artifact(state, lg.seq, lg.ts_us, lg.event)  # type: ignore[arg-type]
             state.head_seq = lg.seq
@@ -434,8 +428,7 @@ def _add_run(state: Catalog, run: list[Logged]) -> None:
             state._by_sha[bytes.fromhex(sha)] = base + j
     # labels: a plain value is its own strict key, except floats (1.0 must stay apart from 1)
     counts = [len(ev.labels) for ev in evs]
-    items = [it for ev in evs for it in ev.labels.items()]
-    if any(type(v) is float for _, v in items):
+    if float in value_types:
         keys = [(k, ("f", v)) if type(v) is float else (k, v) for k, v in items]
     else:
         keys = items
