@@ -49,12 +49,13 @@ from ledger.filelog import SegmentLog  # noqa: E402
 from ledger.framing import FORMAT_VERSION  # noqa: E402
 from projections import snapshot  # noqa: E402
 from projections.snapshot import SNAPSHOT_SCHEMA  # noqa: E402
+from ledger.checkpoints import MAGIC as CHECKPOINT_MAGIC  # noqa: E402
 from store.local import LocalBlobStore  # noqa: E402
 
 # Bump when the synthetic ledgers' contents change; the format versions are part
 # of the key so a change to the log, events or snapshots rebuilds the cache.
 RECIPE = 1
-CACHE_KEY = f"h{RECIPE}-fmt{FORMAT_VERSION}-ev{SCHEMA_VERSION}-snap{SNAPSHOT_SCHEMA}"
+CACHE_KEY = f"h{RECIPE}-fmt{FORMAT_VERSION}-ev{SCHEMA_VERSION}-snap{SNAPSHOT_SCHEMA}-ck{CHECKPOINT_MAGIC[-1]}"
 
 EVENTS_PER_RUN = 1000
 PIN_EVERY = 100  # every 100th event of a run is a pin change: 1% of the log
