@@ -5,7 +5,6 @@ from __future__ import annotations
 import builtins
 import os
 import shutil
-import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, BinaryIO, Literal
@@ -17,6 +16,7 @@ import anyio.to_thread
 from ledger.events import ArtifactRecorded, PinChanged
 from projections.catalog import Catalog, Row
 from projections.query import Filter, best as best_row, by_blob, rank, select
+from store.durable import unique_hex
 from store.local import check_sha
 
 from . import content
@@ -126,7 +126,7 @@ class ArtifactFacade:
     async def _record(self, *, origin: str, sha256: str, size: int, mime: str, name: str | None,
                       meta: dict[str, Any]) -> Artifact:
         event = ArtifactRecorded(
-            artifact_id=uuid.uuid4().hex,
+            artifact_id=unique_hex(),
             origin=origin,
             sha256=sha256,
             size=size,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import os
 import threading
-import uuid
 import warnings
 from datetime import datetime, timedelta, timezone
 from itertools import islice
@@ -24,6 +23,7 @@ from ledger.group_commit import GroupCommitLog
 from projections import snapshot
 from projections.catalog import Catalog, Logged, Row, apply_batch
 from projections.query import pinned_at, seq_at_time
+from store.durable import unique_hex
 from store.local import LocalBlobStore
 
 from . import audit
@@ -304,7 +304,7 @@ class Ledger:
         )
 
     def _new_staging_name(self, suffix: str) -> Path:
-        return self.staging / f"{uuid.uuid4().hex}{suffix}"
+        return self.staging / f"{unique_hex()}{suffix}"
 
 
 def row_to_artifact(row: Row, pinned: bool, blob_uri: Callable[[str], str]) -> Artifact:

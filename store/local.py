@@ -13,7 +13,6 @@ import hashlib
 import os
 import re
 import threading
-import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -75,7 +74,7 @@ class LocalBlobStore:
         sha = hashlib.sha256(data).hexdigest()
         if self.exists(sha):
             return BlobInfo(sha, len(data))
-        tmp = self._tmp / f"{uuid.uuid4().hex}.part"
+        tmp = self._tmp / f"{durable.unique_hex()}.part"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
             view = memoryview(data)
@@ -104,7 +103,7 @@ class LocalBlobStore:
                 return info
         digest = hashlib.sha256()
         size = 0
-        tmp = self._tmp / f"{uuid.uuid4().hex}.part"
+        tmp = self._tmp / f"{durable.unique_hex()}.part"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
             with open(src, "rb") as f:
@@ -142,7 +141,7 @@ class LocalBlobStore:
         sha = digest.hexdigest()
         if self.exists(sha):
             return BlobInfo(sha, size)
-        tmp = self._tmp / f"{uuid.uuid4().hex}.part"
+        tmp = self._tmp / f"{durable.unique_hex()}.part"
         try:
             os.link(src, tmp)
         except OSError:
