@@ -80,14 +80,14 @@ class Ledger:
         if records:
             self._head = (records[-1].seq, records[-1].hash.hex())
         if records and cat.head_seq - self._ckpt_seq >= self.checkpoint_every and not self._closed:
-            self._start_checkpoint(records[-1].offset)
+            self._start_checkpoint()
 
-    def _start_checkpoint(self, record_offset: int) -> None:
+    def _start_checkpoint(self) -> None:
         """Write a checkpoint in a background thread the ledger owns (joined on close)."""
         if self._ckpt_thread is not None and self._ckpt_thread.is_alive():
             return
         cap = snapshot.capture(self.catalog)
-        pos = self._checkpoint_position()
+        pos, record_offset = self._log.head_location()
         self._ckpt_seq = cap.head_seq
         self._ckpt_thread = threading.Thread(
             target=self._write_checkpoint, args=(cap, pos, record_offset, True),
@@ -123,28 +123,10 @@ class Ledger:
             if cat.head_seq == 0:
                 return 0
             cap = snapshot.capture(cat)
-            pos = self._checkpoint_position()
-            rec_offset = self._head_record_offset()
+            pos, rec_offset = self._log.head_location()
         await anyio.to_thread.run_sync(self._write_checkpoint, cap, pos, rec_offset, False)
         self._ckpt_seq = cap.head_seq
         return cap.head_seq
-
-    def _checkpoint_position(self) -> Position:
-        """The log position a checkpoint records: the end of the head record, in that record's segment."""
-        pos = self._log.position()
-        if pos.segment_first_seq > pos.seq:
-            # The newest segment is still empty (a crash right after creating it); a position
-            # inside it would not name the segment holding the head record.
-            rec = next(iter(self._log.read_range(pos.seq, pos.seq)))
-            seg_first = int(rec.segment[: -len(SEGMENT_SUFFIX)])
-            pos = Position(pos.seq, pos.hash, pos.ts_us, seg_first, rec.offset + rec.length)
-        return pos
-
-    def _head_record_offset(self) -> int:
-        """Byte offset of the head record in its segment (read back from the log)."""
-        pos = self._log.position()
-        rec = next(iter(self._log.read_range(pos.seq, pos.seq)))
-        return rec.offset
 
     async def aclose(self) -> None:
         """Finish in-flight writes, checkpoint if the log moved on, and release the files."""
@@ -366,7 +348,7 @@ def _prepare_root(root: Path, create: bool) -> None:
         (root / sub).mkdir(exist_ok=True)
 
 
-def _load_checkpoint(led: Ledger, log: SegmentLog) -> Position | None:
+def _load_checkpoint(led: Ledger, log: SegmentLog) -> checkpoints.CheckpointInfo | None:
     """Load the newest checkpoint that matches the log; warn about and skip any other."""
     for path in checkpoints.candidates(str(led.checkpoint_dir)):
         try:
@@ -394,7 +376,7 @@ def _load_checkpoint(led: Ledger, log: SegmentLog) -> Position | None:
             continue
         led.catalog = cat
         led._ckpt_seq = pos.seq
-        return pos
+        return info
     return None
 
 
@@ -427,7 +409,8 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
         gc_was_on = gc.isenabled()
         gc.disable()
         try:
-            start = _load_checkpoint(led, log)
+            loaded = _load_checkpoint(led, log)
+            start = None if loaded is None else loaded.position
             cat = led.catalog
             pending: list[Record] = []
             total = _log_bytes_after(log, start) if progress is not None else 0
@@ -443,7 +426,7 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
                         progress(min(done, total), total)
                     pending.clear()
 
-            log.recover(on_record, start=start)
+            log.recover(on_record, start=start, start_record_offset=0 if loaded is None else loaded.record_offset)
             apply_batch(cat, logged_records(pending))
             led._head = (log.head_seq, log.head_hash.hex())
             if progress is not None:
@@ -456,7 +439,7 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
                 gc.enable()
         gc.freeze()
         if cat.head_seq - led._ckpt_seq >= checkpoint_every:
-            led._start_checkpoint(led._head_record_offset())
+            led._start_checkpoint()
         return led
 
     return await anyio.to_thread.run_sync(blocking_open)

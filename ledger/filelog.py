@@ -94,6 +94,7 @@ class SegmentLog:
         self._seg_first = 0  # first seq of the current segment; 0 = no segment yet
         self._seg_fd: int | None = None
         self._end = 0  # bytes of the current segment already read or written
+        self._head_at = (0, 0, 0)  # head record: (segment first seq, offset, end)
         self._crc_cache: dict[tuple[int, int], int] = {}  # (segment, length) -> CRC-32 of that prefix
         # Every SPARSE_EVERY-th record's (seq, segment first seq, offset), to seek by seq.
         self._sparse: list[tuple[int, int, int]] = []
@@ -131,6 +132,14 @@ class SegmentLog:
         """The current read/write position (after the head record)."""
         return Position(self.head_seq, self.head_hash, self.head_ts, self._seg_first, self._end)
 
+    def head_location(self) -> tuple[Position, int]:
+        """Where the head record is: the position just after it, in its own segment, and its offset.
+
+        Unlike ``position()``, this never names a newer, still empty segment.
+        """
+        seg, offset, end = self._head_at
+        return Position(self.head_seq, self.head_hash, self.head_ts, seg, end), offset
+
     def has_news(self) -> bool:
         """Cheap check whether another writer appended since we last looked."""
         if self._seg_fd is not None and os.fstat(self._seg_fd).st_size != self._end:
@@ -139,14 +148,17 @@ class SegmentLog:
         # A current segment without records is itself named for nxt; its growth is caught above.
         return nxt != self._seg_first and os.path.exists(os.path.join(self.directory, segment_name(nxt)))
 
-    def recover(self, on_record: Callable[[Record], None], start: Position | None = None) -> None:
+    def recover(self, on_record: Callable[[Record], None], start: Position | None = None,
+                start_record_offset: int = 0) -> None:
         """Open the log: read every record after ``start``, repairing a torn tail.
 
-        Takes the exclusive lock so that a torn tail can be truncated safely.
+        ``start`` is just after a record already accounted for (a checkpoint's),
+        which begins at ``start_record_offset`` of the same segment. Takes the
+        exclusive lock so that a torn tail can be truncated safely.
         """
         with self.locked(exclusive=True):
             if start is not None:
-                self._seek(start)
+                self._seek(start, start_record_offset)
             self._catch_up(on_record, repair=True)
 
     def catch_up(self, on_record: Callable[[Record], None]) -> None:
@@ -154,10 +166,11 @@ class SegmentLog:
         with self.locked(exclusive=False):
             self._catch_up(on_record, repair=False)
 
-    def _seek(self, pos: Position) -> None:
+    def _seek(self, pos: Position, record_offset: int) -> None:
         path = os.path.join(self.directory, segment_name(pos.segment_first_seq))
         self._open_segment(pos.segment_first_seq, path)
         self.head_seq, self.head_hash, self.head_ts, self._end = pos.seq, pos.hash, pos.ts_us, pos.offset
+        self._head_at = (pos.segment_first_seq, record_offset, pos.offset)
 
     def _open_segment(self, first_seq: int, path: str) -> None:
         if self._seg_fd is not None:
@@ -240,6 +253,7 @@ class SegmentLog:
                 last = recs[-1]
                 self.head_seq, self.head_hash, self.head_ts = last.seq, last.hash, last.ts_us
                 self._end = base + pos
+                self._head_at = (self._seg_first, last.offset, self._end)
             if pos >= n:
                 return
             if len(recs) == SCAN_CHUNK:
@@ -258,6 +272,7 @@ class SegmentLog:
                 self.head_seq, self.head_hash, self.head_ts = rec.seq, rec.hash, rec.ts_us
                 pos += rec.length
                 self._end = base + pos
+                self._head_at = (self._seg_first, rec.offset, self._end)
                 continue
             self._handle_bad_tail(buf, pos, base, name, status, reason, repair)
             return
@@ -431,6 +446,7 @@ class SegmentLog:
                 if seq % SPARSE_EVERY == 1:
                     self._sparse.append((seq, self._seg_first, offset))
                 self.head_seq, self.head_hash, self.head_ts = seq, h, ts
+                self._head_at = (self._seg_first, offset, offset + len(frame))
             self._write(buf, start)
             return out
 
