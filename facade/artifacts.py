@@ -16,7 +16,7 @@ import anyio.to_thread
 from ledger.events import ArtifactRecorded, PinChanged
 from projections.catalog import Catalog, Row
 from projections.query import Filter, best as best_row, by_blob, rank, select
-from store.durable import unique_hex
+from store.durable import unique_hex, unshare
 from store.local import check_sha
 
 from . import content
@@ -178,8 +178,15 @@ class ArtifactFacade:
     async def _ingest_file(self, p: Path, *, origin: str, mime: str, meta: dict[str, Any]) -> Artifact:
         store = self._src.store
         info = await anyio.to_thread.run_sync(lambda: store.put_file(str(p), adopt=True))
-        art = await self._record(origin=origin, sha256=info.sha256, size=info.size, mime=mime,
-                                 name=None, meta=meta)
+        try:
+            art = await self._record(origin=origin, sha256=info.sha256, size=info.size, mime=mime,
+                                     name=None, meta=meta)
+        except BaseException:
+            if info.linked:
+                # The store holds this inode and will publish it; the staged name that stays
+                # for a retry must not be able to change the blob's bytes.
+                await anyio.to_thread.run_sync(unshare, str(p))
+            raise
         # Only now that the event is durable does staging let go of the file;
         # had recording failed, the staged file would still be there to retry.
         p.unlink(missing_ok=True)
@@ -224,19 +231,28 @@ class ArtifactFacade:
         files, dirs = await anyio.to_thread.run_sync(content.scan_directory, str(p))
         store = self._src.store
 
+        linked: list[str] = []
+
         def put_all() -> tuple[str, int]:
             entries = []
             total = 0
             for rel, full in files:
                 info = store.put_file(full, adopt=True)
+                if info.linked:
+                    linked.append(full)
                 entries.append({"path": rel, "sha256": info.sha256, "bytes": info.size})
                 total += info.size
             manifest = store.put_bytes(content.encode_manifest(entries, dirs))
             return manifest.sha256, total
 
-        sha, total = await anyio.to_thread.run_sync(put_all)
-        art = await self._record(origin="ingest_dir", sha256=sha, size=total, mime=content.DIR_MIME,
-                                 name=p.name, meta=meta)
+        try:
+            sha, total = await anyio.to_thread.run_sync(put_all)
+            art = await self._record(origin="ingest_dir", sha256=sha, size=total, mime=content.DIR_MIME,
+                                     name=p.name, meta=meta)
+        except BaseException:
+            # As for ingest(): the staged files stay for a retry, detached from the blobs.
+            await anyio.to_thread.run_sync(lambda: [unshare(f) for f in linked])
+            raise
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(p, ignore_errors=True))
         return art
 

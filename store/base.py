@@ -12,6 +12,7 @@ class BlobInfo:
 
     sha256: str
     size: int
+    linked: bool = False  # the blob shares the caller's inode (put_file with adopt=True)
 
 
 class BlobStore(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import random
+import shutil
 import uuid
 
 
@@ -44,6 +45,20 @@ def atomic_write(path: str, data: bytes, *, fsync: bool = True) -> None:
         raise
     if fsync:
         fsync_dir(os.path.dirname(path) or ".")
+
+
+def unshare(path: str) -> None:
+    """Give ``path`` a fresh inode with the same bytes, so other hard links to the old one no longer see it."""
+    tmp = f"{path}.{unique_hex()}.unshare"
+    try:
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def _load_syncfs():

@@ -148,7 +148,7 @@ class LocalBlobStore:
             return None  # another filesystem (EXDEV) or no hard links: copy instead
         os.chmod(tmp, 0o444)
         self._publish(tmp, sha)
-        return BlobInfo(sha, size)
+        return BlobInfo(sha, size, linked=True)
 
     def _publish(self, tmp: Path, sha: str) -> None:
         if self.fsync and self.deferred:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -38,10 +39,16 @@ def test_failed_ingest_keeps_the_staged_file(root, monkeypatch):
         with pytest.raises(Boom):
             await arts.ingest(str(staged), kind="text")
         assert staged.read_text() == "precious"
+        assert staged.stat().st_nlink == 1, "the staged file must not share its inode with a blob"
         monkeypatch.undo()
+        # The user changes the staged file before retrying; a blob the failed attempt left
+        # behind (it is published with the next commit) must keep its own bytes.
+        staged.write_text("changed")
         art = await arts.ingest(str(staged), kind="text")
         assert not staged.exists()
-        assert await arts.load_artifact(art.uri) == "precious"
+        assert await arts.load_artifact(art.uri) == "changed"
+        sha = hashlib.sha256(b"precious").hexdigest()
+        assert led.store.exists(sha) and led.store.verify(sha)
 
     _run(root, body)
 
@@ -62,6 +69,7 @@ def test_failed_ingest_dir_keeps_the_staged_tree(root, monkeypatch):
         with pytest.raises(Boom):
             await arts.ingest_dir(str(d), kind="report")
         assert (d / "sub" / "a.txt").read_text() == "a" and (d / "b.bin").read_bytes() == b"b"
+        assert (d / "sub" / "a.txt").stat().st_nlink == 1 and (d / "b.bin").stat().st_nlink == 1
         monkeypatch.undo()
         art = await arts.ingest_dir(str(d), kind="report")
         assert not d.exists()
