@@ -268,9 +268,9 @@ def spy_checkpoint_loads() -> list:
     orig = fl._load_checkpoint
 
     def spy(led, log):
-        pos = orig(led, log)
-        loads.append(None if pos is None else pos.seq)
-        return pos
+        info = orig(led, log)
+        loads.append(None if info is None else info.position.seq)
+        return info
 
     fl._load_checkpoint = spy
     return loads
