@@ -341,11 +341,12 @@ def child_profile(root: str, top: int) -> dict:
 
 
 def phase_breakdown(root: str, drop_pins: bool) -> dict:
-    """Time the replay's parts in one pass: log scan (framing, CRC, SHA-256), decoding, apply_batch."""
+    """Time the replay's parts in one pass: log scan (framing, CRC, SHA-256), decoding, apply_decoded."""
     import gc
 
-    from facade.ledger import REPLAY_BATCH, logged_records
-    from projections.catalog import Catalog, apply_batch
+    from facade.ledger import REPLAY_BATCH, _decode
+    from ledger.events import decode_events
+    from projections.catalog import Catalog, apply_decoded
 
     cat = Catalog()
     log = SegmentLog(str(Path(root) / "log"), fsync=False)
@@ -355,11 +356,11 @@ def phase_breakdown(root: str, drop_pins: bool) -> dict:
 
     def flush() -> None:
         t = pc()
-        batch = logged_records(pending)
-        if drop_pins:
-            batch = [lg for lg in batch if type(lg.event) is ArtifactRecorded]
+        events = decode_events([r.payload for r in pending]) or [_decode(r) for r in pending]
+        rows = [(r.seq, r.ts_us, ev) for r, ev in zip(pending, events)
+                if not drop_pins or type(ev) is ArtifactRecorded]
         t2 = pc()
-        apply_batch(cat, batch)
+        apply_decoded(cat, [x[0] for x in rows], [x[1] for x in rows], [x[2] for x in rows])
         spent["decode"] += t2 - t
         spent["apply"] += pc() - t2
         pending.clear()
@@ -736,7 +737,7 @@ def main() -> None:
         for ph in prof["phases"]:
             what = "artifact events only (the 1% pins dropped)" if ph["drop_pins"] else "as recorded"
             print(f"  {what:44s} total {ms(ph['total']):>10} = {ph['events'] / ph['total']:,.0f} events/s: "
-                  f"log scan {ms(ph['scan'])}, decode {ms(ph['decode'])}, apply_batch {ms(ph['apply'])}")
+                  f"log scan {ms(ph['scan'])}, decode {ms(ph['decode'])}, apply_decoded {ms(ph['apply'])}")
         print()
     print(f"load average at the end: {loadavg()}")
 

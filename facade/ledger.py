@@ -21,7 +21,7 @@ from ledger.filelog import DEFAULT_SEGMENT_BYTES, SEGMENT_SUFFIX, Position, Segm
 from ledger.framing import Record
 from ledger.group_commit import GroupCommitLog
 from projections import snapshot
-from projections.catalog import Catalog, Logged, Row, apply_batch
+from projections.catalog import Catalog, Row, apply_decoded
 from projections.query import pinned_at, seq_at_time
 from store.durable import unique_hex
 from store.local import LocalBlobStore
@@ -76,7 +76,7 @@ class Ledger:
     # ------------------------------------------------------------ lifecycle
     def _apply_records(self, records: list[Record]) -> None:
         cat = self.catalog
-        apply_batch(cat, logged_records(records))
+        apply_records(cat, records)
         if records:
             self._head = (records[-1].seq, records[-1].hash.hex())
         if records and cat.head_seq - self._ckpt_seq >= self.checkpoint_every and not self._closed:
@@ -316,12 +316,12 @@ def row_to_artifact(row: Row, pinned: bool, blob_uri: Callable[[str], str]) -> A
     ))
 
 
-def logged_records(records: list[Record]) -> list[Logged]:
-    """Decode records into Logged events (in one msgspec call when they are all current)."""
+def apply_records(cat: Catalog, records: list[Record]) -> None:
+    """Decode records (in one msgspec call when they are all current) and fold them into ``cat``."""
     events = decode_events([r.payload for r in records])
     if events is None:
         events = [_decode(r) for r in records]
-    return [Logged(r.seq, r.ts_us, ev) for r, ev in zip(records, events)]
+    apply_decoded(cat, [r.seq for r in records], [r.ts_us for r in records], events)
 
 
 def _decode(rec: Record) -> Event:
@@ -420,14 +420,14 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
                 nonlocal done
                 pending.append(rec)
                 if len(pending) >= REPLAY_BATCH:
-                    apply_batch(cat, logged_records(pending))
+                    apply_records(cat, pending)
                     if progress is not None:
                         done += sum(r.length for r in pending)
                         progress(min(done, total), total)
                     pending.clear()
 
             log.recover(on_record, start=start, start_record_offset=0 if loaded is None else loaded.record_offset)
-            apply_batch(cat, logged_records(pending))
+            apply_records(cat, pending)
             led._head = (log.head_seq, log.head_hash.hex())
             if progress is not None:
                 progress(total, total)

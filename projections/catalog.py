@@ -348,17 +348,22 @@ def apply_batch(state: Catalog, events: Sequence[Logged]) -> Catalog:
     grouped index appends) instead of field by field, which is what makes
     replay and catch-up fast.
     """
-    run: list[Logged] = []
-    for lg in events:
-        if type(lg.event) is ArtifactRecorded:
-            run.append(lg)
+    return apply_decoded(state, [lg.seq for lg in events], [lg.ts_us for lg in events],
+                         [lg.event for lg in events])
+
+
+def apply_decoded(state: Catalog, seqs: Sequence[int], tss: Sequence[int], events: Sequence[Event]) -> Catalog:
+    """``apply_batch`` on parallel lists (seq, commit time, event): what replay has in hand."""
+    start = 0
+    for i, ev in enumerate(events):
+        if type(ev) is ArtifactRecorded:
             continue
-        if run:
-            _add_run(state, run)
-            run = []
-        apply(state, lg)
-    if run:
-        _add_run(state, run)
+        if i > start:
+            _add_run(state, seqs[start:i], tss[start:i], events[start:i])  # type: ignore[arg-type]
+        apply(state, Logged(seqs[i], tss[i], ev))
+        start = i + 1
+    if start < len(events):
+        _add_run(state, seqs[start:], tss[start:], events[start:])  # type: ignore[arg-type]
     return state
 
 
@@ -387,8 +392,7 @@ def _group_codes(index: dict, codes: Sequence[int], key_of: Callable[[int], Any]
             lst.extend(add)
 
 
-def _add_run(state: Catalog, run: list[Logged]) -> None:
-    evs = [lg.event for lg in run]
+def _add_run(state: Catalog, seqs: Sequence[int], tss: Sequence[int], evs: Sequence[ArtifactRecorded]) -> None:
     ids = [ev.artifact_id for ev in evs]
     id_rows = state.id_rows
     items = [it for ev in evs for it in ev.labels.items()]
@@ -397,17 +401,15 @@ def _add_run(state: Catalog, run: list[Logged]) -> None:
     # best tables; anything else goes through the one-event path.
     if (state.best or bool in value_types or list in value_types or len(set(ids)) != len(ids)
             or not id_rows.keys().isdisjoint(ids)):
-        for lg in run:
-            add_artifact(state, lg.seq, lg.ts_us, lg.event)  # type: ignore[arg-type]
-            state.head_seq = lg.seq
-            state.times.append(lg.ts_us)
+        for seq, ts, ev in zip(seqs, tss, evs):
+            add_artifact(state, seq, ts, ev)
+            state.head_seq = seq
+            state.times.append(ts)
         return
     base = len(state.ids)
     n = len(evs)
     state.ids.extend(ids)
     id_rows.update(zip(ids, range(base, base + n)))
-    seqs = [lg.seq for lg in run]
-    tss = [lg.ts_us for lg in run]
     state.seq.extend(seqs)
     state.ts.extend(tss)
     state.size.extend([ev.size for ev in evs])
@@ -588,6 +590,7 @@ def _update_best(state: Catalog, i: int, ev: ArtifactRecorded) -> None:
                 entry[1] = i
 
 
-__all__ = ["Catalog", "Logged", "Row", "RESERVED", "SCOPES", "add_artifact", "apply", "apply_batch", "apply_pin",
+__all__ = ["Catalog", "Logged", "Row", "RESERVED", "SCOPES", "add_artifact", "apply", "apply_batch", "apply_decoded",
+           "apply_pin",
            "replay",
            "scope_keys_of"]

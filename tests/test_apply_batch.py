@@ -101,9 +101,9 @@ def test_column_path_on_plain_events_equals_one_at_a_time():
     calls = []
     real = catalog._add_run
 
-    def spy(state, run):
-        calls.append(len(run))
-        return real(state, run)
+    def spy(state, seqs, tss, evs):
+        calls.append(len(evs))
+        return real(state, seqs, tss, evs)
 
     catalog._add_run = spy
     try:
@@ -112,3 +112,14 @@ def test_column_path_on_plain_events_equals_one_at_a_time():
         catalog._add_run = real
     assert sum(calls) == 588 and max(calls) == 49
     assert many == one
+
+
+@given(events)
+def test_apply_decoded_equals_apply_batch(evs):
+    """The parallel-list form replay uses folds exactly like apply_batch (and so like apply)."""
+    from projections.catalog import apply_decoded
+
+    logged = _logged(evs)
+    a = apply_batch(Catalog(), logged)
+    b = apply_decoded(Catalog(), [lg.seq for lg in logged], [lg.ts_us for lg in logged], [lg.event for lg in logged])
+    assert a == b
