@@ -36,6 +36,9 @@ from ledger.framing import (
 )
 from logcheck import HEADER_SIZE, DiskRecord, check_chain, seg_files
 
+# These tests damage logs on purpose: the checkpoints in front of the damage are rightly ignored.
+pytestmark = pytest.mark.filterwarnings("ignore::ledger.checkpoints.CheckpointWarning")
+
 RUN = dict(run_id="r", graph_id="g", node_id="n")
 SMALL_SEGMENTS = 1024
 
