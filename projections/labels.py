@@ -40,12 +40,3 @@ def strict(value: Any) -> Any:
     if t is list or t is tuple:
         return ("l", tuple(strict(v) for v in value))
     raise TypeError(f"{value!r} is not a JSON scalar or list of scalars")
-
-
-def is_plain(labels: dict[str, Any]) -> bool:
-    """Whether every value is already its own canonical form (no bools, no lists)."""
-    for v in labels.values():
-        t = type(v)
-        if t is bool or t is list or t is tuple:
-            return False
-    return True

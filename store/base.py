@@ -18,12 +18,16 @@ class BlobInfo:
 class BlobStore(Protocol):
     """Content-addressed blob storage; every method is blocking (run it in a thread)."""
 
-    def put_file(self, path: str, *, move: bool = False) -> BlobInfo:
-        """Store a file's bytes durably; with ``move`` the file is consumed."""
+    def put_file(self, path: str, *, adopt: bool = False) -> BlobInfo:
+        """Store a file's bytes; with ``adopt`` the store may share the file's inode (``BlobInfo.linked``)."""
         ...
 
     def put_bytes(self, data: bytes) -> BlobInfo:
-        """Store bytes durably."""
+        """Store bytes."""
+        ...
+
+    def make_durable(self) -> None:
+        """Flush and publish everything put so far; called before any event naming it is written."""
         ...
 
     def read_bytes(self, sha256: str) -> bytes:

@@ -6,7 +6,7 @@ import ctypes
 import os
 import random
 import shutil
-import uuid
+from typing import Callable
 
 
 def fsync_dir(path: str) -> None:
@@ -27,15 +27,11 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes, *, fsync: bool = True) -> None:
-    """Replace ``path`` with ``data`` all at once (temp file, fsync, rename, directory fsync)."""
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+def _replace_with(path: str, fill: Callable[[str], None]) -> None:
+    """Build a temp file next to ``path`` with ``fill``, then rename it over ``path``."""
+    tmp = f"{path}.{unique_hex()}.tmp"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
+        fill(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -43,22 +39,26 @@ def atomic_write(path: str, data: bytes, *, fsync: bool = True) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write(path: str, data: bytes, *, fsync: bool = True) -> None:
+    """Replace ``path`` with ``data`` all at once (temp file, fsync, rename, directory fsync)."""
+
+    def fill(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+
+    _replace_with(path, fill)
     if fsync:
         fsync_dir(os.path.dirname(path) or ".")
 
 
 def unshare(path: str) -> None:
     """Give ``path`` a fresh inode with the same bytes, so other hard links to the old one no longer see it."""
-    tmp = f"{path}.{unique_hex()}.unshare"
-    try:
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    _replace_with(path, lambda tmp: shutil.copyfile(path, tmp))
 
 
 def _load_syncfs():
