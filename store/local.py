@@ -47,6 +47,7 @@ class LocalBlobStore:
         # make_durable(), which must run before any event naming them is written.
         self.deferred = deferred
         self._pending: list[tuple[str, str]] = []  # (temp path, sha256) awaiting make_durable()
+        self._pending_dirs: set[str] = set()  # shards of deduplicated blobs whose names must be flushed
         self._pending_lock = threading.Lock()
         self._objects = self.root / "sha256"
         self._tmp = self.root / "tmp"
@@ -72,7 +73,7 @@ class LocalBlobStore:
     def put_bytes(self, data: bytes) -> BlobInfo:
         """Store bytes durably and return their address."""
         sha = hashlib.sha256(data).hexdigest()
-        if self.exists(sha):
+        if self._present(sha):
             return BlobInfo(sha, len(data))
         tmp = self._tmp / f"{durable.unique_hex()}.part"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
@@ -122,7 +123,7 @@ class LocalBlobStore:
             raise
         os.close(fd)
         sha = digest.hexdigest()
-        if self.exists(sha):
+        if self._present(sha):
             tmp.unlink()
             return BlobInfo(sha, size)
         self._publish(tmp, sha)
@@ -139,7 +140,7 @@ class LocalBlobStore:
             if self.fsync and not self.deferred:
                 os.fsync(f.fileno())
         sha = digest.hexdigest()
-        if self.exists(sha):
+        if self._present(sha):
             return BlobInfo(sha, size)
         tmp = self._tmp / f"{durable.unique_hex()}.part"
         try:
@@ -149,6 +150,20 @@ class LocalBlobStore:
         os.chmod(tmp, 0o444)
         self._publish(tmp, sha)
         return BlobInfo(sha, size, linked=True)
+
+    def _present(self, sha: str) -> bool:
+        """Whether a blob is already stored (so a put can skip writing it).
+
+        Another process may have renamed it into place without having flushed
+        that rename yet; a deferred store then flushes the name itself, with the
+        next make_durable(), before any event of its own can name the blob.
+        """
+        if not self.exists(sha):
+            return False
+        if self.fsync and self.deferred:
+            with self._pending_lock:
+                self._pending_dirs.add(str(self.path(sha).parent))
+        return True
 
     def _publish(self, tmp: Path, sha: str) -> None:
         if self.fsync and self.deferred:
@@ -181,12 +196,14 @@ class LocalBlobStore:
         Bytes are flushed first (a few blobs one fsync each, many with one
         syncfs of the filesystem), then renamed to their addresses, then the
         renames are flushed the same way. A blob that was already present when
-        put (deduplicated) was published by an earlier call, before which no
-        event could name it.
+        put (deduplicated) had its shard directory queued, and is flushed too.
         """
         with self._pending_lock:
             pending, self._pending = self._pending, []
+            dirs, self._pending_dirs = self._pending_dirs, set()
         if not pending:
+            for d in sorted(dirs):
+                _fsync_dir(d)
             return
         many = len(pending) >= SYNCFS_MIN_BLOBS and durable.syncfs_available()
         if many:
@@ -194,7 +211,6 @@ class LocalBlobStore:
         else:
             for tmp, _ in pending:
                 durable.fsync_path(tmp)
-        dirs: set[str] = set()
         for tmp, sha in pending:
             dirs.update(self._rename_in(tmp, sha, sync_dirs=False))
         if many:

@@ -136,3 +136,29 @@ def test_deferred_blob_is_invisible_until_made_durable(tmp_path):
     assert not store.exists(info.sha256)
     store.make_durable()
     assert store.read_bytes(info.sha256) == b"later"
+
+
+def test_dedup_flushes_a_name_another_process_may_not_have_flushed(root, tmp_path, trace):
+    """A blob found already in place (maybe renamed by another process, not yet flushed) gets its
+    directory entry flushed before this process appends an event naming it."""
+    import hashlib
+
+    data = os.urandom(64)
+    sha = hashlib.sha256(data).hexdigest()
+    src = tmp_path / "same.bin"
+    src.write_bytes(data)
+
+    async def main():
+        async with open_ledger(root) as led:
+            # Another process's rename into place, as this process would see it.
+            final = led.store.path(sha)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            final.write_bytes(data)
+            trace.clear()
+            await led.artifacts(run_id="r", graph_id="g", node_id="n").save(str(src), kind="blob")
+
+    anyio.run(main)
+    shard = str(root.resolve() / "blobs" / "sha256" / sha[:2])
+    append = next(i for i, e in enumerate(trace) if e[0] == "append")
+    assert not any(e[0] == "rename" for e in trace[:append]), "a present blob is not written again"
+    assert any(e == ("dir", shard) or e == ("syncfs",) for e in trace[:append])
