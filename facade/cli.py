@@ -107,7 +107,14 @@ def _non_negative(text: str) -> int:
 
 
 def _add_read_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    """list/search/best/show: the commands ``as-of`` can also run at a past position."""
+    """log/list/search/best/show/export: the commands ``as-of`` can also run at a past position."""
+    p = sub.add_parser("log", parents=[common], help="recorded events in order",
+                       description="Recorded events (artifacts recorded, pins) in commit order.")
+    _add_range_args(p)
+    p.add_argument("--run", metavar="ID", help="only events of artifacts of this run")
+    p.add_argument("--kind", help="only events of artifacts of this kind")
+    p.set_defaults(run_cmd=cmd.cmd_log)
+
     p = sub.add_parser("list", parents=[common], help="artifacts in a scope, newest first",
                        description="Artifacts in a scope, newest first (or ranked with --metric/--mode).")
     _add_query_args(p, ranking="optional")
@@ -125,6 +132,11 @@ def _add_read_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                        description="One artifact's fields and every event that touched it.")
     p.add_argument("id", help="artifact id (or a unique prefix of at least 4 characters)")
     p.set_defaults(run_cmd=cmd.cmd_show)
+    p = sub.add_parser("export", parents=[common], help="events as JSON lines",
+                       description="Every event (or a --since/--until range) as one JSON object per line.")
+    _add_range_args(p)
+    p.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+    p.set_defaults(run_cmd=cmd.cmd_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,16 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("log", parents=[common], help="recorded events in order",
-                       description="Recorded events (artifacts recorded, pins) in commit order.")
-    _add_range_args(p)
-    p.add_argument("--run", metavar="ID", help="only events of artifacts of this run")
-    p.add_argument("--kind", help="only events of artifacts of this kind")
-    p.set_defaults(run_cmd=cmd.cmd_log)
-
     _add_read_commands(sub, common)
 
-    p = sub.add_parser("as-of", parents=[common], help="run list/search/best/show at a past seq or time",
+    p = sub.add_parser("as-of", parents=[common], help="run a read command (log/list/search/best/show/export) at a past seq or time",
                        description="Run a read command on the catalogue as it was after a seq "
                                    "or at a time, e.g. `as-of --seq 12 list --run r1`.")
     at = p.add_mutually_exclusive_group(required=True)
@@ -170,11 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a checkpoint of the projections at the current head.")
     p.set_defaults(run_cmd=cmd.cmd_checkpoint)
 
-    p = sub.add_parser("export", parents=[common], help="events as JSON lines",
-                       description="Every event (or a --since/--until range) as one JSON object per line.")
-    _add_range_args(p)
-    p.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
-    p.set_defaults(run_cmd=cmd.cmd_export)
     return parser
 
 

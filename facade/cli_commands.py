@@ -246,14 +246,17 @@ async def cmd_show(reader: Reader, args: Any) -> Result:
 
 
 # ---------------------------------------------------------------- audit
-async def _selected_events(ledger: Any, args: Any) -> AsyncIterator[Any]:
-    """Events within --since/--until (seq or time) matching --run/--kind."""
+async def _selected_events(reader: Reader, args: Any) -> AsyncIterator[Any]:
+    """Events within --since/--until (seq or time) matching --run/--kind, up to the reader's position."""
+    ledger = reader.ledger
     since = parse_position(args.since) if args.since else None
     until = parse_position(args.until) if args.until else None
     run = getattr(args, "run", None)
     kind = getattr(args, "kind", None)
     rows = ledger.catalog.rows
     async for e in ledger.events(since=since, until=until):
+        if reader.upto is not None and e.seq > reader.upto:
+            return  # under as-of: nothing after the view's seq
         if run is not None or kind is not None:
             ev = e.event
             rec = ev if isinstance(ev, ArtifactRecorded) else getattr(rows.get(ev.artifact_id), "ev", None)
@@ -264,7 +267,7 @@ async def _selected_events(ledger: Any, args: Any) -> AsyncIterator[Any]:
 
 async def cmd_log(reader: Reader, args: Any) -> Result:
     """Recorded events in order, filtered by run, kind and seq/time range."""
-    events = [e async for e in _selected_events(reader.ledger, args)]
+    events = [e async for e in _selected_events(reader, args)]
     rows = reader.ledger.catalog.rows
     needed = {e.event.artifact_id for e in events if not isinstance(e.event, ArtifactRecorded)}
     lookup = {aid: rows[aid].ev for aid in needed if aid in rows}
@@ -281,7 +284,7 @@ async def cmd_export(reader: Reader, args: Any) -> Result:
     stream = open(out_path, "w", encoding="utf-8") if out_path else sys.stdout
     count = 0
     try:
-        async for e in _selected_events(ledger, args):
+        async for e in _selected_events(reader, args):
             stream.write(json.dumps(e.to_json(), separators=(",", ":")) + "\n")
             count += 1
             bar.update(e.seq, total)

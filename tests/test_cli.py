@@ -318,6 +318,18 @@ def test_as_of_seq_and_time(built):
     fails(run_cli("as-of", "list", root=built.root), 2, "--seq")
 
 
+def test_as_of_log_and_export_stop_at_the_view(built):
+    """as-of also runs log and export: nothing after the view's seq, filters still apply."""
+    events = ok_json("as-of", "--seq", "3", "log", root=built.root)
+    assert [e["seq"] for e in events] == [1, 2, 3]
+    assert [e["seq"] for e in ok_json("as-of", "--seq", "3", "log", "--since", "2", root=built.root)] == [2, 3]
+    res = run_cli("as-of", "--seq", "2", "export", root=built.root)
+    assert res.returncode == 0, res.stderr
+    assert [json.loads(line)["seq"] for line in res.stdout.splitlines()] == [1, 2]
+    res = run_cli("as-of", "--seq", "2", "log", root=built.root)
+    assert res.returncode == 0 and res.stdout.startswith("as of seq 2 (")
+
+
 def test_diff(built):
     """diff A B reports the artifacts added, pins changed and best winners changed."""
     d = ok_json("diff", "2", "4", root=built.root)
