@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_read_commands(sub, common)
 
-    p = sub.add_parser("as-of", parents=[common], help="run a read command (log/list/search/best/show/export) at a past seq or time",
+    p = sub.add_parser("as-of", parents=[common],
+                       help="run a read command (log/list/search/best/show/export) at a past seq or time",
                        description="Run a read command on the catalogue as it was after a seq "
                                    "or at a time, e.g. `as-of --seq 12 list --run r1`.")
     at = p.add_mutually_exclusive_group(required=True)
