@@ -11,7 +11,7 @@ import msgspec
 
 from ledger.errors import LedgerCorruption
 from ledger.events import ArtifactRecorded, Event, EventDecodeError, PinChanged, decode_event
-from ledger.filelog import SegmentLog
+from ledger.filelog import SegmentLog, segment_name
 from ledger.framing import Record
 from projections.catalog import Catalog, Row, scope_keys_of
 from projections.query import Filter, _scan_best, pinned_at
@@ -234,7 +234,7 @@ def verify(log_dir: str, store: Any, referenced: list[tuple[str, str, bool]], *,
                 if size > log._end:
                     problems.append(
                         f"record: {size - log._end} bytes of an incomplete record at the end of segment "
-                        f"{log._seg_first:020d}.seg offset {log._end} (seq {log.head_seq + 1}); "
+                        f"{segment_name(log._seg_first)} offset {log._end} (seq {log.head_seq + 1}); "
                         "reopen the ledger to truncate it"
                     )
         head = (log.head_seq, log.head_hash.hex())

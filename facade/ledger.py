@@ -17,7 +17,7 @@ import anyio.to_thread
 from ledger import checkpoints
 from ledger.errors import LedgerClosed, LedgerCorruption
 from ledger.events import Event, EventDecodeError, decode_event, decode_events, encode_event
-from ledger.filelog import DEFAULT_SEGMENT_BYTES, SEGMENT_SUFFIX, Position, SegmentLog
+from ledger.filelog import DEFAULT_SEGMENT_BYTES, Position, SegmentLog, segment_name
 from ledger.framing import Record
 from ledger.group_commit import GroupCommitLog
 from projections import snapshot
@@ -386,7 +386,7 @@ def _log_bytes_after(log: SegmentLog, start: Position | None) -> int:
     for first in log.segments():
         if start is not None and first < start.segment_first_seq:
             continue
-        size = os.path.getsize(os.path.join(log.directory, f"{first:020d}{SEGMENT_SUFFIX}"))
+        size = os.path.getsize(os.path.join(log.directory, segment_name(first)))
         if start is not None and first == start.segment_first_seq:
             size -= start.offset
         total += max(size, 0)

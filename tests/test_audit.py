@@ -19,8 +19,9 @@ from facade import content, open_ledger
 from facade.audit import LedgerEvent
 from ledger import checkpoints
 from ledger.events import ArtifactRecorded, PinChanged, decode_event
-from ledger.filelog import SegmentLog, TornTailWarning
+from ledger.filelog import TornTailWarning
 from ledger.framing import FRAME_SIZE
+from logcheck import read_log as disk_records
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 GENESIS = "00" * 32
@@ -37,15 +38,6 @@ def ids_of(ctx):
     """Keyword ids for a context tuple."""
     run, graph, node, project = ctx
     return {"run_id": run, "graph_id": graph, "node_id": node, "project_id": project}
-
-
-def disk_records(root: Path):
-    """Every intact record on disk, read straight from the segment files."""
-    log = SegmentLog(str(root / "log"), fsync=False)
-    try:
-        return list(log.read_from(1))
-    finally:
-        log.close()
 
 
 def flip(path: Path, offset: int) -> None:

@@ -21,11 +21,12 @@ from facade import open_ledger
 from ledger import checkpoints
 from ledger.errors import LedgerCorruption
 from ledger.events import ArtifactRecorded, PinChanged, decode_event
-from ledger.filelog import SegmentLog, segment_name
+from ledger.filelog import segment_name
 from ledger.framing import encode_segment_header
 from projections import snapshot
 from projections.catalog import Catalog, Logged, apply, replay
 from projections.query import Filter, best
+from logcheck import read_log as disk_records
 
 CTXS = [("r1", "g1", "n1", None), ("r1", "g2", "n1", "p1"), ("r2", "g1", "n2", "p1")]
 FILES = {"a.bin": b"A", "b.txt": b"bee", "c.json": b"[1, 2]"}
@@ -63,15 +64,6 @@ def make_sources(tmp: Path) -> Path:
     for name, data in FILES.items():
         (src / name).write_bytes(data)
     return src
-
-
-def disk_records(root: Path):
-    """Every intact record on disk, read straight from the segment files."""
-    log = SegmentLog(str(root / "log"), fsync=False)
-    try:
-        return list(log.read_from(1))
-    finally:
-        log.close()
 
 
 def full_replay(root: Path) -> Catalog:
