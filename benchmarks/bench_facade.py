@@ -37,11 +37,10 @@ from pathlib import Path
 import anyio
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from facade import open_ledger  # noqa: E402
-from ledger.events import SCHEMA_VERSION, ArtifactRecorded  # noqa: E402
-from ledger.framing import FORMAT_VERSION  # noqa: E402
+from artifact_ledger.facade import open_ledger  # noqa: E402
+from artifact_ledger.ledger.events import SCHEMA_VERSION, ArtifactRecorded  # noqa: E402
+from artifact_ledger.ledger.framing import FORMAT_VERSION  # noqa: E402
 
 # Bump when the synthetic ledger's contents change; the on-disk format and
 # event schema versions are part of the key so a format change rebuilds it.
@@ -355,7 +354,7 @@ OPEN_CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
 import anyio
-from facade import open_ledger
+from artifact_ledger.facade import open_ledger
 t_import = time.perf_counter() - t0
 rss_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
@@ -389,7 +388,7 @@ print(json.dumps({"open_s": dt, "artifacts": n, "head": head, "import_s": t_impo
 
 
 def open_in_child(root: Path, mode: str = "gc") -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ)
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", OPEN_CHILD, str(root), mode], check=True,
                          capture_output=True, text=True, env=env)
@@ -560,7 +559,7 @@ def profile_phases(root: Path, cfg: dict, tmp: Path, rng: random.Random, top: in
 
     # Replay runs in a worker thread, so profile the thread body directly by
     # opening synchronously through the same code path the coroutine uses.
-    import facade.ledger as fl
+    import artifact_ledger.facade.ledger as fl
 
     import gc
 
@@ -604,8 +603,8 @@ def profile_phases(root: Path, cfg: dict, tmp: Path, rng: random.Random, top: in
     anyio.run(queries, "search tag scope=all", cfg["search_calls"] // 5)
 
     # Saves: time the worker-thread phases by wrapping them here (the core is untouched).
-    from ledger.filelog import SegmentLog
-    from store.local import LocalBlobStore
+    from artifact_ledger.ledger.filelog import SegmentLog
+    from artifact_ledger.store.local import LocalBlobStore
 
     orig_put, orig_append = LocalBlobStore.put_file, SegmentLog.append_batch
 

@@ -38,19 +38,18 @@ import anyio
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
 from bench_facade import loadavg, print_machine, print_profile, verdict  # noqa: E402
 
-from facade import open_ledger  # noqa: E402
-from ledger.events import SCHEMA_VERSION, ArtifactRecorded, PinChanged, encode_event  # noqa: E402
-from ledger.filelog import SegmentLog  # noqa: E402
-from ledger.framing import FORMAT_VERSION  # noqa: E402
-from projections import snapshot  # noqa: E402
-from projections.snapshot import SNAPSHOT_SCHEMA  # noqa: E402
-from ledger.checkpoints import MAGIC as CHECKPOINT_MAGIC  # noqa: E402
-from store.local import LocalBlobStore  # noqa: E402
+from artifact_ledger.facade import open_ledger  # noqa: E402
+from artifact_ledger.ledger.events import SCHEMA_VERSION, ArtifactRecorded, PinChanged, encode_event  # noqa: E402
+from artifact_ledger.ledger.filelog import SegmentLog  # noqa: E402
+from artifact_ledger.ledger.framing import FORMAT_VERSION  # noqa: E402
+from artifact_ledger.projections import snapshot  # noqa: E402
+from artifact_ledger.projections.snapshot import SNAPSHOT_SCHEMA  # noqa: E402
+from artifact_ledger.ledger.checkpoints import MAGIC as CHECKPOINT_MAGIC  # noqa: E402
+from artifact_ledger.store.local import LocalBlobStore  # noqa: E402
 
 # Bump when the synthetic ledgers' contents change; the format versions are part
 # of the key so a change to the log, events or snapshots rebuilds the cache.
@@ -165,7 +164,7 @@ def pct(xs: list[float], p: float) -> float:
 # --------------------------------------------------------------------------- building
 def build_big(root: Path, runs: int) -> None:
     """Write the events straight into the log (fsync off, big batches), then open once to checkpoint."""
-    from facade.ledger import _prepare_root
+    from artifact_ledger.facade.ledger import _prepare_root
 
     t0 = time.perf_counter()
     _prepare_root(root, True)
@@ -209,7 +208,7 @@ def build_big(root: Path, runs: int) -> None:
 
 def build_blobs(root: Path, n: int) -> None:
     """A smaller ledger where every artifact has its own random blob (4 KiB .. 1 MiB)."""
-    from facade.ledger import _prepare_root
+    from artifact_ledger.facade.ledger import _prepare_root
 
     _prepare_root(root, True)
     store = LocalBlobStore(root / "blobs", fsync=False)
@@ -262,7 +261,7 @@ def cached(label: str, build_args: list[str], rebuild: bool) -> tuple[Path, floa
 # --------------------------------------------------------------------------- children
 def spy_checkpoint_loads() -> list:
     """Record what each open's checkpoint load returned (a seq, or None for a full rebuild)."""
-    import facade.ledger as fl
+    import artifact_ledger.facade.ledger as fl
 
     loads: list = []
     orig = fl._load_checkpoint
@@ -304,7 +303,7 @@ def child_open(root: str, digest: bool) -> dict:
 
 
 def child_profile(root: str, top: int) -> dict:
-    import facade.ledger as fl
+    import artifact_ledger.facade.ledger as fl
 
     loads = spy_checkpoint_loads()
 
@@ -344,9 +343,9 @@ def phase_breakdown(root: str, drop_pins: bool) -> dict:
     """Time the replay's parts in one pass: log scan (framing, CRC, SHA-256), decoding, apply_decoded."""
     import gc
 
-    from facade.ledger import REPLAY_BATCH, _decode
-    from ledger.events import decode_events
-    from projections.catalog import Catalog, apply_decoded
+    from artifact_ledger.facade.ledger import REPLAY_BATCH, _decode
+    from artifact_ledger.ledger.events import decode_events
+    from artifact_ledger.projections.catalog import Catalog, apply_decoded
 
     cat = Catalog()
     log = SegmentLog(str(Path(root) / "log"), fsync=False)
@@ -458,7 +457,7 @@ def child_asof(root: str, n: int) -> dict:
 
 
 def child_verify(root: str, blob_root: str, reps: int) -> dict:
-    from facade import audit
+    from artifact_ledger.facade import audit
 
     out: dict = {"full": [], "log": [], "blobs": []}
 
@@ -491,7 +490,7 @@ def child_verify(root: str, blob_root: str, reps: int) -> dict:
 
 
 def in_child(mode: str, *args: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--child", mode, *args], capture_output=True, text=True,
                           env=env)

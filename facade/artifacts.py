@@ -13,11 +13,11 @@ from urllib.parse import unquote, urlparse
 import anyio
 import anyio.to_thread
 
-from ledger.events import ArtifactRecorded, PinChanged
-from projections.catalog import Catalog, Row
-from projections.query import Filter, best as best_row, by_blob, rank, select
-from store.durable import unique_hex, unshare
-from store.local import check_sha
+from ..ledger.events import ArtifactRecorded, PinChanged
+from ..projections.catalog import Catalog, Row
+from ..projections.query import Filter, best as best_row, by_blob, rank, select
+from ..store.durable import unique_hex, unshare
+from ..store.local import check_sha
 
 from . import content
 from .model import Artifact

@@ -9,12 +9,12 @@ from typing import Any, Callable
 
 import msgspec
 
-from ledger.errors import LedgerCorruption
-from ledger.events import ArtifactRecorded, Event, EventDecodeError, PinChanged, decode_event
-from ledger.filelog import SegmentLog, segment_name
-from ledger.framing import Record
-from projections.catalog import Catalog, Row, scope_keys_of
-from projections.query import Filter, _scan_best, pinned_at
+from ..ledger.errors import LedgerCorruption
+from ..ledger.events import ArtifactRecorded, Event, EventDecodeError, PinChanged, decode_event
+from ..ledger.filelog import SegmentLog, segment_name
+from ..ledger.framing import Record
+from ..projections.catalog import Catalog, Row, scope_keys_of
+from ..projections.query import Filter, _scan_best, pinned_at
 
 from . import content
 from .model import Artifact, utc_from_us

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import anyio
 
-from ledger.errors import LedgerCorruption
+from ..ledger.errors import LedgerCorruption
 
 from . import cli_commands as cmd
 from .cli_commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, Reader, Result
@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, parents=[common],
                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .. import __version__
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     _add_read_commands(sub, common)

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from ledger.events import ArtifactRecorded
+from ..ledger.events import ArtifactRecorded
 
 from . import cli_format as fmt
 from .model import Artifact

@@ -1,6 +1,6 @@
 """Demo of the main job on the embedded default: two runs, a pin, search and best.
 
-Run with ``make demo`` (or ``python -m facade.demo [ROOT]``).
+Run with ``make demo`` (or ``python -m artifact_ledger.facade.demo [ROOT]``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio
 
-from facade import open_ledger
+from . import open_ledger
 
 
 async def run_demo(root: Path) -> None:

@@ -14,17 +14,17 @@ from typing import Any, AsyncIterator, Callable, Generator
 import anyio
 import anyio.to_thread
 
-from ledger import checkpoints
-from ledger.errors import LedgerClosed, LedgerCorruption
-from ledger.events import Event, EventDecodeError, decode_event, decode_events, encode_event
-from ledger.filelog import DEFAULT_SEGMENT_BYTES, Position, SegmentLog, segment_name
-from ledger.framing import Record
-from ledger.group_commit import GroupCommitLog
-from projections import snapshot
-from projections.catalog import Catalog, Row, apply_decoded
-from projections.query import pinned_at, seq_at_time
-from store.durable import unique_hex
-from store.local import LocalBlobStore
+from ..ledger import checkpoints
+from ..ledger.errors import LedgerClosed, LedgerCorruption
+from ..ledger.events import Event, EventDecodeError, decode_event, decode_events, encode_event
+from ..ledger.filelog import DEFAULT_SEGMENT_BYTES, Position, SegmentLog, segment_name
+from ..ledger.framing import Record
+from ..ledger.group_commit import GroupCommitLog
+from ..projections import snapshot
+from ..projections.catalog import Catalog, Row, apply_decoded
+from ..projections.query import pinned_at, seq_at_time
+from ..store.durable import unique_hex
+from ..store.local import LocalBlobStore
 
 from . import audit
 from .model import Artifact, build_artifact, utc_from_us

@@ -7,7 +7,7 @@ import numbers
 import re
 from typing import Any
 
-from projections.labels import RESERVED
+from ..projections.labels import RESERVED
 
 SCOPE_NAMES = ("node", "graph", "run", "project", "all")
 MODES = ("max", "min")

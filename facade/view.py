@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from projections.catalog import Catalog, Row
-from projections.query import pinned_at
+from ..projections.catalog import Catalog, Row
+from ..projections.query import pinned_at
 
 from .model import Artifact, utc_from_us
 

@@ -20,8 +20,8 @@ from typing import Iterable
 import msgspec
 from crc32c import crc32c
 
-from store.durable import atomic_write
-from store.durable import fsync_dir as _fsync_dir
+from ..store.durable import atomic_write
+from ..store.durable import fsync_dir as _fsync_dir
 
 from .filelog import Position
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from store.durable import fsync_dir as _fsync_dir
+from ..store.durable import fsync_dir as _fsync_dir
 
 from .errors import LedgerCorruption
 from .framing import (

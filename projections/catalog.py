@@ -20,7 +20,7 @@ from operator import attrgetter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Iterable, NamedTuple
 
-from ledger.events import ArtifactRecorded, Event, PinChanged
+from ..ledger.events import ArtifactRecorded, Event, PinChanged
 
 from .labels import RESERVED, canon, strict
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from crc32c import crc32c
 
-from ledger.events import ArtifactRecorded, decode_event
-from ledger.filelog import SegmentLog
+from artifact_ledger.ledger.events import ArtifactRecorded, decode_event
+from artifact_ledger.ledger.filelog import SegmentLog
 
 HEADER_FIELDS = struct.Struct("<8sIQ32s")
 HEADER_SIZE = HEADER_FIELDS.size + 4

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.events import ArtifactRecorded, PinChanged
-from projections.catalog import Catalog, Logged, apply, apply_batch
-from projections.query import Filter, best, rank, select
+from artifact_ledger.ledger.events import ArtifactRecorded, PinChanged
+from artifact_ledger.projections.catalog import Catalog, Logged, apply, apply_batch
+from artifact_ledger.projections.query import Filter, best, rank, select
 
 IDS = [f"{i:032x}" for i in range(12)]
 label_values = st.one_of(
@@ -77,7 +77,7 @@ def test_column_path_on_plain_events_equals_one_at_a_time():
     """Distinct ids and plain labels take the column-wise path; it must still equal apply()."""
     import random
 
-    import projections.catalog as catalog
+    import artifact_ledger.projections.catalog as catalog
 
     rnd = random.Random(7)
     evs = []
@@ -117,7 +117,7 @@ def test_column_path_on_plain_events_equals_one_at_a_time():
 @given(events)
 def test_apply_decoded_equals_apply_batch(evs):
     """The parallel-list form replay uses folds exactly like apply_batch (and so like apply)."""
-    from projections.catalog import apply_decoded
+    from artifact_ledger.projections.catalog import apply_decoded
 
     logged = _logged(evs)
     a = apply_batch(Catalog(), logged)

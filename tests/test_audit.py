@@ -15,12 +15,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from facade import content, open_ledger
-from facade.audit import LedgerEvent
-from ledger import checkpoints
-from ledger.events import ArtifactRecorded, PinChanged, decode_event
-from ledger.filelog import TornTailWarning
-from ledger.framing import FRAME_SIZE
+from artifact_ledger.facade import content, open_ledger
+from artifact_ledger.facade.audit import LedgerEvent
+from artifact_ledger.ledger import checkpoints
+from artifact_ledger.ledger.events import ArtifactRecorded, PinChanged, decode_event
+from artifact_ledger.ledger.filelog import TornTailWarning
+from artifact_ledger.ledger.framing import FRAME_SIZE
 from logcheck import read_log as disk_records
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

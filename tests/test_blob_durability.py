@@ -8,11 +8,11 @@ import os
 import anyio
 import pytest
 
-import ledger.filelog as filelog
-import store.durable as durable
-import store.local as local
-from facade import open_ledger
-from ledger.events import decode_event
+import artifact_ledger.ledger.filelog as filelog
+import artifact_ledger.store.durable as durable
+import artifact_ledger.store.local as local
+from artifact_ledger.facade import open_ledger
+from artifact_ledger.ledger.events import decode_event
 
 
 @pytest.fixture

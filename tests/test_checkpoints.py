@@ -17,15 +17,15 @@ from crc32c import crc32c
 from hypothesis import given
 from hypothesis import strategies as st
 
-from facade import open_ledger
-from ledger import checkpoints
-from ledger.errors import LedgerCorruption
-from ledger.events import ArtifactRecorded, PinChanged, decode_event
-from ledger.filelog import segment_name
-from ledger.framing import encode_segment_header
-from projections import snapshot
-from projections.catalog import Catalog, Logged, apply, replay
-from projections.query import Filter, best
+from artifact_ledger.facade import open_ledger
+from artifact_ledger.ledger import checkpoints
+from artifact_ledger.ledger.errors import LedgerCorruption
+from artifact_ledger.ledger.events import ArtifactRecorded, PinChanged, decode_event
+from artifact_ledger.ledger.filelog import segment_name
+from artifact_ledger.ledger.framing import encode_segment_header
+from artifact_ledger.projections import snapshot
+from artifact_ledger.projections.catalog import Catalog, Logged, apply, replay
+from artifact_ledger.projections.query import Filter, best
 from logcheck import read_log as disk_records
 
 CTXS = [("r1", "g1", "n1", None), ("r1", "g2", "n1", "p1"), ("r2", "g1", "n2", "p1")]

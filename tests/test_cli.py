@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from facade import open_ledger
+from artifact_ledger.facade import open_ledger
 
 ENV_ROOT = "ARTIFACT_LEDGER_ROOT"
 
@@ -39,7 +39,7 @@ def _env(**extra: str) -> dict[str, str]:
 def run_cli(*args: str, root: Path | None = None, env: dict[str, str] | None = None,
             **kw) -> subprocess.CompletedProcess:
     """``python -m facade.cli [-C root] args...`` with text output captured."""
-    cmd = [sys.executable, "-m", "facade.cli"]
+    cmd = [sys.executable, "-m", "artifact_ledger"]
     if root is not None:
         cmd += ["-C", str(root)]
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=60,
@@ -416,7 +416,7 @@ def test_checkpoint(built, copy):
 def _stderr_on_tty(*args: str, root: Path) -> tuple[int, str, str]:
     master, slave = pty.openpty()
     try:
-        proc = subprocess.run([sys.executable, "-m", "facade.cli", "-C", str(root), *args], stdout=subprocess.PIPE,
+        proc = subprocess.run([sys.executable, "-m", "artifact_ledger", "-C", str(root), *args], stdout=subprocess.PIPE,
                               stderr=slave, timeout=60, env=_env())
         os.close(slave)
         chunks = []

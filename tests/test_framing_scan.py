@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.framing import GENESIS_HASH, OK, encode_record, read_record, scan_chain
+from artifact_ledger.ledger.framing import GENESIS_HASH, OK, encode_record, read_record, scan_chain
 
 
 def _log(payloads):

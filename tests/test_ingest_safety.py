@@ -10,7 +10,7 @@ import anyio
 import numpy as np
 import pytest
 
-from facade import open_ledger
+from artifact_ledger.facade import open_ledger
 
 
 class Boom(RuntimeError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from facade import open_ledger
+from artifact_ledger.facade import open_ledger
 
 EDGES = [-(2**63), 2**63, 2**64 - 1]
 BEYOND = [-(2**63) - 1, 2**64, 10**30]

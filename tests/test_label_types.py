@@ -2,7 +2,7 @@
 
 import anyio
 
-from facade import open_ledger
+from artifact_ledger.facade import open_ledger
 
 
 def test_int_and_float_labels_keep_their_type_and_match_each_other(root, tmp_path):

@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from facade import open_ledger
-from ledger.errors import LedgerCorruption
-from ledger.events import ArtifactRecorded, PinChanged, decode_event
-from ledger.filelog import TornTailWarning, segment_name
-from ledger.framing import (
+from artifact_ledger.facade import open_ledger
+from artifact_ledger.ledger.errors import LedgerCorruption
+from artifact_ledger.ledger.events import ArtifactRecorded, PinChanged, decode_event
+from artifact_ledger.ledger.filelog import TornTailWarning, segment_name
+from artifact_ledger.ledger.framing import (
     BAD,
     FRAME_SIZE,
     GENESIS_HASH,
@@ -37,7 +37,7 @@ from ledger.framing import (
 from logcheck import HEADER_SIZE, DiskRecord, check_chain, seg_files
 
 # These tests damage logs on purpose: the checkpoints in front of the damage are rightly ignored.
-pytestmark = pytest.mark.filterwarnings("ignore::ledger.checkpoints.CheckpointWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::artifact_ledger.ledger.checkpoints.CheckpointWarning")
 
 RUN = dict(run_id="r", graph_id="g", node_id="n")
 SMALL_SEGMENTS = 1024

@@ -1,6 +1,6 @@
 """The Artifact fast builder behaves exactly like pydantic's model_construct."""
 
-from facade import model
+from artifact_ledger.facade import model
 
 
 def _fields():

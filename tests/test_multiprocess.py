@@ -13,12 +13,12 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from facade import open_ledger
-from ledger import filelog
-from ledger.events import PinChanged, decode_event
-from ledger.filelog import SegmentLog, TornTailWarning
-from ledger.framing import encode_record
-from ledger.group_commit import GroupCommitLog
+from artifact_ledger.facade import open_ledger
+from artifact_ledger.ledger import filelog
+from artifact_ledger.ledger.events import PinChanged, decode_event
+from artifact_ledger.ledger.filelog import SegmentLog, TornTailWarning
+from artifact_ledger.ledger.framing import encode_record
+from artifact_ledger.ledger.group_commit import GroupCommitLog
 from logcheck import check_chain, recorded_ids, seg_files
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -174,7 +174,7 @@ def test_concurrent_processes_keep_every_acknowledged_artifact(root, segment_byt
 def test_concurrent_processes_with_frequent_checkpoints(root):
     """Three processes appending and checkpointing every few events at once: whichever checkpoint a
     later open loads, the state equals a full replay of the log, and verify() passes."""
-    from projections.catalog import Logged, replay
+    from artifact_ledger.projections.catalog import Logged, replay
 
     anyio.run(_create, root)
     barrier = SPAWN.Barrier(WORKERS)

@@ -5,7 +5,7 @@ import shutil
 
 import anyio
 
-from facade import open_ledger
+from artifact_ledger.facade import open_ledger
 
 
 def test_replay_progress_reaches_the_log_size(root, tmp_path):

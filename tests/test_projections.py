@@ -6,11 +6,11 @@ import anyio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from facade import open_ledger
-from ledger.events import ArtifactRecorded, PinChanged, decode_event
-from ledger.filelog import SegmentLog
-from projections.catalog import Catalog, Logged, apply, replay
-from projections.query import Filter, best, by_blob, rank, select
+from artifact_ledger.facade import open_ledger
+from artifact_ledger.ledger.events import ArtifactRecorded, PinChanged, decode_event
+from artifact_ledger.ledger.filelog import SegmentLog
+from artifact_ledger.projections.catalog import Catalog, Logged, apply, replay
+from artifact_ledger.projections.query import Filter, best, by_blob, rank, select
 
 IDS = [f"a{i}" for i in range(8)]
 RUNS, GRAPHS, NODES, PROJECTS = ["r1", "r2"], ["g1", "g2"], ["n1", "n2"], [None, "p1", "p2"]

@@ -11,7 +11,7 @@ import anyio
 import numpy as np
 import PIL.Image as Image
 
-from facade import Artifact, ArtifactFacade, open_ledger
+from artifact_ledger.facade import Artifact, ArtifactFacade, open_ledger
 
 IDS = {"run_id": "run-1", "graph_id": "graph-a", "node_id": "node-x"}
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from facade import Artifact, ArtifactFacade, open_ledger
+from artifact_ledger.facade import Artifact, ArtifactFacade, open_ledger
 
 R1 = {"run_id": "r1", "graph_id": "g1", "node_id": "n1", "project_id": "p1"}
 

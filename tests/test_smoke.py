@@ -2,7 +2,7 @@
 
 import anyio
 
-from facade import Artifact, open_ledger
+from artifact_ledger.facade import Artifact, open_ledger
 
 
 def test_open_save_list_close_reopen(root, tmp_path):

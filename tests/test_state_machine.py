@@ -20,7 +20,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, multiple, rule
 
-from facade import open_ledger
+from artifact_ledger.facade import open_ledger
 
 # 2 runs x 2 graphs x 2 nodes; node and graph names repeat across runs and
 # graphs, and projects cut across runs, so every scope has something to exclude.

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-import ledger.filelog as filelog
-from facade import ReadOnlyError, open_ledger
-from facade.ledger import row_to_artifact
-from ledger.events import decode_event
-from projections.catalog import Catalog, Logged, apply
-from projections.query import Filter, best, rank, select
+import artifact_ledger.ledger.filelog as filelog
+from artifact_ledger.facade import ReadOnlyError, open_ledger
+from artifact_ledger.facade.ledger import row_to_artifact
+from artifact_ledger.ledger.events import decode_event
+from artifact_ledger.projections.catalog import Catalog, Logged, apply
+from artifact_ledger.projections.query import Filter, best, rank, select
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 

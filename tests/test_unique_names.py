@@ -3,7 +3,7 @@
 import os
 import re
 
-from store.durable import unique_hex
+from artifact_ledger.store.durable import unique_hex
 
 
 def test_names_are_hex_and_unique():

@@ -1,0 +1,35 @@
+"""artifact-ledger: an event-sourced, content-addressed artifact store with the ArtifactFacade API."""
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from .facade import Artifact, ArtifactFacade, Context, Ledger, ReadOnlyError, open_ledger
+from .facade.audit import Diff, LedgerEvent, VerifyResult
+from .facade.view import LedgerView
+from .ledger.checkpoints import CheckpointWarning
+from .ledger.errors import LedgerClosed, LedgerCorruption, LedgerError, LedgerPoisoned
+from .ledger.filelog import TornTailWarning
+
+try:
+    __version__ = _version("artifact-ledger")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "Artifact",
+    "ArtifactFacade",
+    "CheckpointWarning",
+    "Context",
+    "Diff",
+    "Ledger",
+    "LedgerClosed",
+    "LedgerCorruption",
+    "LedgerError",
+    "LedgerEvent",
+    "LedgerPoisoned",
+    "LedgerView",
+    "ReadOnlyError",
+    "TornTailWarning",
+    "VerifyResult",
+    "__version__",
+    "open_ledger",
+]

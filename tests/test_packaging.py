@@ -1,0 +1,108 @@
+"""One import package: the wheel built from the sdist installs the same tree as the source, and nothing else."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import artifact_ledger
+
+REPO = Path(__file__).resolve().parent.parent
+SUBPACKAGES = ("facade", "ledger", "projections", "store")
+USER_CODE = """
+import anyio, sys
+from artifact_ledger import open_ledger, Artifact
+
+async def main():
+    async with open_ledger(sys.argv[1]) as led:
+        arts = led.artifacts(run_id="r", graph_id="g", node_id="n")
+        a = await arts.save(sys.argv[2], kind="text")
+        assert isinstance(a, Artifact)
+        print((await arts.load_artifact(a.uri)).strip())
+
+anyio.run(main)
+"""
+
+
+def _source_tree() -> set[str]:
+    """The files the package must carry, as paths inside ``artifact_ledger/``."""
+    files = {"__init__.py", "__main__.py", "py.typed", "ledger/FORMAT.md"}
+    for sub in SUBPACKAGES:
+        files |= {f"{sub}/{p.name}" for p in (REPO / sub).glob("*.py")}
+    return files
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """A wheel built from an sdist built from this checkout (no network: no build isolation)."""
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(out), str(REPO)],
+                   check=True, capture_output=True)
+    sdist = next(out.glob("*.tar.gz"))
+    with tarfile.open(sdist) as tar:
+        tar.extractall(out / "src", filter="data")
+    src = next((out / "src").iterdir())
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(src)],
+                   check=True, capture_output=True)
+    return next(out.glob("*.whl"))
+
+
+def test_wheel_from_sdist_holds_one_package_with_the_source_tree(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/", 1)[0] for n in names}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"artifact_ledger"}
+    inside = {n.split("/", 1)[1] for n in names if n.startswith("artifact_ledger/")}
+    assert inside == _source_tree()
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "artifact-ledger = artifact_ledger.facade.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+
+
+def test_editable_install_serves_the_same_tree():
+    pkg = Path(artifact_ledger.__file__).parent
+    assert pkg == REPO
+    for sub in SUBPACKAGES:
+        mod = __import__(f"artifact_ledger.{sub}", fromlist=["x"])
+        assert Path(mod.__file__).parent == REPO / sub
+
+
+@pytest.mark.parametrize("install", ["wheel", "editable"])
+def test_user_modules_named_like_the_subpackages_do_not_break_imports(install, wheel, tmp_path):
+    """A user's own store.py / ledger.py beside their script cannot shadow the library."""
+    work = tmp_path / "user"
+    work.mkdir()
+    for name in SUBPACKAGES:
+        (work / f"{name}.py").write_text("raise SystemExit('user module imported instead of the library')\n")
+    (work / "script.py").write_text(USER_CODE)
+    (work / "note.txt").write_text("hello\n")
+    env = None
+    if install == "wheel":
+        target = tmp_path / "site"
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                        "--target", str(target), str(wheel)], check=True, capture_output=True)
+        env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
+        probe = subprocess.run([sys.executable, "-c", "import artifact_ledger; print(artifact_ledger.__file__)"],
+                               cwd=work, env=env, capture_output=True, text=True, check=True)
+        assert probe.stdout.startswith(str(target))
+    proc = subprocess.run([sys.executable, "script.py", str(tmp_path / "led"), "note.txt"],
+                          cwd=work, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "hello"
+
+
+def test_public_names_version_and_module_entry_point():
+    for name in ["open_ledger", "Ledger", "ArtifactFacade", "Artifact", "LedgerView", "LedgerEvent", "Diff",
+                 "VerifyResult", "LedgerError", "LedgerClosed", "LedgerCorruption", "LedgerPoisoned",
+                 "ReadOnlyError", "TornTailWarning", "CheckpointWarning", "__version__"]:
+        assert hasattr(artifact_ledger, name), name
+        assert name in artifact_ledger.__all__
+    assert artifact_ledger.__version__ == "0.1.0"
+    for cmd in ([sys.executable, "-m", "artifact_ledger", "--version"],
+                [str(Path(sys.executable).parent / "artifact-ledger"), "--version"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "artifact-ledger 0.1.0"
