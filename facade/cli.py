@@ -178,6 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a checkpoint of the projections at the current head.")
     p.set_defaults(run_cmd=cmd.cmd_checkpoint)
 
+    p = sub.add_parser("report", parents=[common], help="write a self-contained HTML report",
+                       description="Write one HTML file that opens offline: runs and their artifacts, a "
+                                   "best-so-far plot per (kind, metric), image thumbnails, pins, a timeline "
+                                   "and the verified head. Metrics whose names read as costs (loss, error, "
+                                   "latency, ...) are ranked lowest-first unless --maximize says otherwise.")
+    p.add_argument("--out", required=True, metavar="FILE", help="the HTML file to write")
+    p.add_argument("--as-of", metavar="POS", help="the ledger as it was after this seq or at this time")
+    p.add_argument("--run", metavar="ID", help="only this run's artifacts")
+    p.add_argument("--project", metavar="ID", help="only this project's artifacts")
+    p.add_argument("--minimize", action="append", metavar="METRIC", help="rank this metric lowest-first")
+    p.add_argument("--maximize", action="append", metavar="METRIC", help="rank this metric highest-first")
+    p.set_defaults(run_cmd=cmd.cmd_report)
+
     return parser
 
 

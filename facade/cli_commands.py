@@ -358,3 +358,25 @@ async def cmd_checkpoint(reader: Reader, args: Any) -> Result:
     """Write a projection checkpoint at the head now."""
     seq = await reader.ledger.checkpoint()
     return Result({"checkpoint_seq": seq}, f"checkpoint written at seq {seq}")
+
+
+async def cmd_report(reader: Reader, args: Any) -> Result:
+    """Write the self-contained HTML report (runs, best-so-far plots, thumbnails, pins, timeline, verified head)."""
+    from . import report
+
+    modes = report.parse_modes(args.minimize, args.maximize)
+    upto = None
+    if args.as_of is not None:
+        pos = parse_position(args.as_of)
+        upto = (await reader.ledger.as_of(seq=pos) if isinstance(pos, int) else
+                await reader.ledger.as_of(time=pos)).seq
+    data = await report.gather(reader.ledger, upto=upto, run=args.run, project=args.project, modes=modes)
+    out = Path(args.out)
+    out.write_text(report.render(data), encoding="utf-8")
+    v = data.verified
+    doc = {"out": str(out), "as_of_seq": data.upto, "artifacts": len(data.artifacts), "events": len(data.timeline),
+           "plots": [[b.kind, b.metric, b.mode] for b in data.boards.values()], "verified": v.ok,
+           "head": list(v.head) if v.head is not None else None}
+    text = (f"wrote {out}: {len(data.artifacts)} artifacts, {len(data.boards)} best-so-far plots, "
+            f"{len(data.timeline)} events, as of seq {data.upto}; verify {'ok' if v.ok else 'FAILED'}")
+    return Result(doc, text, EXIT_OK if v.ok else EXIT_FAILED)
