@@ -72,6 +72,7 @@ class Ledger:
         self._ckpt_seq = 0  # seq of the newest checkpoint written or loaded
         self._ckpt_thread: threading.Thread | None = None
         self._ckpt_error: BaseException | None = None
+        self._ckpt_prev_seq = 0  # _ckpt_seq before the running background checkpoint
 
     # ------------------------------------------------------------ lifecycle
     def _apply_records(self, records: list[Record]) -> None:
@@ -89,6 +90,7 @@ class Ledger:
         self._report_checkpoint_error(stacklevel=5)
         cap = snapshot.capture(self.catalog)
         pos, record_offset = self._log.head_location()
+        self._ckpt_prev_seq = self._ckpt_seq
         self._ckpt_seq = cap.head_seq
         self._ckpt_thread = threading.Thread(
             target=self._write_checkpoint, args=(cap, pos, record_offset, True),
@@ -104,6 +106,9 @@ class Ledger:
             if not background:
                 raise
             # A checkpoint is only a cache: losing one costs replay time, never data.
+            # Reported (not raised) by the next checkpoint or close, which also retries it;
+            # no other thread touches _ckpt_seq while this one runs.
+            self._ckpt_seq = self._ckpt_prev_seq
             self._ckpt_error = exc
 
     async def _join_checkpoint(self) -> None:

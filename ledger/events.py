@@ -1,7 +1,7 @@
 """Event types recorded in the ledger: small, typed, immutable msgspec values.
 
 Each event carries a type tag and a schema version ``v``. Older versions are
-upcast when read (see ``upcast``), never rewritten on disk.
+upcast when read (see ``UPCASTERS``), never rewritten on disk.
 """
 
 from __future__ import annotations
