@@ -23,6 +23,7 @@ R1 = {"run_id": "r1", "graph_id": "g1", "node_id": "n1"}
 
 
 def _open_fds_under(root: Path) -> list[str]:
+    """Targets of this process's open file descriptors inside ``root``."""
     out = []
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -35,6 +36,7 @@ def _open_fds_under(root: Path) -> list[str]:
 
 
 async def _save_some(led, tmp: Path, n: int, start: int = 0) -> None:
+    """Save ``n`` small text artifacts."""
     arts = led.artifacts(**R1)
     for i in range(start, start + n):
         src = tmp / f"f{i}.txt"
@@ -43,6 +45,7 @@ async def _save_some(led, tmp: Path, n: int, start: int = 0) -> None:
 
 
 def _reopen_count(root: Path) -> int:
+    """Reopen the ledger and count its artifacts."""
     async def main() -> int:
         async with open_ledger(root) as led:
             return len(led.catalog.rows)

@@ -28,6 +28,7 @@ def written(root: Path) -> tuple:
 
 
 def with_ledger(root: Path, tmp_path: Path, body) -> None:
+    """Run ``body(ledger, facade)`` on a ledger holding two saved models."""
     async def main() -> None:
         async with open_ledger(root) as led:
             arts = led.artifacts(**R1)

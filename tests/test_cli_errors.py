@@ -26,6 +26,7 @@ def run_cli(*args: str, root: Path, pre: str = "") -> subprocess.CompletedProces
 
 
 def one_error_line(res: subprocess.CompletedProcess, code: int) -> str:
+    """Insist on exit ``code`` and one ``artifact-ledger: error:`` line (no traceback); return that line."""
     assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
     assert "Traceback" not in res.stderr
     line = res.stderr.strip().splitlines()[-1]

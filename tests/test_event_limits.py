@@ -28,6 +28,7 @@ def written(root: Path) -> tuple:
 
 
 def run(root: Path, body) -> None:
+    """Run ``body(ledger, facade)`` on a ledger holding one saved artifact."""
     async def main() -> None:
         async with open_ledger(root) as led:
             arts = led.artifacts(**R1)

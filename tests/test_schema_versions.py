@@ -36,6 +36,7 @@ def build(root: Path, tmp_path: Path) -> list[str]:
 
 
 def raw_event(**over) -> dict:
+    """The raw map of a valid current ArtifactRecorded payload, with ``over`` replacing fields."""
     ev = E.ArtifactRecorded(artifact_id="f" * 32, origin="save", kind="text", sha256="0" * 64, size=1,
                             mime="text/plain", **R1)
     return {**msgspec.to_builtins(ev), **over}
@@ -53,6 +54,7 @@ def append_raw(root: Path, raw: dict) -> int:
 
 
 def open_fails(root: Path) -> LedgerCorruption:
+    """Open the ledger, insisting that it raises LedgerCorruption; return the error."""
     async def main() -> None:
         async with open_ledger(root):
             pass
