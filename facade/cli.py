@@ -20,7 +20,7 @@ import anyio
 from ..ledger.errors import LedgerCorruption
 
 from . import cli_commands as cmd
-from .cli_commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, Reader, Result
+from .cli_commands import EXIT_ENV, EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, Reader, Result
 from .cli_format import Progress, fmt_time
 from .ledger import open_ledger
 
@@ -51,6 +51,7 @@ Exit status:
   1  verification failed, or the ledger is damaged
   2  usage error: bad arguments, no ledger at the directory, or a value the
      library rejects (unknown id, seq out of range, ...)
+  3  the system refused: permission denied, disk full, I/O error, ...
 
 examples:
   {PROG} -C runs/ledger list --run r1
@@ -291,8 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except OSError as exc:
-        # e.g. --out in a missing directory, or a ledger directory we may not read
-        return _fail(str(exc), EXIT_USAGE)
+        # Not the user's arguments but the system (permissions, a full disk, EIO):
+        # its own status, so scripts can tell the two apart.
+        return _fail(str(exc), EXIT_ENV)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from .model import Artifact
 EXIT_OK = 0
 EXIT_FAILED = 1  # verification failed or the ledger is damaged
 EXIT_USAGE = 2  # bad arguments, missing ledger, rejected by the API
+EXIT_ENV = 3  # the environment refused: permission denied, disk full, I/O error, ...
 
 # The facade needs every id bound; ids a query leaves out are never read
 # because the scope check below insists the scope's own ids are given.
@@ -212,7 +213,10 @@ def _resolve_id(ledger: Any, given: str) -> str:
         if len(hits) == 1:
             return hits[0]
         if len(hits) > 1:
-            raise CliError(f"artifact id prefix {given!r} is ambiguous ({len(hits)} artifacts); give more characters")
+            hits.sort()
+            shown = ", ".join(hits[:10]) + (f" and {len(hits) - 10} more" if len(hits) > 10 else "")
+            raise CliError(f"artifact id prefix {given!r} is ambiguous: it matches {len(hits)} artifacts "
+                           f"({shown}); give more characters")
     raise CliError(f"no artifact with id {given!r} in the ledger at {ledger.root}")
 
 
@@ -281,6 +285,10 @@ async def cmd_export(reader: Reader, args: Any) -> Result:
     total = ledger.head[0]
     bar = fmt.Progress("export", unit="events")
     out_path = Path(args.out) if args.out else None
+    if out_path is not None and not out_path.parent.is_dir():
+        # A path the user mistyped is a usage error; a refusal by the system (EACCES, ENOSPC) is not.
+        raise CliError(f"cannot write --out {args.out}: No such file or directory "
+                       f"({out_path.parent} does not exist)")
     stream = open(out_path, "w", encoding="utf-8") if out_path else sys.stdout
     count = 0
     try:
