@@ -174,6 +174,8 @@ class SegmentLog:
         """Cheap check whether another writer appended since we last looked."""
         if self._seg_fd is not None and os.fstat(self._seg_fd).st_size != self._end:
             return True
+        if self._seg_fd is not None and self._segment_moved():
+            return True  # deleted or replaced under us: catch_up decides whether records were lost
         nxt = self.head_seq + 1
         # A current segment without records is itself named for nxt; its growth is caught above.
         return nxt != self._seg_first and os.path.exists(os.path.join(self.directory, segment_name(nxt)))
@@ -329,7 +331,7 @@ class SegmentLog:
         cut = base + pos
         lost = len(buf) - pos
         if not repair:
-            if self._report_torn:
+            if self._report_torn and seq > self.must_reach:  # at or below it, the opener reports lost records
                 warnings.warn(
                     f"ignored torn tail of segment {name}: {lost} bytes at offset {cut} "
                     f"({'damaged' if status == BAD else 'incomplete'} record seq {seq}: {reason}); not truncated "
@@ -352,6 +354,16 @@ class SegmentLog:
             TornTailWarning,
             stacklevel=4,
         )
+
+    def _segment_moved(self) -> bool:
+        """Whether the current segment's path no longer names the file this process has open."""
+        assert self._seg_fd is not None
+        mine = os.fstat(self._seg_fd)
+        try:
+            there = os.stat(os.path.join(self.directory, segment_name(self._seg_first)))
+        except FileNotFoundError:
+            return True
+        return (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino)
 
     def _check_not_shortened(self) -> None:
         """Raise RecordsLost if a segment file this process read or wrote was deleted, replaced or cut.

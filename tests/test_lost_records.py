@@ -18,7 +18,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from artifact_ledger import CheckpointWarning, LedgerCorruption, LostRecordsWarning, RecordsLost, open_ledger
+from artifact_ledger import (CheckpointWarning, LedgerCorruption, LostRecordsWarning, RecordsLost, TornTailWarning,
+                             open_ledger)
 from artifact_ledger.ledger import checkpoints
 from artifact_ledger.ledger.framing import SEGMENT_HEADER_SIZE
 from logcheck import check_chain, seg_files
@@ -73,6 +74,7 @@ def expect_lost(root: Path, log_head: int, last: int, evidence: str, **kw) -> Re
     for read_only in (False, True):
         with warnings.catch_warnings():
             warnings.simplefilter("error", CheckpointWarning)  # a loss, not a cache problem
+            warnings.simplefilter("error", TornTailWarning)  # nor a torn write
             with pytest.raises(RecordsLost) as info:
                 anyio.run(functools.partial(_open_close, root, read_only=read_only, **kw))
         err = info.value
@@ -195,14 +197,16 @@ def test_live_process_head_ahead_of_a_deleted_segment(tmp_path):
             assert tree_bytes(root) == before, "nothing may be appended after the loss was seen"
             await reader.aclose()
         finally:
-            led._closed = True  # its memory is ahead of the log: no close-time checkpoint from it
-            await led._gc.aclose()
+            await led.aclose()
+        assert tree_bytes(root) == before  # the failed append poisoned it: no close-time checkpoint either
 
     anyio.run(main)
 
 
-def test_live_reader_sees_whole_records_cut_from_the_log(tmp_path):
-    """A live read-only reader whose head is ahead of a log cut by whole records raises RecordsLost on its next read."""
+@pytest.mark.parametrize("how", ["cut", "delete"])
+def test_live_reader_sees_records_removed_from_the_log(tmp_path, how):
+    """A live read-only reader whose head is ahead of a log cut by whole records, or whose last segment was
+    deleted, raises RecordsLost on its next read."""
     root = tmp_path / "ledger"
     recs = build(root, tmp_path / "src")
     shutil.rmtree(root / "checkpoints")  # only the reader's memory knows
@@ -211,9 +215,12 @@ def test_live_reader_sees_whole_records_cut_from_the_log(tmp_path):
         async with open_ledger(root, read_only=True) as led:
             fac = led.artifacts(**RUN)
             assert len(await fac.list()) == len(recs)
-            keep = recs[-2]
-            assert keep.segment == recs[-1].segment
-            os.truncate(root / "log" / keep.segment, keep.offset + keep.length)
+            if how == "cut":
+                keep = recs[-2]
+                assert keep.segment == recs[-1].segment
+                os.truncate(root / "log" / keep.segment, keep.offset + keep.length)
+            else:
+                keep = recs[delete_last_segment(root, recs) - 1]
             with pytest.raises(RecordsLost) as info:
                 await fac.list()
             assert (info.value.first, info.value.last) == (keep.seq + 1, len(recs))
