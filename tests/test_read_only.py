@@ -488,3 +488,70 @@ def test_read_only_open_waits_for_a_batch_whose_fsync_has_not_returned(tmp_path)
 async def _open_head(root: Path) -> int:
     async with open_ledger(root, read_only=True) as led:
         return led.head[0]
+
+
+def test_every_write_on_a_read_only_ledger_raises_before_writing(tmp_path):
+    """save, ingest, ingest_dir, writer, stage, stage_dir, tmp_path, pin and checkpoint all raise ReadOnlyError."""
+    root = tmp_path / "ledger"
+    info = build(root, tmp_path / "src")
+    staged = root / "staging" / "x.bin"  # even a file already in staging is not ingested
+    staged.write_bytes(b"x")
+    before = snapshot(root)
+
+    async def main():
+        async with open_ledger(root, read_only=True) as led:
+            fac = led.artifacts(**RUN)
+            calls = {
+                "save": lambda: fac.save(str(tmp_path / "src" / "f0.txt"), kind="t"),
+                "ingest": lambda: fac.ingest(str(staged), kind="t"),
+                "ingest_dir": lambda: fac.ingest_dir(str(root / "staging")),
+                "stage": lambda: fac.stage(),
+                "stage_dir": lambda: fac.stage_dir(),
+                "tmp_path": lambda: fac.tmp_path(),
+                "pin": lambda: fac.pin(info["ids"][1]),
+                "checkpoint": lambda: led.checkpoint(),
+            }
+            for name, call in calls.items():
+                with pytest.raises(ReadOnlyError, match="read-only"):
+                    await call()
+            with pytest.raises(ReadOnlyError, match="read-only"):
+                async with fac.writer(kind="t") as w:
+                    w.write(b"never")
+            assert list(led.head) == info["head"]
+
+    anyio.run(main)
+    assert snapshot(root) == before
+
+
+UNREADABLE_LOCK_READER = """
+    import json, warnings
+    import anyio
+    from artifact_ledger import open_ledger
+
+    async def main():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            async with open_ledger(sys.argv[1], read_only=True) as led:
+                head = led.head[0]
+                ok = (await led.verify()).ok
+        print(json.dumps({"head": head, "ok": ok, "warnings": [str(w.message) for w in caught]}))
+
+    anyio.run(main)
+"""
+
+
+@needs_root
+def test_unprivileged_reader_with_an_unreadable_lock_file(shared_dir):
+    """A LOCK the auditor may not read (a writer's umask 077): the read-only open still works, and says it reads unlocked."""
+    root = shared_dir / "ledger"
+    info = build(root, shared_dir / "src")
+    readable_by_all(root)
+    os.chmod(root / "log" / "LOCK", 0o600)
+    before = snapshot(root)
+    res = as_nobody(UNREADABLE_LOCK_READER, str(root))
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["head"] == info["head"][0] and out["ok"]
+    assert len(out["warnings"]) == 1 and "Permission denied" in out["warnings"][0]
+    assert "without the log lock" in out["warnings"][0]
+    assert snapshot(root) == before
