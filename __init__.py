@@ -6,7 +6,8 @@ from .facade import Artifact, ArtifactFacade, Context, Ledger, ReadOnlyError, op
 from .facade.audit import Diff, LedgerEvent, VerifyResult
 from .facade.view import LedgerView
 from .ledger.checkpoints import CheckpointWarning
-from .ledger.errors import LedgerClosed, LedgerCorruption, LedgerError, LedgerPoisoned
+from .ledger.errors import (LedgerClosed, LedgerCorruption, LedgerError, LedgerPoisoned, LostRecordsWarning,
+                            RecordsLost)
 from .ledger.filelog import TornTailWarning
 
 try:
@@ -27,7 +28,9 @@ __all__ = [
     "LedgerEvent",
     "LedgerPoisoned",
     "LedgerView",
+    "LostRecordsWarning",
     "ReadOnlyError",
+    "RecordsLost",
     "TornTailWarning",
     "VerifyResult",
     "__version__",

@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlparse
 import anyio
 import anyio.to_thread
 
+from ..ledger.errors import ReadOnlyError
 from ..ledger.events import ArtifactRecorded, PinChanged
 from ..projections.catalog import Catalog, Row
 from ..projections.query import Filter, best as best_row, by_blob, rank, select
@@ -58,10 +59,6 @@ def _not_regular(mode: int) -> str:
     return "not a regular file"
 
 
-class ReadOnlyError(RuntimeError):
-    """A mutating call on a read-only (past) view of the ledger."""
-
-
 class ArtifactFacade:
     """Artifacts API bound to (run_id, graph_id, node_id, project_id)."""
 
@@ -83,6 +80,9 @@ class ArtifactFacade:
     def _writable(self, what: str) -> None:
         if self._read_only:
             raise ReadOnlyError(f"{what}() is not allowed on a read-only past view of the ledger")
+        if getattr(self._src, "read_only", False):
+            raise ReadOnlyError(f"{what}() is not allowed: the ledger at {self._src.root} is open read-only "
+                                "(open_ledger(root, read_only=True)); nothing was written")
         self._src._check_open()
 
     async def stage(self, ext: str = "") -> str:

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from ..ledger.errors import LedgerCorruption
+from ..ledger.errors import LedgerCorruption, RecordsLost
 from ..ledger.events import ArtifactRecorded, Event, EventDecodeError, PinChanged, decode_event
 from ..ledger.filelog import SegmentLog, segment_name
 from ..ledger.framing import Record
@@ -165,11 +165,13 @@ class VerifyResult:
     bytes: int = 0
     problem: str | None = None
     problems: list[str] = field(default_factory=list)
+    lost: tuple[int, int] | None = None  # (first, last) seq known committed but missing from the log
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict of the result."""
         return {"ok": self.ok, "head": {"seq": self.head[0], "hash": self.head[1]}, "records": self.records,
-                "blobs": self.blobs, "bytes": self.bytes, "problem": self.problem, "problems": self.problems}
+                "blobs": self.blobs, "bytes": self.bytes, "problem": self.problem, "problems": self.problems,
+                "lost": None if self.lost is None else {"first": self.lost[0], "last": self.lost[1]}}
 
 
 def referenced_blobs(cat: Catalog) -> list[tuple[str, str, bool]]:
@@ -180,9 +182,15 @@ def referenced_blobs(cat: Catalog) -> list[tuple[str, str, bool]]:
 
 def verify(log_dir: str, store: Any, referenced: list[tuple[str, str, bool]], *,
            expect_head: tuple[int, str] | None = None,
-           progress: Callable[[int, int], None] | None = None) -> VerifyResult:
-    """Walk the hash chain of every record and re-hash every referenced blob (blocking)."""
-    log = SegmentLog(log_dir, fsync=False)
+           progress: Callable[[int, int], None] | None = None,
+           known: tuple[int, str] | None = None) -> VerifyResult:
+    """Walk the hash chain of every record and re-hash every referenced blob (blocking).
+
+    ``known`` is (seq, what says so): a seq the log must reach; if it ends before, the
+    missing seqs are reported as lost records.
+    """
+    # Read-only: verify writes nothing, and works where the user may only read.
+    log = SegmentLog(log_dir, fsync=False, read_only=True)
     shas: dict[str, str] = {}
     for sha, owner, _ in referenced:
         shas.setdefault(sha, owner)
@@ -209,6 +217,7 @@ def verify(log_dir: str, store: Any, referenced: list[tuple[str, str, bool]], *,
     seen_hash: dict[int, bytes] = {}
     want_seq = expect_head[0] if expect_head else None
     records = 0
+    lost: tuple[int, int] | None = None
 
     def on_record(rec: Record) -> None:
         nonlocal done, records
@@ -237,6 +246,9 @@ def verify(log_dir: str, store: Any, referenced: list[tuple[str, str, bool]], *,
                         f"{segment_name(log._seg_first)} offset {log._end} (seq {log.head_seq + 1}); "
                         "reopen the ledger to truncate it"
                     )
+            if known is not None and log.head_seq < known[0]:
+                lost = (log.head_seq + 1, known[0])
+                problems.append(f"lost records: {RecordsLost(log.head_seq, known[0], known[1])}")
         head = (log.head_seq, log.head_hash.hex())
     finally:
         log.close()
@@ -275,7 +287,7 @@ def verify(log_dir: str, store: Any, referenced: list[tuple[str, str, bool]], *,
                 problems.append(f"blob {sha} (artifact {owner}) is not a valid directory manifest: {exc}")
     if progress is not None:
         progress(total, total)
-    return VerifyResult(not problems, head, records, blobs, done, problems[0] if problems else None, problems)
+    return VerifyResult(not problems, head, records, blobs, done, problems[0] if problems else None, problems, lost)
 
 
 __all__ = ["ArtifactRecorded", "BestChange", "Diff", "LedgerEvent", "PinChange", "PinChanged", "VerifyResult",

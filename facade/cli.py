@@ -210,8 +210,8 @@ def _root(args: argparse.Namespace) -> Path:
     return root
 
 
-async def _open(root: Path) -> Any:
-    """Open without creating; on a terminal, a replay of the log that takes a while gets a progress bar."""
+async def _open(root: Path, read_only: bool = True) -> Any:
+    """Open without creating (read-only unless told); a replay that takes a while gets a progress bar."""
     bar = Progress(f"replaying the log of {root.name}")
     started = time.monotonic()
 
@@ -221,7 +221,7 @@ async def _open(root: Path) -> Any:
             bar.update(done, total)
 
     try:
-        return await open_ledger(root, create=False, progress=rebuild_progress)
+        return await open_ledger(root, create=False, progress=rebuild_progress, read_only=read_only)
     finally:
         bar.close()
 
@@ -230,7 +230,9 @@ async def _run(args: argparse.Namespace) -> int:
     root = _root(args)
     json_mode = bool(getattr(args, "json", False))
     try:
-        ledger = await _open(root)
+        # Every command but checkpoint only reads: open read-only, so it works with read
+        # permission alone and never writes into the ledger (no close-time checkpoint, no repair).
+        ledger = await _open(root, read_only=args.command != "checkpoint")
     except FileNotFoundError:
         raise CliError(f"no ledger at {root}: the directory is not an artifact ledger "
                        "(ledgers are created by the Python API, open_ledger)") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import tempfile
 import threading
 import warnings
 from datetime import datetime, timedelta, timezone
@@ -15,7 +16,7 @@ import anyio
 import anyio.to_thread
 
 from ..ledger import checkpoints
-from ..ledger.errors import LedgerClosed, LedgerCorruption
+from ..ledger.errors import LedgerClosed, LedgerCorruption, LostRecordsWarning, ReadOnlyError, RecordsLost
 from ..ledger.events import Event, EventDecodeError, decode_event, decode_events
 from ..ledger.filelog import DEFAULT_SEGMENT_BYTES, Position, SegmentLog, segment_name
 from ..ledger.framing import Record
@@ -26,7 +27,7 @@ from ..projections.query import pinned_at, seq_at_time
 from ..store.durable import unique_hex
 from ..store.local import LocalBlobStore
 
-from . import audit
+from . import audit, content
 from .model import Artifact, build_artifact, utc_from_us
 from .validation import check_event_size, check_id
 from .view import LedgerView
@@ -56,12 +57,14 @@ class Ledger:
     upto: int | None = None  # a live ledger sees everything; views set a cut
 
     def __init__(self, root: Path, log: SegmentLog, store: LocalBlobStore, *,
-                 checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, fsync: bool = True):
+                 checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, fsync: bool = True, read_only: bool = False):
         self.root = root
         self.store = store
         self.catalog = Catalog()
         self.staging = root / "staging"
-        self.materialized = root / "materialized"
+        self.read_only = read_only
+        # Read-only, directory artifacts are built outside the ledger (see ``materialized``).
+        self._materialized: Path | None = None if read_only else root / "materialized"
         self.checkpoint_dir = root / "checkpoints"
         self.checkpoint_every = checkpoint_every
         self._fsync = fsync
@@ -74,13 +77,22 @@ class Ledger:
         self._ckpt_error: BaseException | None = None
         self._ckpt_prev_seq = 0  # _ckpt_seq before the running background checkpoint
 
+    @property
+    def materialized(self) -> Path:
+        """Where ``load_artifact`` builds directory trees: ``materialized/`` of the ledger, or,
+        read-only, a private temporary directory made on first use and removed on close."""
+        if self._materialized is None:
+            self._materialized = Path(tempfile.mkdtemp(prefix="artifact-ledger-materialized-"))
+        return self._materialized
+
     # ------------------------------------------------------------ lifecycle
     def _apply_records(self, records: list[Record]) -> None:
         cat = self.catalog
         apply_records(cat, records)
         if records:
             self._head = (records[-1].seq, records[-1].hash.hex())
-        if records and cat.head_seq - self._ckpt_seq >= self.checkpoint_every and not self._closed:
+        if (records and cat.head_seq - self._ckpt_seq >= self.checkpoint_every and not self._closed
+                and not self.read_only):
             self._start_checkpoint()
 
     def _start_checkpoint(self) -> None:
@@ -128,6 +140,9 @@ class Ledger:
     async def checkpoint(self) -> int:
         """Write a checkpoint of the current state now; returns the seq it reflects."""
         self._check_open()
+        if self.read_only:
+            raise ReadOnlyError(f"checkpoint() is not allowed: the ledger at {self.root} is open read-only; "
+                                "open it without read_only=True to write a checkpoint")
         await self._join_checkpoint()
         async with self._gc._lock:  # no append may move the head while the cut is taken
             cat = self.catalog
@@ -149,7 +164,7 @@ class Ledger:
             return
         try:
             await self._join_checkpoint()
-            if self.catalog.head_seq > self._ckpt_seq and self._gc._poisoned is None:
+            if self.catalog.head_seq > self._ckpt_seq and self._gc._poisoned is None and not self.read_only:
                 try:
                     await self.checkpoint()
                 except Exception as exc:
@@ -159,6 +174,8 @@ class Ledger:
         finally:
             self._closed = True
             await self._gc.aclose()
+            if self.read_only and self._materialized is not None:
+                await anyio.to_thread.run_sync(content._rmtree_force, self._materialized)
 
     async def __aenter__(self) -> "Ledger":
         return self
@@ -206,6 +223,8 @@ class Ledger:
     async def _append(self, event: Event) -> int:
         """Append an event durably; returns its seq (already applied to the catalogue)."""
         self._check_open()
+        if self.read_only:
+            raise ReadOnlyError(f"the ledger at {self.root} is open read-only; nothing was recorded")
         # Defence in depth: the facade checks sizes before storing bytes, but no
         # event the reader could refuse may reach the log by any path.
         rec = await self._gc.append(check_event_size(event))
@@ -307,15 +326,26 @@ class Ledger:
 
     async def verify(self, expect_head: tuple[int, str] | None = None,
                      progress: Callable[[int, int], None] | None = None) -> audit.VerifyResult:
-        """Walk the whole hash chain and re-hash every blob; reports the first problem and the head."""
-        cat = await self._refresh()
+        """Walk the whole hash chain and re-hash every blob; reports the first problem and the head.
+
+        Records the ledger knows were committed (a checkpoint, the pointer, this process's
+        head) but the log no longer holds are reported as lost.
+        """
+        try:
+            cat = await self._refresh()
+        except RecordsLost:
+            cat = self.catalog  # the walk below finds the log shorter and reports it
         if expect_head is not None:
             if (not isinstance(expect_head, tuple) or len(expect_head) != 2 or not isinstance(expect_head[0], int)
                     or not isinstance(expect_head[1], str)):
                 raise TypeError(f"expect_head must be a (seq, hex hash) tuple, got {expect_head!r}")
         blobs = audit.referenced_blobs(cat)
+        known = checkpoints.known_seq(str(self.checkpoint_dir))
+        if self._head[0] > known[0]:
+            known = (self._head[0], "this process (which read it from the log)")
         return await anyio.to_thread.run_sync(
-            lambda: audit.verify(str(self.root / "log"), self.store, blobs, expect_head=expect_head, progress=progress)
+            lambda: audit.verify(str(self.root / "log"), self.store, blobs, expect_head=expect_head, progress=progress,
+                                 known=known)
         )
 
     def _new_staging_name(self, suffix: str) -> Path:
@@ -364,7 +394,7 @@ def _decode(rec: Record) -> Event:
         raise LedgerCorruption(rec.segment, rec.offset, rec.seq, str(exc)) from exc
 
 
-def _prepare_root(root: Path, create: bool) -> None:
+def _prepare_root(root: Path, create: bool, read_only: bool = False) -> None:
     marker = root / MARKER
     if not marker.exists():
         if not create:
@@ -377,6 +407,8 @@ def _prepare_root(root: Path, create: bool) -> None:
         os.rename(tmp, marker)
     elif marker.read_text() != MARKER_TEXT:
         raise ValueError(f"{marker} names an unsupported ledger version: {marker.read_text()!r}")
+    if read_only:
+        return  # creates nothing
     for sub in ("staging", "materialized"):
         (root / sub).mkdir(exist_ok=True)
 
@@ -391,6 +423,8 @@ def _load_checkpoint(led: Ledger, log: SegmentLog) -> checkpoints.CheckpointInfo
                 continue
             pos = info.position
             rec = log.record_at(pos.segment_first_seq, info.record_offset)
+            if rec is None and _log_short_of(log, pos):
+                continue  # not a cache problem: the log lost records; reported as RecordsLost after recovery
             if rec is None or rec.seq != pos.seq or rec.hash != pos.hash or rec.offset + rec.length != pos.offset:
                 checkpoints.warn(path, f"it does not match the log's record at seq {pos.seq}")
                 continue
@@ -413,6 +447,14 @@ def _load_checkpoint(led: Ledger, log: SegmentLog) -> checkpoints.CheckpointInfo
     return None
 
 
+def _log_short_of(log: SegmentLog, pos: Position) -> bool:
+    """Whether the segment a checkpoint's record is in is now missing or ends before that record does."""
+    try:
+        return os.path.getsize(os.path.join(log.directory, segment_name(pos.segment_first_seq))) < pos.offset
+    except FileNotFoundError:
+        return True
+
+
 def _log_bytes_after(log: SegmentLog, start: Position | None) -> int:
     """Bytes of log that a replay from ``start`` will read (for progress reports)."""
     total = 0
@@ -427,16 +469,28 @@ def _log_bytes_after(log: SegmentLog, start: Position | None) -> int:
 
 
 async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: int, fsync: bool,
-                checkpoint_every: int, progress: Callable[[int, int], None] | None = None) -> Ledger:
+                checkpoint_every: int, progress: Callable[[int, int], None] | None = None,
+                read_only: bool = False, accept_loss: bool = False) -> Ledger:
     path = Path(root).resolve()
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+    for name, value in (("read_only", read_only), ("accept_loss", accept_loss)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
 
     def blocking_open() -> Ledger:
-        _prepare_root(path, create)
-        log = SegmentLog(str(path / "log"), segment_bytes=segment_bytes, fsync=fsync)
-        store = LocalBlobStore(path / "blobs", fsync=fsync, deferred=True)
-        led = Ledger(path, log, store, checkpoint_every=checkpoint_every, fsync=fsync)
+        _prepare_root(path, create and not read_only, read_only=read_only)
+        log = SegmentLog(str(path / "log"), segment_bytes=segment_bytes, fsync=fsync, read_only=read_only)
+        if log.lock_problem is not None:
+            warnings.warn(f"{log.lock_problem}: reading without the log lock, so a batch still being written "
+                          "may be seen before its fsync returns (whole, checksummed records only)",
+                          UserWarning, stacklevel=2)
+        store = LocalBlobStore(path / "blobs", fsync=fsync, deferred=True, read_only=read_only)
+        led = Ledger(path, log, store, checkpoint_every=checkpoint_every, fsync=fsync, read_only=read_only)
+        # Taken before the log is read: a checkpoint exists only once its record was durable.
+        known, evidence = checkpoints.known_seq(str(led.checkpoint_dir))
+        if not accept_loss:
+            log.must_reach, log.must_reach_evidence = known, evidence
         # Replay allocates millions of long-lived objects; the cyclic GC would
         # rescan them over and over, so it is paused and the survivors frozen.
         gc_was_on = gc.isenabled()
@@ -460,6 +514,8 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
                     pending.clear()
 
             log.recover(on_record, start=start, start_record_offset=0 if loaded is None else loaded.record_offset)
+            if log.head_seq < known:
+                _lost(led, log, known, evidence, accept_loss)
             apply_records(cat, pending)
             led._head = (log.head_seq, log.head_hash.hex())
             if progress is not None:
@@ -471,11 +527,24 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
             if gc_was_on:
                 gc.enable()
         gc.freeze()
-        if cat.head_seq - led._ckpt_seq >= checkpoint_every:
+        if cat.head_seq - led._ckpt_seq >= checkpoint_every and not read_only:
             led._start_checkpoint()
         return led
 
     return await anyio.to_thread.run_sync(blocking_open)
+
+
+def _lost(led: Ledger, log: SegmentLog, known: int, evidence: str, accept: bool) -> None:
+    """The log ends before seq ``known``: raise RecordsLost, or (accepted) warn and drop the evidence."""
+    err = RecordsLost(log.head_seq, known, evidence, segment=segment_name(log._seg_first) if log._seg_first else "",
+                      offset=log._end)
+    if not accept:
+        raise err
+    kept = "kept (read-only)" if led.read_only else "removed"
+    warnings.warn(f"accepting lost records (accept_loss=True): {err.reason}; the ledger continues at seq "
+                  f"{log.head_seq}; checkpoints after it {kept}", LostRecordsWarning, stacklevel=3)
+    if not led.read_only:
+        checkpoints.discard_beyond(str(led.checkpoint_dir), log.head_seq, fsync=led._fsync)
 
 
 class _Opener:
@@ -506,10 +575,15 @@ def open_ledger(
     fsync: bool = True,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     progress: Callable[[int, int], None] | None = None,
+    read_only: bool = False,
+    accept_loss: bool = False,
 ) -> _Opener:
     """Open (or create) the embedded ledger in directory ``root``; await it or use ``async with``.
 
     ``progress(done_bytes, total_bytes)`` is called from a worker thread while the log is replayed.
+    ``read_only=True`` opens an existing ledger without writing a byte (never creates one);
+    ``accept_loss=True`` opens a log that lost committed records instead of raising RecordsLost.
     """
     return _Opener(root, {"create": create, "segment_bytes": segment_bytes, "fsync": fsync,
-                          "checkpoint_every": checkpoint_every, "progress": progress})
+                          "checkpoint_every": checkpoint_every, "progress": progress,
+                          "read_only": read_only, "accept_loss": accept_loss})

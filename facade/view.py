@@ -24,10 +24,14 @@ class LedgerView:
         self.store = ledger.store
         self.root = ledger.root
         self.staging = ledger.staging
-        self.materialized = ledger.materialized
 
     def __repr__(self) -> str:
         return f"LedgerView(root={str(self.root)!r}, seq={self.seq})"
+
+    @property
+    def materialized(self):
+        """Where directory artifacts are built: the ledger's (made on first use when read-only)."""
+        return self._ledger.materialized
 
     @property
     def catalog(self) -> Catalog:

@@ -1,6 +1,6 @@
 """The append-only, hash-chained event log: the source of truth."""
 
-from .errors import LedgerClosed, LedgerCorruption, LedgerError, LedgerPoisoned
+from .errors import LedgerClosed, LedgerCorruption, LedgerError, LedgerPoisoned, ReadOnlyError, RecordsLost
 from .events import ArtifactRecorded, Event, PinChanged, decode_event, encode_event
 from .filelog import Position, SegmentLog, TornTailWarning
 from .framing import Record
@@ -15,6 +15,8 @@ __all__ = [
     "LedgerError",
     "LedgerPoisoned",
     "PinChanged",
+    "ReadOnlyError",
+    "RecordsLost",
     "Position",
     "Record",
     "SegmentLog",

@@ -140,3 +140,60 @@ def read(path: str) -> tuple[CheckpointInfo, bytes]:
 def warn(path: str, reason: str) -> None:
     """Report an ignored checkpoint."""
     warnings.warn(f"ignoring checkpoint {path}: {reason}; rebuilding from the log", CheckpointWarning, stacklevel=3)
+
+
+def _name_seq(name: str) -> int | None:
+    stem = name[: -len(".ckpt")] if name.endswith(".ckpt") else ""
+    return int(stem) if len(stem) == 20 and stem.isdigit() else None
+
+
+def known_seq(directory: str) -> tuple[int, str]:
+    """The highest seq a checkpoint file's name or the pointer records, and which one says so.
+
+    A checkpoint is only written after its record is durable, so the log must
+    hold at least this seq; (0, "") when there is nothing to go by.
+    """
+    best = (0, "")
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return best
+    for name in names:
+        seq = _name_seq(name)
+        if seq is not None and seq > best[0]:
+            best = (seq, f"checkpoint file {os.path.join(directory, name)}")
+    try:
+        with open(os.path.join(directory, POINTER), "rb") as f:
+            pointed = json.loads(f.read())["seq"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pointed = None
+    if isinstance(pointed, int) and not isinstance(pointed, bool) and pointed > best[0]:
+        best = (pointed, f"the checkpoint pointer {os.path.join(directory, POINTER)}")
+    return best
+
+
+def discard_beyond(directory: str, seq: int, *, fsync: bool = True) -> list[str]:
+    """Delete checkpoints of seqs after ``seq`` and repoint ``_last_checkpoint`` (accepting lost records).
+
+    Returns the names removed. Done only on an explicit ``accept_loss``: until then
+    these files are the evidence that records are missing.
+    """
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        n = _name_seq(name)
+        if n is not None and n > seq:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, name))
+            removed.append(name)
+    pointer = os.path.join(directory, POINTER)
+    if known_seq(directory)[0] > seq:  # only the pointer can still be ahead now
+        kept = sorted(n for n in os.listdir(directory) if (_name_seq(n) or 0) > 0)
+        if kept:
+            body = json.dumps({"seq": _name_seq(kept[-1]), "file": kept[-1]}).encode()
+            atomic_write(pointer, body, fsync=fsync)
+        else:
+            os.unlink(pointer)
+        removed.append(POINTER)
+    if removed and fsync:
+        _fsync_dir(directory)
+    return removed

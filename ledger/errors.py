@@ -28,3 +28,35 @@ class LedgerClosed(LedgerError):
 
 class LedgerPoisoned(LedgerError):
     """A write failed half-way (e.g. fsync error); the ledger must be reopened."""
+
+
+class ReadOnlyError(RuntimeError):
+    """A mutating call on a read-only ledger (``open_ledger(root, read_only=True)``) or a past view."""
+
+
+class RecordsLost(LedgerCorruption):
+    """The log ends before a seq the ledger knows was committed: acknowledged records are gone.
+
+    ``first``..``last`` are the missing seqs, ``log_head`` the seq the log now ends at and
+    ``evidence`` what still knows of ``last`` (a checkpoint file, the pointer, this process).
+    """
+
+    def __init__(self, log_head: int, last: int, evidence: str, *, segment: str = "", offset: int = 0):
+        self.log_head = log_head
+        self.first = log_head + 1
+        self.last = last
+        self.evidence = evidence
+        span = f"seq {self.first}" if self.first == last else f"seqs {self.first}..{last}"
+        self.segment, self.offset, self.seq = segment, offset, self.first
+        self.reason = f"{span} missing"
+        Exception.__init__(
+            self,
+            f"ledger lost records: the log ends at seq {log_head}, but {evidence} records seq {last}, so "
+            f"{span} ({last - log_head} committed record{'s) are' if last - log_head != 1 else ') is'} missing "
+            "(a segment file deleted, cut short or replaced). Restore the missing segment(s) of log/ from a "
+            "backup; or, to accept losing these records, open once with open_ledger(root, accept_loss=True)."
+        )
+
+
+class LostRecordsWarning(UserWarning):
+    """Missing records were accepted (``accept_loss=True``): the ledger continues from a shorter log."""

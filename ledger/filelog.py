@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 from ..store.durable import fsync_dir as _fsync_dir
 
-from .errors import LedgerCorruption
+from .errors import LedgerCorruption, ReadOnlyError, RecordsLost
 from .framing import (
     BAD,
     GENESIS_HASH,
@@ -45,7 +45,7 @@ SCAN_CHUNK = 4096  # records decoded per scan_chain call (bounds memory during r
 
 
 class TornTailWarning(UserWarning):
-    """A partly written record at the end of the log was truncated on open."""
+    """A partly written record at the end of the log was truncated on open (ignored, when read-only)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +80,25 @@ def segment_name(first_seq: int) -> str:
 class SegmentLog:
     """Append-only, hash-chained log stored as numbered segment files."""
 
-    def __init__(self, directory: str, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES, fsync: bool = True):
+    def __init__(self, directory: str, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES, fsync: bool = True,
+                 read_only: bool = False):
         if segment_bytes < SEGMENT_HEADER_SIZE + 64:
             raise ValueError(f"segment_bytes={segment_bytes} is too small")
         self.directory = directory
         self.segment_bytes = segment_bytes
         self.fsync = fsync
-        os.makedirs(directory, exist_ok=True)
-        self._lock_fd = os.open(os.path.join(directory, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+        # Read-only: every file is opened O_RDONLY and nothing is created, cut or removed.
+        self.read_only = read_only
+        self.lock_problem: str | None = None  # read-only only: why LOCK could not be opened
+        # A seq the log is known to have held (a checkpoint's): recovery never cuts at or below it.
+        self.must_reach = 0
+        self.must_reach_evidence = ""
+        self._report_torn = False
+        if read_only:
+            self._lock_fd = self._open_lock_read_only()
+        else:
+            os.makedirs(directory, exist_ok=True)
+            self._lock_fd = os.open(os.path.join(directory, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
         self.head_seq = 0
         self.head_hash = GENESIS_HASH
         self.head_ts = 0
@@ -100,9 +111,22 @@ class SegmentLog:
         self._sparse: list[tuple[int, int, int]] = []
 
     # ----------------------------------------------------------------- locking
+    def _open_lock_read_only(self) -> int:
+        """LOCK through a read-only fd (flock works on one); -1 when it cannot be opened."""
+        try:
+            return os.open(os.path.join(self.directory, "LOCK"), os.O_RDONLY)
+        except OSError as exc:
+            self.lock_problem = f"cannot open {os.path.join(self.directory, 'LOCK')} ({exc.strerror or exc})"
+            return -1
+
     @contextmanager
     def locked(self, exclusive: bool) -> Iterator[None]:
         """Hold the inter-process log lock (exclusive for writers)."""
+        if self._lock_fd < 0 and self.read_only:
+            # No readable LOCK: read unlocked; checksums and the chain still bound what is
+            # seen to whole records in order (FORMAT.md, "Read-only access").
+            yield
+            return
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         try:
             yield
@@ -122,7 +146,13 @@ class SegmentLog:
     def segments(self) -> list[int]:
         """First seqs of the segment files present, ascending."""
         out = []
-        for name in os.listdir(self.directory):
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            if not self.read_only:
+                raise
+            names = []  # read-only open of a ledger whose log/ was never created: an empty log
+        for name in names:
             if name.endswith(SEGMENT_SUFFIX) and name[: -len(SEGMENT_SUFFIX)].isdigit():
                 out.append(int(name[: -len(SEGMENT_SUFFIX)]))
         out.sort()
@@ -144,6 +174,8 @@ class SegmentLog:
         """Cheap check whether another writer appended since we last looked."""
         if self._seg_fd is not None and os.fstat(self._seg_fd).st_size != self._end:
             return True
+        if self._seg_fd is not None and self._segment_moved():
+            return True  # deleted or replaced under us: catch_up decides whether records were lost
         nxt = self.head_seq + 1
         # A current segment without records is itself named for nxt; its growth is caught above.
         return nxt != self._seg_first and os.path.exists(os.path.join(self.directory, segment_name(nxt)))
@@ -154,12 +186,17 @@ class SegmentLog:
 
         ``start`` is just after a record already accounted for (a checkpoint's),
         which begins at ``start_record_offset`` of the same segment. Takes the
-        exclusive lock so that a torn tail can be truncated safely.
+        exclusive lock so that a torn tail can be truncated safely; read-only, the
+        shared lock, and a torn tail is reported and ignored, not truncated.
         """
-        with self.locked(exclusive=True):
+        with self.locked(exclusive=not self.read_only):
             if start is not None:
                 self._seek(start, start_record_offset)
-            self._catch_up(on_record, repair=True)
+            self._report_torn = self.read_only
+            try:
+                self._catch_up(on_record, repair=not self.read_only)
+            finally:
+                self._report_torn = False
 
     def catch_up(self, on_record: Callable[[Record], None]) -> None:
         """Read records other processes appended since we last looked."""
@@ -175,10 +212,11 @@ class SegmentLog:
     def _open_segment(self, first_seq: int, path: str) -> None:
         if self._seg_fd is not None:
             os.close(self._seg_fd)
-        self._seg_fd = os.open(path, os.O_RDWR)
+        self._seg_fd = os.open(path, os.O_RDONLY if self.read_only else os.O_RDWR)
         self._seg_first = first_seq
 
     def _catch_up(self, on_record: Callable[[Record], None], *, repair: bool) -> None:
+        self._check_not_shortened()
         if self._seg_fd is None:
             if not self._enter_next_segment(repair):
                 return
@@ -216,6 +254,12 @@ class SegmentLog:
         except HeaderError as exc:
             if is_last and len(header) < SEGMENT_HEADER_SIZE or (is_last and os.path.getsize(path) <= SEGMENT_HEADER_SIZE):
                 # A crash while creating the segment: nothing in it was acknowledged.
+                if repair and first <= self.must_reach:
+                    raise RecordsLost(self.head_seq, self.must_reach, self.must_reach_evidence,
+                                      segment=segment_name(first), offset=0)
+                if self._report_torn:
+                    warnings.warn(f"ignored half-created segment {segment_name(first)} ({exc}); not removed "
+                                  "(read-only)", TornTailWarning, stacklevel=4)
                 if repair:
                     os.unlink(path)
                     _fsync_dir(self.directory)
@@ -284,11 +328,22 @@ class SegmentLog:
         if not is_last or later is not None:
             detail = reason if later is None else f"{reason}; an intact record follows at offset {later}"
             raise LedgerCorruption(name, base + pos, seq, detail)
-        if not repair:
-            return  # a crashed writer's leftovers; the next writer truncates them
-        assert self._seg_fd is not None
         cut = base + pos
         lost = len(buf) - pos
+        if not repair:
+            if self._report_torn and seq > self.must_reach:  # at or below it, the opener reports lost records
+                warnings.warn(
+                    f"ignored torn tail of segment {name}: {lost} bytes at offset {cut} "
+                    f"({'damaged' if status == BAD else 'incomplete'} record seq {seq}: {reason}); not truncated "
+                    f"(read-only); the ledger ends at seq {self.head_seq}",
+                    TornTailWarning,
+                    stacklevel=4,
+                )
+            return  # a crashed writer's leftovers; the next writer truncates them
+        if seq <= self.must_reach:
+            # Not a torn write: a checkpoint proves this record was committed. Cut nothing.
+            raise RecordsLost(self.head_seq, self.must_reach, self.must_reach_evidence, segment=name, offset=cut)
+        assert self._seg_fd is not None
         os.ftruncate(self._seg_fd, cut)
         if self.fsync:
             os.fsync(self._seg_fd)
@@ -299,6 +354,75 @@ class SegmentLog:
             TornTailWarning,
             stacklevel=4,
         )
+
+    def _segment_moved(self) -> bool:
+        """Whether the current segment's path no longer names the file this process has open."""
+        assert self._seg_fd is not None
+        mine = os.fstat(self._seg_fd)
+        try:
+            there = os.stat(os.path.join(self.directory, segment_name(self._seg_first)))
+        except FileNotFoundError:
+            return True
+        return (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino)
+
+    def _check_not_shortened(self) -> None:
+        """Raise RecordsLost if a segment file this process read or wrote was deleted, replaced or cut.
+
+        Without this, a writer would go on appending to a deleted file's inode (or past the end
+        of a cut one), and a reader would keep records the log no longer holds.
+        """
+        fd = self._seg_fd
+        if fd is None:
+            return
+        name = segment_name(self._seg_first)
+        path = os.path.join(self.directory, name)
+        mine = os.fstat(fd)
+        try:
+            there: os.stat_result | None = os.stat(path)
+        except FileNotFoundError:
+            there = None
+        if there is not None and (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino) \
+                and there.st_size >= self._end:
+            return
+        seg, offset, _ = self._head_at
+        if self.head_seq:
+            rec = self.record_at(seg, offset)
+            if rec is None or rec.seq != self.head_seq or rec.hash != self.head_hash:
+                survived = self._surviving_head()
+                if survived >= self.head_seq:
+                    raise LedgerCorruption(name, offset, self.head_seq,
+                                           "the record this process read at this seq is no longer in the log "
+                                           "(the segment file was replaced)")
+                raise RecordsLost(survived, self.head_seq, "this process (which read it from the log)",
+                                  segment=name, offset=min(self._end, there.st_size) if there else 0)
+        # The head record is intact: the file was replaced by one that still holds it,
+        # or a current segment that held no record yet disappeared.
+        if there is None:
+            os.close(fd)
+            self._seg_fd = None
+            self._seg_first = 0  # so has_news() sees the segment when a writer creates it again
+        elif there.st_size < self._end:
+            raise LedgerCorruption(name, there.st_size, self.head_seq + 1,
+                                   f"segment file replaced by a shorter one ({there.st_size} < {self._end} bytes)")
+        else:
+            self._open_segment(self._seg_first, path)
+
+    def _surviving_head(self) -> int:
+        """Seq of the last intact record the segment files hold now (for error messages; no chain check)."""
+        for first in reversed(self.segments()):
+            name = segment_name(first)
+            try:
+                with open(os.path.join(self.directory, name), "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            last, pos = first - 1, SEGMENT_HEADER_SIZE
+            while True:
+                status, rec, _ = read_record(data, pos, name, 0)
+                if status != OK or rec is None:
+                    return last
+                last, pos = rec.seq, pos + rec.length
+        return 0
 
     def digest(self, upto: Position) -> list[tuple[int, int, int]]:
         """(first seq, bytes, CRC-32) of every segment up to ``upto``: a fingerprint of that log prefix.
@@ -422,6 +546,8 @@ class SegmentLog:
         First catches up with (and reports via ``on_record``) records appended
         by other processes, so seq and the hash chain stay gap-free.
         """
+        if self.read_only:
+            raise ReadOnlyError(f"the log at {self.directory} is open read-only; nothing was written")
         with self.locked(exclusive=True):
             self._catch_up(on_record, repair=True)
             out: list[Record] = []

@@ -40,7 +40,8 @@ def check_sha(sha256: str) -> str:
 class LocalBlobStore:
     """Blobs in a directory, deduplicated by SHA-256."""
 
-    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True, deferred: bool = False):
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True, deferred: bool = False,
+                 read_only: bool = False):
         self.root = Path(root).resolve()
         self.fsync = fsync
         # With ``deferred``, blob bytes and renames are made durable by
@@ -51,9 +52,11 @@ class LocalBlobStore:
         self._pending_lock = threading.Lock()
         self._objects = self.root / "sha256"
         self._tmp = self.root / "tmp"
-        self._objects.mkdir(parents=True, exist_ok=True)
+        if not read_only:  # a read-only ledger creates nothing; its store is only read
+            self._objects.mkdir(parents=True, exist_ok=True)
         self._uri_prefix = self._objects.as_uri() + "/"
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            self._tmp.mkdir(parents=True, exist_ok=True)
 
     def path(self, sha256: str) -> Path:
         """Final path of a blob (whether or not it exists)."""

@@ -483,10 +483,12 @@ def test_verify_expect_head_detects_truncated_tail(tmp_path):
         old_head = led.head
         await led.aclose()
         last = disk_records(root)[-1]
+        # No local evidence of the lost record (a close-time checkpoint would raise RecordsLost):
+        # only the head recorded elsewhere can tell.
+        shutil.rmtree(root / "checkpoints")
         os.truncate(root / "log" / last.segment, last.offset + last.length - 5)
         with pytest.warns(TornTailWarning):
-            with pytest.warns(checkpoints.CheckpointWarning):  # the close-time checkpoint is now ahead of the log
-                led = await open_ledger(root, fsync=False)
+            led = await open_ledger(root, fsync=False)
         try:
             assert led.head[0] == old_head[0] - 1
             res = await led.verify(expect_head=old_head)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from artifact_ledger.facade import open_ledger
 from artifact_ledger.ledger import checkpoints
-from artifact_ledger.ledger.errors import LedgerCorruption
+from artifact_ledger.ledger.errors import LedgerCorruption, LostRecordsWarning, RecordsLost
 from artifact_ledger.ledger.events import ArtifactRecorded, PinChanged, decode_event
 from artifact_ledger.ledger.filelog import segment_name
 from artifact_ledger.ledger.framing import encode_segment_header
@@ -371,8 +371,9 @@ def test_checkpoint_from_another_ledger_is_ignored(tmp_path):
     anyio.run(main)
 
 
-def test_checkpoint_beyond_truncated_log_is_ignored(tmp_path):
-    """A checkpoint at a seq the log no longer reaches (log cut below it) is ignored; the log wins."""
+def test_checkpoint_beyond_truncated_log_is_lost_records(tmp_path):
+    """A checkpoint at a seq the log no longer reaches (log cut below it) means lost records: open raises,
+    cutting nothing; accept_loss=True opens the shorter log, drops those checkpoints, and appends continue."""
 
     async def main():
         src = make_sources(tmp_path)
@@ -382,9 +383,18 @@ def test_checkpoint_beyond_truncated_log_is_ignored(tmp_path):
         cut = recs[4]  # keep seq 1..4, a clean record boundary
         os.truncate(root / "log" / cut.segment, cut.offset)
         assert ckpt_files(root) == [checkpoints.file_name(6), checkpoints.file_name(8)]
-        with pytest.warns(checkpoints.CheckpointWarning, match="does not match") as record:
-            led = await open_ledger(root, fsync=False)
-        assert len([w for w in record if issubclass(w.category, checkpoints.CheckpointWarning)]) == 2
+        before = (root / "log" / cut.segment).read_bytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", checkpoints.CheckpointWarning)  # not a cache problem
+            with pytest.raises(RecordsLost) as exc:
+                await open_ledger(root, fsync=False)
+        assert (exc.value.first, exc.value.last, exc.value.log_head) == (5, 8, 4)
+        assert "seqs 5..8" in str(exc.value) and "accept_loss=True" in str(exc.value)
+        assert (root / "log" / cut.segment).read_bytes() == before
+        assert ckpt_files(root) == [checkpoints.file_name(6), checkpoints.file_name(8)]
+        with pytest.warns(LostRecordsWarning, match="seqs 5..8"):
+            led = await open_ledger(root, fsync=False, accept_loss=True)
+        assert ckpt_files(root) == []
         assert led.catalog.head_seq == 4 and led.head[0] == 4
         assert led.catalog == full_replay(root)
         assert led._ckpt_seq == 0
