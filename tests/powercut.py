@@ -321,8 +321,6 @@ def is_marker(name: str) -> bool:
 class Model:
     """The filesystem as a trace leaves it: what is there now, and what a power cut keeps."""
 
-    DURABLE_OPS = ("fsync", "syncfs")
-
     def __init__(self, trace: list[tuple], *, trust_creation: bool = False):
         kind, anchor, ino = trace[0]
         assert kind == "anchor"
@@ -484,10 +482,6 @@ class Model:
             return now[:boundary]
         assert variant == "hole", variant
         return kept + bytes(boundary - len(kept)) + now[boundary:]
-
-    def pending_bytes(self) -> int:
-        """Bytes written but not flushed, over all files that are still named somewhere."""
-        return sum(max(0, len(n.data) - len(n.durable)) for n in self.nodes.values() if not n.is_dir)
 
     def check_against_disk(self) -> None:
         """Assert that the model's current tree equals the real directory, byte for byte."""

@@ -122,6 +122,16 @@ async def workload(root: str, scratch: str, rec: Recorder, small: bool = False) 
             art = await save(fa, rng.randbytes(2000 + 700 * i), labels={"tail": i})
         await fa.pin(art.artifact_id)
         rec.record("ack", "pin", art.artifact_id, led.head[0], True)
+    # What a writer killed inside its pwrite leaves (flushed, so it survives): half a record. The reopen
+    # must cut it (ftruncate, fsync), so cut points fall inside recovery too.
+    from artifact_ledger.ledger.framing import encode_record
+
+    last = sorted(n for n in os.listdir(os.path.join(root, "log")) if n.endswith(".seg"))[-1]
+    frame, _ = encode_record(10**6, 1, bytes(32), b"never acknowledged" * 20)
+    with open(os.path.join(root, "log", last), "ab") as f:
+        f.write(frame[: len(frame) // 2])
+        f.flush()
+        os.fsync(f.fileno())
     rec.record("mark", "reopen")
     async with open_ledger(root, **opts) as led:
         fa = led.artifacts(**RUN)

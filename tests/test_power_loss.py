@@ -54,7 +54,7 @@ def record_workload(base: Path, **extra) -> list[tuple]:
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     """(trace, work dir) of the full workload: small and multi-MiB saves, writer, ingest, ingest_dir,
-    pins, a concurrent burst over a segment rollover, checkpoints, a reopen."""
+    pins, a concurrent burst over a segment rollover, checkpoints, a reopen that cuts a torn tail."""
     base = _fast_tmp(tmp_path_factory)
     try:
         trace = record_workload(base)
@@ -79,7 +79,7 @@ def test_recorder_sees_every_write_path_of_the_workload(recorded):
     call the library makes durable with, and an acknowledgement of every kind of write."""
     trace, _ = recorded
     kinds = Counter(op[0] for op in trace)
-    for kind in ("open", "write", "fsync", "rename", "link", "unlink", "mkdir", "rmdir", "syncfs"):
+    for kind in ("open", "write", "truncate", "fsync", "rename", "link", "unlink", "mkdir", "rmdir", "syncfs"):
         assert kinds[kind] > 0, f"no {kind} recorded"
     syncs = Counter(op[3] for op in trace if op[0] == "fsync")
     assert syncs["fdatasync"] > 0 and syncs["fsync"] > 0
