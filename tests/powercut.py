@@ -552,13 +552,14 @@ class Tally:
     unopenable: int = 0
     lost: int = 0  # images missing (or changing) an acknowledged artifact or pin
     verify_failed: int = 0
+    failed_cut_points: int = 0  # cut points (per variant) whose image failed
     failures: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         """One-line summary."""
         return (f"{self.cut_points} cut points, {self.images} distinct images, {self.acks_checked} acks re-checked: "
-                f"{self.ok} ok, {self.unopenable} unopenable, {self.lost} lost acknowledged writes, "
-                f"{self.verify_failed} verify failures")
+                f"{self.ok} ok, {self.unopenable} unopenable, {self.lost} losing acknowledged writes, "
+                f"{self.verify_failed} failing verify; {self.failed_cut_points} (cut point, variant) cases fail")
 
 
 async def _check_ledger(root: Path, acks: list[Ack], create: bool) -> tuple[str, str]:
@@ -616,13 +617,15 @@ VARIANTS = ("drop", "torn", "full")  # "hole" is issue 6 case 7, checked on its 
 
 
 def analyse(trace: list[tuple], workdir: Path, *, trust_creation: bool, variants: tuple[str, ...] = ("drop",),
-            start: int = 1, stop_at_first: bool = False, ledger_name: str = "L") -> Tally:
+            start: int = 1, stop_at_first: bool = False, ledger_name: str = "L",
+            only_where_differs: bool = False) -> Tally:
     """Simulate a power cut before every trace entry from ``start`` on (and after the last), open each
     distinct surviving image with the library, and check every acknowledgement made before its cut.
 
     ``variants`` says what happens to bytes written but not flushed (see ``Model.image``).
     Consecutive cut points leaving the same image are checked once, against the acknowledgements made
-    by the last of them (acknowledgements only grow, so that is the strictest of the group).
+    by the last of them (acknowledgements only grow, so that is the strictest of the group). With
+    ``only_where_differs``, images equal to the ``drop`` image of the same cut are skipped.
     """
     import anyio
 
@@ -632,19 +635,23 @@ def analyse(trace: list[tuple], workdir: Path, *, trust_creation: bool, variants
     groups: dict[str, list[list]] = {v: [] for v in variants}  # variant -> [[image, fingerprint, last cut]]
     for cut in range(start, len(trace) + 1):
         model.advance(cut)
+        base = _fingerprint(model.image("drop")) if only_where_differs else None
         for v in variants:
             image = model.image(v)
             fp = _fingerprint(image)
+            if fp == base:
+                continue
             g = groups[v]
             if g and g[-1][1] == fp:
                 g[-1][2] = cut
+                g[-1][3] += 1
             else:
-                g.append([image, fp, cut])
-    todo: dict[tuple, tuple[dict, int]] = {}
+                g.append([image, fp, cut, 1])
+    todo: dict[tuple, list] = {}  # (fingerprint, acks) -> [image, last cut, cut points leaving it]
     for v in variants:
-        for image, fp, cut in groups[v]:
+        for image, fp, cut, count in groups[v]:
             n_acks = sum(1 for a in acks if a.index < cut)
-            todo.setdefault((fp, n_acks), (image, cut))
+            todo.setdefault((fp, n_acks), [image, cut, 0])[2] += count
     tally = Tally(cut_points=len(trace) + 1 - start)
     anyio.run(_check_all, sorted(todo.values(), key=lambda x: x[1]), acks, trace, workdir, ledger_name, tally,
               stop_at_first)
@@ -654,7 +661,7 @@ def analyse(trace: list[tuple], workdir: Path, *, trust_creation: bool, variants
 async def _check_all(todo, acks, trace, workdir, ledger_name, tally, stop_at_first) -> None:
     import shutil
 
-    for n, (image, cut) in enumerate(todo):
+    for n, (image, cut, count) in enumerate(todo):
         before = [a for a in acks if a.index < cut]
         target = workdir / f"img{n}"
         materialize(image, target)
@@ -668,9 +675,10 @@ async def _check_all(todo, acks, trace, workdir, ledger_name, tally, stop_at_fir
         tally.unopenable += outcome == "unopenable"
         tally.lost += outcome == "lost"
         tally.verify_failed += outcome == "verify"
+        tally.failed_cut_points += count
         last = trace[cut - 1] if cut - 1 < len(trace) else None
-        tally.failures.append(f"cut before entry {cut} (after {_describe(last)}; {len(before)} acks): "
-                              f"{outcome}: {detail}")
+        tally.failures.append(f"cut before entry {cut} (after {_describe(last)}; {len(before)} acks; "
+                              f"{count} cut points leave this image): {outcome}: {detail}")
         if stop_at_first:
             return
 

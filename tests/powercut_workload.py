@@ -20,7 +20,7 @@ from powercut import Recorder
 RUN = dict(run_id="pc", graph_id="g", node_id="n")
 SEGMENT_BYTES = 8192
 CHECKPOINT_EVERY = 8
-BIG = 3 * 1024 * 1024 + 123  # multi-MiB saves: several write() calls per blob
+BIG = 2 * 1024 * 1024 + 123  # multi-MiB saves: several write() calls per blob
 
 
 def _sha(data: bytes) -> str:
