@@ -36,6 +36,16 @@ def put_bug(bug: str | None) -> None:
 
     if bug == "no_fdatasync":  # a batch acknowledged without its records being flushed
         filelog.os = _OsWithout("fdatasync")
+    elif bug == "late_fdatasync":  # a batch acknowledged before its fdatasync, run with the next batch
+        real_write = filelog.SegmentLog._write
+        filelog.os = _OsWithout("fdatasync")
+
+        def write_then_sync_later(self, buf, start):
+            if self._seg_fd is not None:
+                os.fdatasync(self._seg_fd)  # the previous batch's flush, one batch late
+            real_write(self, buf, start)
+
+        filelog.SegmentLog._write = write_then_sync_later
     elif bug == "no_segment_dir_fsync":  # a new segment renamed in without flushing log/
         filelog._fsync_dir = lambda path: None
     elif bug == "no_blob_dir_fsync":  # a blob renamed to its address without flushing the shard

@@ -187,11 +187,12 @@ def test_power_cut_during_creation_leaves_a_ledger_that_can_be_created(recorded)
     assert tally.failures == [], tally.line() + "\n" + "\n".join(tally.failures[:10])
 
 
-@pytest.mark.parametrize("bug", ["no_fdatasync", "no_segment_dir_fsync", "no_blob_dir_fsync"])
+@pytest.mark.parametrize("bug", ["no_fdatasync", "late_fdatasync", "no_segment_dir_fsync", "no_blob_dir_fsync"])
 def test_power_loss_check_notices_a_durability_bug(bug, tmp_path_factory):
-    """The check has teeth: with a flush put back out of the library (no fdatasync of a batch, no
-    directory fsync after a segment or a blob is renamed in), some power-cut image loses an
-    acknowledged artifact or does not open."""
+    """The check has teeth: with a flush taken out of the library or moved after the acknowledgement
+    (no fdatasync of a batch, a batch's fdatasync run only with the next batch, no directory fsync
+    after a segment or a blob is renamed in), some power-cut image loses an acknowledged artifact or
+    does not open."""
     base = _fast_tmp(tmp_path_factory)
     try:
         trace = record_workload(base, small=True, bug=bug)
