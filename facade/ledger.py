@@ -20,6 +20,7 @@ from ..ledger.events import Event, EventDecodeError, decode_event, decode_events
 from ..ledger.filelog import DEFAULT_SEGMENT_BYTES, Position, SegmentLog, segment_name
 from ..ledger.framing import Record
 from ..ledger.group_commit import GroupCommitLog
+from ..ledger.lockfile import DEFAULT_LOCK_TIMEOUT, check_lock_timeout
 from ..projections import snapshot
 from ..projections.catalog import Catalog, Row, apply_decoded
 from ..projections.query import pinned_at, seq_at_time
@@ -132,6 +133,7 @@ class Ledger:
         """Finish in-flight writes, checkpoint if the log moved on, and release the files."""
         if self._closed:
             return
+        self._log.check_process()  # a fork child must not checkpoint or close the parent's ledger
         try:
             await self._join_checkpoint()
             if self.catalog.head_seq > self._ckpt_seq and self._gc._poisoned is None:
@@ -180,6 +182,7 @@ class Ledger:
 
     # ------------------------------------------------------------ internals used by the facade
     def _check_open(self) -> None:
+        self._log.check_process()
         if self._closed:
             raise LedgerClosed(f"the ledger at {self.root} is closed")
 
@@ -282,7 +285,8 @@ class Ledger:
                 raise TypeError(f"expect_head must be a (seq, hex hash) tuple, got {expect_head!r}")
         blobs = audit.referenced_blobs(cat)
         return await anyio.to_thread.run_sync(
-            lambda: audit.verify(str(self.root / "log"), self.store, blobs, expect_head=expect_head, progress=progress)
+            lambda: audit.verify(str(self.root / "log"), self.store, blobs, expect_head=expect_head, progress=progress,
+                                 lock_timeout=self._log.lock_timeout)
         )
 
     def _new_staging_name(self, suffix: str) -> Path:
@@ -394,14 +398,16 @@ def _log_bytes_after(log: SegmentLog, start: Position | None) -> int:
 
 
 async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: int, fsync: bool,
-                checkpoint_every: int, progress: Callable[[int, int], None] | None = None) -> Ledger:
+                checkpoint_every: int, progress: Callable[[int, int], None] | None = None,
+                lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> Ledger:
     path = Path(root).resolve()
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+    lock_timeout = check_lock_timeout(lock_timeout)
 
     def blocking_open() -> Ledger:
         _prepare_root(path, create)
-        log = SegmentLog(str(path / "log"), segment_bytes=segment_bytes, fsync=fsync)
+        log = SegmentLog(str(path / "log"), segment_bytes=segment_bytes, fsync=fsync, lock_timeout=lock_timeout)
         store = LocalBlobStore(path / "blobs", fsync=fsync, deferred=True)
         led = Ledger(path, log, store, checkpoint_every=checkpoint_every, fsync=fsync)
         # Replay allocates millions of long-lived objects; the cyclic GC would
@@ -473,10 +479,13 @@ def open_ledger(
     fsync: bool = True,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     progress: Callable[[int, int], None] | None = None,
+    lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
 ) -> _Opener:
     """Open (or create) the embedded ledger in directory ``root``; await it or use ``async with``.
 
     ``progress(done_bytes, total_bytes)`` is called from a worker thread while the log is replayed.
+    ``lock_timeout`` bounds every wait for the log lock (seconds; None waits until cancelled).
     """
     return _Opener(root, {"create": create, "segment_bytes": segment_bytes, "fsync": fsync,
-                          "checkpoint_every": checkpoint_every, "progress": progress})
+                          "checkpoint_every": checkpoint_every, "progress": progress,
+                          "lock_timeout": lock_timeout})

@@ -15,6 +15,7 @@ import anyio.to_thread
 from .errors import LedgerClosed, LedgerPoisoned
 from .filelog import SegmentLog
 from .framing import Record
+from .lockfile import LockTimeout
 
 
 class _Pending:
@@ -43,6 +44,7 @@ class GroupCommitLog:
         self._closed = False
 
     def _check(self) -> None:
+        self.log.check_process()
         if self._closed:
             raise LedgerClosed("the ledger is closed")
         if self._poisoned is not None:
@@ -58,7 +60,7 @@ class GroupCommitLog:
         try:
             async with self._lock:
                 if not req.taken:
-                    await self._flush()
+                    await self._flush(req)
         except BaseException:
             if not req.taken:
                 self._pending.remove(req)
@@ -68,7 +70,7 @@ class GroupCommitLog:
         assert req.record is not None
         return req.record
 
-    async def _flush(self) -> None:
+    async def _flush(self, own: _Pending) -> None:
         self._check()
         batch, self._pending = self._pending, []
         for r in batch:
@@ -76,6 +78,22 @@ class GroupCommitLog:
         seen: list[Record] = []
         try:
             new = await anyio.to_thread.run_sync(self._write, [r.payload for r in batch], seen.append)
+        except (LockTimeout, anyio.get_cancelled_exc_class()) as exc:
+            # Nothing was written: the thread never got the lock (the wait timed out, or
+            # saw this task cancelled), or never started. Not a reason to poison.
+            if seen:
+                self._on_records(seen)
+            if isinstance(exc, LockTimeout):
+                for r in batch:
+                    if r is not own:
+                        r.error = LockTimeout(str(exc), exc.holders)
+            else:
+                # Only this task was cancelled: the others' appends go back to the queue
+                # (their tasks flush them next); its own is dropped by append().
+                for r in batch:
+                    r.taken = False
+                self._pending[:0] = batch
+            raise
         except BaseException as exc:
             # The batch may be partly on disk: only a reopen can tell.
             self._poisoned = exc
