@@ -6,7 +6,7 @@ from .facade import Artifact, ArtifactFacade, Context, Ledger, ReadOnlyError, op
 from .facade.audit import Diff, LedgerEvent, VerifyResult
 from .facade.view import LedgerView
 from .ledger.checkpoints import CheckpointWarning
-from .ledger.errors import LedgerClosed, LedgerCorruption, LedgerError, LedgerPoisoned
+from .ledger.errors import LedgerClosed, LedgerCorruption, LedgerError, LedgerForked, LedgerPoisoned, LockTimeout
 from .ledger.filelog import TornTailWarning
 
 try:
@@ -24,9 +24,11 @@ __all__ = [
     "LedgerClosed",
     "LedgerCorruption",
     "LedgerError",
+    "LedgerForked",
     "LedgerEvent",
     "LedgerPoisoned",
     "LedgerView",
+    "LockTimeout",
     "ReadOnlyError",
     "TornTailWarning",
     "VerifyResult",

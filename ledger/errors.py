@@ -28,3 +28,15 @@ class LedgerClosed(LedgerError):
 
 class LedgerPoisoned(LedgerError):
     """A write failed half-way (e.g. fsync error); the ledger must be reopened."""
+
+
+class LockTimeout(LedgerError, TimeoutError):
+    """The log lock was not granted within ``lock_timeout`` seconds; ``holders`` are the pids holding it."""
+
+    def __init__(self, message: str, holders: list[int]):
+        super().__init__(message)
+        self.holders = holders
+
+
+class LedgerForked(LedgerError):
+    """A ledger opened in one process was used in a ``fork()`` child; open it in the child instead."""

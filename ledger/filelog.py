@@ -158,6 +158,14 @@ class SegmentLog:
         # A current segment without records is itself named for nxt; its growth is caught above.
         return nxt != self._seg_first and os.path.exists(os.path.join(self.directory, segment_name(nxt)))
 
+    def unread_bytes(self) -> int:
+        """Roughly how many bytes others appended since we last looked (a new segment counts as a full one)."""
+        n = os.fstat(self._seg_fd).st_size - self._end if self._seg_fd is not None else 0
+        nxt = self.head_seq + 1
+        if nxt != self._seg_first and os.path.exists(os.path.join(self.directory, segment_name(nxt))):
+            n += self.segment_bytes
+        return max(n, 0)
+
     def recover(self, on_record: Callable[[Record], None], start: Position | None = None,
                 start_record_offset: int = 0) -> None:
         """Open the log: read every record after ``start``, repairing a torn tail.

@@ -12,10 +12,12 @@ from typing import Callable
 import anyio
 import anyio.to_thread
 
-from .errors import LedgerClosed, LedgerPoisoned
+from .errors import LedgerClosed, LedgerPoisoned, LockTimeout
 from .filelog import SegmentLog
 from .framing import Record
-from .lockfile import LockTimeout
+
+
+UNLOCKED_CATCH_UP_BYTES = 256 * 1024
 
 
 class _Pending:
@@ -109,6 +111,10 @@ class GroupCommitLog:
     def _write(self, payloads: list[bytes], on_record: Callable[[Record], None]) -> list[Record]:
         if self._before_write is not None:
             self._before_write()
+        # Much news from other processes is read without the lock first, so that the
+        # exclusive hold of append_batch covers a short tail and this batch only.
+        if self.log.unread_bytes() > UNLOCKED_CATCH_UP_BYTES:
+            self.log.catch_up(on_record)
         return self.log.append_batch(payloads, on_record)
 
     async def refresh(self) -> None:

@@ -22,27 +22,15 @@ import time
 import weakref
 from typing import Callable
 
-from .errors import LedgerError
+from .errors import LedgerError, LedgerForked, LockTimeout
 
 DEFAULT_LOCK_TIMEOUT = 30.0
 LOCK_FILE = "LOCK"
 _FIRST_PAUSE = 0.0005
-_MAX_PAUSE = 0.01
+_MAX_PAUSE = 0.005
 
 _pid = os.getpid()  # this process; updated in fork children by _after_fork_in_child
 _live: "weakref.WeakSet[LogLock]" = weakref.WeakSet()
-
-
-class LockTimeout(LedgerError, TimeoutError):
-    """The log lock was not granted within ``lock_timeout`` seconds."""
-
-    def __init__(self, message: str, holders: list[int]):
-        super().__init__(message)
-        self.holders = holders
-
-
-class LedgerForked(LedgerError):
-    """A ledger opened in one process was used in a ``fork()`` child."""
 
 
 def check_lock_timeout(value: object) -> float | None:

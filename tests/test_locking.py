@@ -18,6 +18,7 @@ import anyio.to_thread
 import pytest
 
 from artifact_ledger.facade import audit, open_ledger
+from artifact_ledger.ledger import filelog
 from artifact_ledger.ledger.errors import LedgerCorruption, LedgerError
 from artifact_ledger.ledger.events import ArtifactRecorded, encode_event
 from artifact_ledger.ledger.filelog import SegmentLog
@@ -102,21 +103,26 @@ class Holder:
         self.proc.stdout.close()
 
 
-async def bulk_ledger(root: Path, n: int) -> int:
-    """A ledger with one real artifact and ``n`` more records naming its blob, and no checkpoint."""
-    async with open_ledger(root, fsync=False) as led:
-        first = await save_one(led, root.parent / "src", 0)
+def append_records(root: Path, like, n: int) -> int:
+    """Append ``n`` records naming ``like``'s blob through a log of our own (as another process would); new head."""
     log = SegmentLog(str(root / "log"), fsync=False)
     try:
         log.recover(lambda r: None)
         payloads = [encode_event(ArtifactRecorded(
-            artifact_id=f"{i:032x}", origin="save", kind="k", sha256=first.sha256, size=first.bytes,
-            mime=first.mime, labels={"i": i}, **IDS)) for i in range(1, n + 1)]
+            artifact_id=f"{log.head_seq + i:032x}", origin="save", kind="k", sha256=like.sha256, size=like.bytes,
+            mime=like.mime, labels={"i": i}, **IDS)) for i in range(1, n + 1)]
         for i in range(0, n, 1000):
             log.append_batch(payloads[i:i + 1000], lambda r: None)
-        head = log.head_seq
+        return log.head_seq
     finally:
         log.close()
+
+
+async def bulk_ledger(root: Path, n: int) -> int:
+    """A ledger with one real artifact and ``n`` more records naming its blob, and no checkpoint."""
+    async with open_ledger(root, fsync=False) as led:
+        first = await save_one(led, root.parent / "src", 0)
+    head = append_records(root, first, n)
     for p in (root / "checkpoints").glob("*"):
         p.unlink()
     return head
@@ -317,18 +323,25 @@ def test_fail_after_fires_around_a_save_blocked_by_a_stopped_holder(root, tmp_pa
 
     async def main():
         async with open_ledger(root) as led:  # the default lock_timeout is far longer than this test waits
-            await save_one(led, tmp_path / "p", 0)
+            first = await save_one(led, tmp_path / "p", 0)
+            append_records(root, first, 1)  # news from another writer: the next read must take the lock
             with Holder(root / "log") as holder:
                 holder.stop()
                 with pytest.raises(TimeoutError):
                     with anyio.fail_after(0.5):
-                        await save_one(led, tmp_path / "p", 1)
+                        await save_one(led, tmp_path / "p", 99)
+                with pytest.raises(TimeoutError):
+                    with anyio.fail_after(0.5):
+                        await led.artifacts(**IDS).list()
+                with pytest.raises(TimeoutError):
+                    with anyio.fail_after(0.5):
+                        await open_ledger(root)
                 holder.kill()
                 assert not led._gc._pending  # the cancelled append is not queued for a later batch
                 await save_one(led, tmp_path / "p", 2)
             labels = sorted(a.labels["i"] for a in await led.artifacts(**IDS).list())
-            assert labels == [0, 2]
-        assert len(all_ids(root)) == 2
+            assert labels == [0, 1, 2]
+        assert len(all_ids(root)) == 3
 
     anyio.run(main)
 
@@ -437,6 +450,28 @@ def test_full_replay_or_verify_does_not_hold_the_lock(root, tmp_path, what):
     assert status == "ok", out
     # The child's tail pass, under the lock, saw the record committed meanwhile.
     assert out == (head + 1 if what == "replay" else (True, None, head + 1))
+
+
+def test_a_writer_far_behind_reads_the_news_without_holding_the_lock(root, tmp_path, monkeypatch):
+    """A save in a process that is thousands of records behind reads them before taking the exclusive lock."""
+
+    async def main():
+        async with open_ledger(root) as led:
+            first = await save_one(led, tmp_path / "p", 0)
+            head = append_records(root, first, 5000)
+            probes = []
+            real = filelog.scan_chain
+
+            def spying(buf, pos, *args, **kw):
+                if len(buf) - pos > 100_000 and not probes:  # reading the 5000 records
+                    probes.append(probe_exclusive(root / "log"))
+                return real(buf, pos, *args, **kw)
+
+            monkeypatch.setattr(filelog, "scan_chain", spying)
+            art = await save_one(led, tmp_path / "p", 1)
+            assert probes == [True] and art.seq == head + 1
+
+    anyio.run(main)
 
 
 # --------------------------------------------------------------------------- readers and verify
