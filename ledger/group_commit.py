@@ -21,13 +21,14 @@ UNLOCKED_CATCH_UP_BYTES = 256 * 1024
 
 
 class _Pending:
-    __slots__ = ("payload", "record", "error", "taken")
+    __slots__ = ("payload", "record", "error", "taken", "abandoned")
 
     def __init__(self, payload: bytes):
         self.payload = payload
         self.record: Record | None = None
         self.error: BaseException | None = None
         self.taken = False
+        self.abandoned = False  # its caller stopped waiting (cancelled): never re-queue it
 
 
 class GroupCommitLog:
@@ -64,6 +65,7 @@ class GroupCommitLog:
                 if not req.taken:
                     await self._flush(req)
         except BaseException:
+            req.abandoned = True
             if not req.taken:
                 self._pending.remove(req)
             raise
@@ -90,11 +92,13 @@ class GroupCommitLog:
                     if r is not own:
                         r.error = LockTimeout(str(exc), exc.holders)
             else:
-                # Only this task was cancelled: the others' appends go back to the queue
-                # (their tasks flush them next); its own is dropped by append().
-                for r in batch:
+                # This task was cancelled: the appends of tasks still waiting go back to
+                # the queue (they flush them next); its own is dropped by append(), and
+                # those of tasks already cancelled are dropped here.
+                keep = [r for r in batch if not r.abandoned]
+                for r in keep:
                     r.taken = False
-                self._pending[:0] = batch
+                self._pending[:0] = keep
             raise
         except BaseException as exc:
             # The batch may be partly on disk: only a reopen can tell.

@@ -22,6 +22,7 @@ from artifact_ledger.ledger import filelog
 from artifact_ledger.ledger.errors import LedgerCorruption, LedgerError
 from artifact_ledger.ledger.events import ArtifactRecorded, encode_event
 from artifact_ledger.ledger.filelog import SegmentLog
+from artifact_ledger.ledger.group_commit import GroupCommitLog
 from artifact_ledger.store.local import LocalBlobStore
 from logcheck import check_chain, recorded_ids, seg_files
 
@@ -344,6 +345,37 @@ def test_fail_after_fires_around_a_save_blocked_by_a_stopped_holder(root, tmp_pa
         assert len(all_ids(root)) == 3
 
     anyio.run(main)
+
+
+def test_cancelled_lock_wait_requeues_only_appends_still_awaited(tmp_path):
+    """A batch whose flusher is cancelled in the lock wait: appends of tasks cancelled meanwhile are never written."""
+    log_dir = tmp_path / "log"
+
+    async def main():
+        log = SegmentLog(str(log_dir), fsync=False)
+        log.recover(lambda r: None)
+        gcl = GroupCommitLog(log, lambda recs: None)
+
+        async def append(payload: bytes, cancel_after: float | None) -> None:
+            if cancel_after is None:
+                await gcl.append(payload)
+                return
+            with anyio.move_on_after(cancel_after):
+                await gcl.append(payload)
+                raise AssertionError(f"{payload!r} was appended while the lock was held")
+
+        with Holder(log_dir) as holder:
+            holder.stop()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(append, b"flusher", 0.6)  # takes the batch, waits for the lock, is cancelled last
+                tg.start_soon(append, b"waiter", 0.3)  # in that batch; its caller gives up first
+                tg.start_soon(append, b"survivor", None)  # in that batch, still awaited: written later
+                await anyio.sleep(0.9)
+                holder.kill()
+        await gcl.aclose()
+
+    anyio.run(main)
+    assert [r.payload for r in SegmentLog(str(log_dir)).read_from(1)] == [b"survivor"]
 
 
 def test_save_and_open_time_out_naming_the_holders_pid(root, tmp_path):
