@@ -169,7 +169,7 @@ class LogLock:
             fcntl.flock(self._held.pop(), fcntl.LOCK_UN)
 
     def close(self) -> None:
-        """Close the descriptors (closing never releases a lock another process shares)."""
+        """Close the descriptors; in a fork child that drops only its copies, never the parent's lock."""
         for name in ("_file_fd", "_dir_fd"):
             fd = getattr(self, name)
             if fd >= 0:
