@@ -6,8 +6,8 @@ from .facade import Artifact, ArtifactFacade, Context, Ledger, ReadOnlyError, op
 from .facade.audit import Diff, LedgerEvent, VerifyResult
 from .facade.view import LedgerView
 from .ledger.checkpoints import CheckpointWarning
-from .ledger.errors import (LedgerClosed, LedgerCorruption, LedgerError, LedgerPoisoned, LostRecordsWarning,
-                            RecordsLost)
+from .ledger.errors import (LedgerClosed, LedgerCorruption, LedgerError, LedgerForked, LedgerPoisoned, LockTimeout,
+                            LostRecordsWarning, RecordsLost)
 from .ledger.filelog import TornTailWarning
 
 try:
@@ -25,10 +25,12 @@ __all__ = [
     "LedgerClosed",
     "LedgerCorruption",
     "LedgerError",
+    "LedgerForked",
     "LedgerEvent",
     "LedgerPoisoned",
     "LedgerView",
     "LostRecordsWarning",
+    "LockTimeout",
     "ReadOnlyError",
     "RecordsLost",
     "TornTailWarning",

@@ -11,8 +11,9 @@ import msgspec
 
 from ..ledger.errors import LedgerCorruption, RecordsLost
 from ..ledger.events import ArtifactRecorded, Event, EventDecodeError, PinChanged, decode_event
-from ..ledger.filelog import SegmentLog, segment_name
+from ..ledger.filelog import SegmentLog
 from ..ledger.framing import Record
+from ..ledger.lockfile import DEFAULT_LOCK_TIMEOUT
 from ..projections.catalog import Catalog, Row, scope_keys_of
 from ..projections.query import Filter, _scan_best, pinned_at
 
@@ -183,14 +184,16 @@ def referenced_blobs(cat: Catalog) -> list[tuple[str, str, bool]]:
 def verify(log_dir: str, store: Any, referenced: list[tuple[str, str, bool]], *,
            expect_head: tuple[int, str] | None = None,
            progress: Callable[[int, int], None] | None = None,
-           known: tuple[int, str] | None = None) -> VerifyResult:
+           known: tuple[int, str] | None = None,
+           lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> VerifyResult:
     """Walk the hash chain of every record and re-hash every referenced blob (blocking).
 
     ``known`` is (seq, what says so): a seq the log must reach; if it ends before, the
-    missing seqs are reported as lost records.
+    missing seqs are reported as lost records. The committed records are read without
+    the lock; only the tail is read under the shared lock.
     """
     # Read-only: verify writes nothing, and works where the user may only read.
-    log = SegmentLog(log_dir, fsync=False, read_only=True)
+    log = SegmentLog(log_dir, fsync=False, read_only=True, lock_timeout=lock_timeout)
     shas: dict[str, str] = {}
     for sha, owner, _ in referenced:
         shas.setdefault(sha, owner)
@@ -235,17 +238,19 @@ def verify(log_dir: str, store: Any, referenced: list[tuple[str, str, bool]], *,
     try:
         try:
             log.catch_up(on_record)
+            # Bytes after the last record are judged under the lock: unlocked, they
+            # may be a batch another process is writing right now.
+            torn = log.torn_tail(on_record)
         except LedgerCorruption as exc:
             problems.append(f"record: {exc}")
         else:
-            if log._seg_fd is not None:
-                size = os.fstat(log._seg_fd).st_size
-                if size > log._end:
-                    problems.append(
-                        f"record: {size - log._end} bytes of an incomplete record at the end of segment "
-                        f"{segment_name(log._seg_first)} offset {log._end} (seq {log.head_seq + 1}); "
-                        "reopen the ledger to truncate it"
-                    )
+            if torn is not None:
+                name, offset, size = torn
+                problems.append(
+                    f"record: {size} bytes of an incomplete record at the end of segment "
+                    f"{name} offset {offset} (seq {log.head_seq + 1}); "
+                    "reopen the ledger to truncate it"
+                )
             if known is not None and log.head_seq < known[0]:
                 lost = (log.head_seq + 1, known[0])
                 problems.append(f"lost records: {RecordsLost(log.head_seq, known[0], known[1])}")

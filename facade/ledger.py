@@ -21,6 +21,7 @@ from ..ledger.events import Event, EventDecodeError, decode_event, decode_events
 from ..ledger.filelog import DEFAULT_SEGMENT_BYTES, Position, SegmentLog, segment_name
 from ..ledger.framing import Record
 from ..ledger.group_commit import GroupCommitLog
+from ..ledger.lockfile import DEFAULT_LOCK_TIMEOUT, check_lock_timeout
 from ..projections import snapshot
 from ..projections.catalog import Catalog, Row, apply_decoded
 from ..projections.query import pinned_at, seq_at_time
@@ -162,6 +163,7 @@ class Ledger:
         """
         if self._closed:
             return
+        self._log.check_process()  # a fork child must not checkpoint or close the parent's ledger
         try:
             await self._join_checkpoint()
             if self.catalog.head_seq > self._ckpt_seq and self._gc._poisoned is None and not self.read_only:
@@ -217,6 +219,7 @@ class Ledger:
 
     # ------------------------------------------------------------ internals used by the facade
     def _check_open(self) -> None:
+        self._log.check_process()
         if self._closed:
             raise LedgerClosed(f"the ledger at {self.root} is closed")
 
@@ -345,7 +348,7 @@ class Ledger:
             known = (self._head[0], "this process (which read it from the log)")
         return await anyio.to_thread.run_sync(
             lambda: audit.verify(str(self.root / "log"), self.store, blobs, expect_head=expect_head, progress=progress,
-                                 known=known)
+                                 known=known, lock_timeout=self._log.lock_timeout)
         )
 
     def _new_staging_name(self, suffix: str) -> Path:
@@ -470,20 +473,25 @@ def _log_bytes_after(log: SegmentLog, start: Position | None) -> int:
 
 async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: int, fsync: bool,
                 checkpoint_every: int, progress: Callable[[int, int], None] | None = None,
-                read_only: bool = False, accept_loss: bool = False) -> Ledger:
+                read_only: bool = False, accept_loss: bool = False,
+                lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> Ledger:
     path = Path(root).resolve()
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
     for name, value in (("read_only", read_only), ("accept_loss", accept_loss)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be True or False, got {value!r}")
+    lock_timeout = check_lock_timeout(lock_timeout)
 
     def blocking_open() -> Ledger:
         _prepare_root(path, create and not read_only, read_only=read_only)
-        log = SegmentLog(str(path / "log"), segment_bytes=segment_bytes, fsync=fsync, read_only=read_only)
+        log = SegmentLog(str(path / "log"), segment_bytes=segment_bytes, fsync=fsync, read_only=read_only,
+                         lock_timeout=lock_timeout)
         if log.lock_problem is not None:
-            warnings.warn(f"{log.lock_problem}: reading without the log lock, so a batch still being written "
-                          "may be seen before its fsync returns (whole, checksummed records only)",
+            consequence = ("only writers of older library versions, which lock just that file, are not excluded"
+                           if log.locks_directory else "so a batch still being written may be seen before its "
+                           "fsync returns (whole, checksummed records only)")
+            warnings.warn(f"{log.lock_problem}: reading without the log lock file; {consequence}",
                           UserWarning, stacklevel=2)
         store = LocalBlobStore(path / "blobs", fsync=fsync, deferred=True, read_only=read_only)
         led = Ledger(path, log, store, checkpoint_every=checkpoint_every, fsync=fsync, read_only=read_only)
@@ -577,13 +585,15 @@ def open_ledger(
     progress: Callable[[int, int], None] | None = None,
     read_only: bool = False,
     accept_loss: bool = False,
+    lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
 ) -> _Opener:
     """Open (or create) the embedded ledger in directory ``root``; await it or use ``async with``.
 
     ``progress(done_bytes, total_bytes)`` is called from a worker thread while the log is replayed.
     ``read_only=True`` opens an existing ledger without writing a byte (never creates one);
-    ``accept_loss=True`` opens a log that lost committed records instead of raising RecordsLost.
+    ``accept_loss=True`` opens a log that lost committed records instead of raising RecordsLost;
+    ``lock_timeout`` bounds every wait for the log lock (seconds; None waits until cancelled).
     """
     return _Opener(root, {"create": create, "segment_bytes": segment_bytes, "fsync": fsync,
                           "checkpoint_every": checkpoint_every, "progress": progress,
-                          "read_only": read_only, "accept_loss": accept_loss})
+                          "read_only": read_only, "accept_loss": accept_loss, "lock_timeout": lock_timeout})

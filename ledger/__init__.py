@@ -1,6 +1,7 @@
 """The append-only, hash-chained event log: the source of truth."""
 
-from .errors import LedgerClosed, LedgerCorruption, LedgerError, LedgerPoisoned, ReadOnlyError, RecordsLost
+from .errors import (LedgerClosed, LedgerCorruption, LedgerError, LedgerForked, LedgerPoisoned, LockTimeout,
+                     ReadOnlyError, RecordsLost)
 from .events import ArtifactRecorded, Event, PinChanged, decode_event, encode_event
 from .filelog import Position, SegmentLog, TornTailWarning
 from .framing import Record
@@ -13,7 +14,9 @@ __all__ = [
     "LedgerClosed",
     "LedgerCorruption",
     "LedgerError",
+    "LedgerForked",
     "LedgerPoisoned",
+    "LockTimeout",
     "PinChanged",
     "ReadOnlyError",
     "RecordsLost",

@@ -60,3 +60,15 @@ class RecordsLost(LedgerCorruption):
 
 class LostRecordsWarning(UserWarning):
     """Missing records were accepted (``accept_loss=True``): the ledger continues from a shorter log."""
+
+
+class LockTimeout(LedgerError, TimeoutError):
+    """The log lock was not granted within ``lock_timeout`` seconds; ``holders`` are the pids holding it."""
+
+    def __init__(self, message: str, holders: list[int]):
+        super().__init__(message)
+        self.holders = holders
+
+
+class LedgerForked(LedgerError):
+    """A ledger opened in one process was used in a ``fork()`` child; open it in the child instead."""

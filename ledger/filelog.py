@@ -2,13 +2,14 @@
 
 All methods here are synchronous and blocking; the async layer runs them in
 worker threads. One writer at a time across processes is guaranteed by an
-exclusive ``flock`` on ``LOCK``; readers catching up take it shared, so they
-never see a half-written batch.
+exclusive lock on the log directory (``lockfile.py``). Committed records never
+change, so they are read without the lock: a reader notes, under a brief shared
+lock, how far the log reached (no batch is half written then), reads up to there
+unlocked, and takes the lock again only to judge or repair what follows.
 """
 
 from __future__ import annotations
 
-import fcntl
 import mmap
 import os
 import struct
@@ -23,6 +24,7 @@ from typing import Callable, Iterator
 from ..store.durable import fsync_dir as _fsync_dir
 
 from .errors import LedgerCorruption, ReadOnlyError, RecordsLost
+from .lockfile import DEFAULT_LOCK_TIMEOUT, LogLock
 from .framing import (
     BAD,
     GENESIS_HASH,
@@ -81,7 +83,7 @@ class SegmentLog:
     """Append-only, hash-chained log stored as numbered segment files."""
 
     def __init__(self, directory: str, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES, fsync: bool = True,
-                 read_only: bool = False):
+                 read_only: bool = False, lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT):
         if segment_bytes < SEGMENT_HEADER_SIZE + 64:
             raise ValueError(f"segment_bytes={segment_bytes} is too small")
         self.directory = directory
@@ -89,16 +91,14 @@ class SegmentLog:
         self.fsync = fsync
         # Read-only: every file is opened O_RDONLY and nothing is created, cut or removed.
         self.read_only = read_only
-        self.lock_problem: str | None = None  # read-only only: why LOCK could not be opened
         # A seq the log is known to have held (a checkpoint's): recovery never cuts at or below it.
         self.must_reach = 0
         self.must_reach_evidence = ""
         self._report_torn = False
-        if read_only:
-            self._lock_fd = self._open_lock_read_only()
-        else:
+        if not read_only:
             os.makedirs(directory, exist_ok=True)
-            self._lock_fd = os.open(os.path.join(directory, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock = LogLock(directory, timeout=lock_timeout, read_only=read_only)
+        self.lock_problem: str | None = self._lock.problem  # read-only only: what could not be locked
         self.head_seq = 0
         self.head_hash = GENESIS_HASH
         self.head_ts = 0
@@ -111,36 +111,35 @@ class SegmentLog:
         self._sparse: list[tuple[int, int, int]] = []
 
     # ----------------------------------------------------------------- locking
-    def _open_lock_read_only(self) -> int:
-        """LOCK through a read-only fd (flock works on one); -1 when it cannot be opened."""
-        try:
-            return os.open(os.path.join(self.directory, "LOCK"), os.O_RDONLY)
-        except OSError as exc:
-            self.lock_problem = f"cannot open {os.path.join(self.directory, 'LOCK')} ({exc.strerror or exc})"
-            return -1
+    @property
+    def lock_timeout(self) -> float | None:
+        """Seconds a lock wait may take before LockTimeout (None: no limit)."""
+        return self._lock.timeout
+
+    @property
+    def locks_directory(self) -> bool:
+        """Whether the ``log/`` directory lock is held with each lock (false only read-only, if unopenable)."""
+        return self._lock.locks_directory
+
+    def check_process(self) -> None:
+        """Raise LedgerForked when used in a fork() child of the process that opened the log."""
+        self._lock.check_process()
 
     @contextmanager
     def locked(self, exclusive: bool) -> Iterator[None]:
-        """Hold the inter-process log lock (exclusive for writers)."""
-        if self._lock_fd < 0 and self.read_only:
-            # No readable LOCK: read unlocked; checksums and the chain still bound what is
-            # seen to whole records in order (FORMAT.md, "Read-only access").
-            yield
-            return
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        """Hold the inter-process log lock (exclusive for writers); the wait is bounded and cancellable."""
+        self._lock.acquire(exclusive)
         try:
             yield
         finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._lock.release()
 
     def close(self) -> None:
-        """Release file descriptors."""
+        """Release file descriptors (in a fork child, without touching the parent's lock)."""
         if self._seg_fd is not None:
             os.close(self._seg_fd)
             self._seg_fd = None
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        self._lock.close()
 
     # ----------------------------------------------------------------- reading
     def segments(self) -> list[int]:
@@ -180,28 +179,127 @@ class SegmentLog:
         # A current segment without records is itself named for nxt; its growth is caught above.
         return nxt != self._seg_first and os.path.exists(os.path.join(self.directory, segment_name(nxt)))
 
+    def unread_bytes(self) -> int:
+        """Roughly how many bytes others appended since we last looked (a new segment counts as a full one)."""
+        n = os.fstat(self._seg_fd).st_size - self._end if self._seg_fd is not None else 0
+        nxt = self.head_seq + 1
+        if nxt != self._seg_first and os.path.exists(os.path.join(self.directory, segment_name(nxt))):
+            n += self.segment_bytes
+        return max(n, 0)
+
     def recover(self, on_record: Callable[[Record], None], start: Position | None = None,
                 start_record_offset: int = 0) -> None:
         """Open the log: read every record after ``start``, repairing a torn tail.
 
         ``start`` is just after a record already accounted for (a checkpoint's),
-        which begins at ``start_record_offset`` of the same segment. Takes the
-        exclusive lock so that a torn tail can be truncated safely; read-only, the
-        shared lock, and a torn tail is reported and ignored, not truncated.
+        which begins at ``start_record_offset`` of the same segment. The
+        committed records are read without the lock; only the tail after them
+        is read under the exclusive lock, so that a torn tail can be truncated
+        (read-only: under the shared lock, and a torn tail is reported and
+        ignored, not truncated).
         """
-        with self.locked(exclusive=not self.read_only):
-            if start is not None:
-                self._seek(start, start_record_offset)
-            self._report_torn = self.read_only
-            try:
+        self.check_process()
+        if start is not None:
+            self._seek(start, start_record_offset)
+        self._report_torn = self.read_only
+        try:
+            self._read_committed(on_record)
+            with self.locked(exclusive=not self.read_only):
                 self._catch_up(on_record, repair=not self.read_only)
-            finally:
-                self._report_torn = False
+        finally:
+            self._report_torn = False
 
     def catch_up(self, on_record: Callable[[Record], None]) -> None:
-        """Read records other processes appended since we last looked."""
+        """Read records other processes appended since we last looked (holding the lock only briefly)."""
+        if self._read_committed(on_record):
+            return
+        # Something other than an intact record where the committed log went on: judge it under the lock.
         with self.locked(exclusive=False):
             self._catch_up(on_record, repair=False)
+
+    def torn_tail(self, on_record: Callable[[Record], None]) -> tuple[str, int, int] | None:
+        """Under the shared lock, read what was appended since, then describe bytes after the last record.
+
+        Returns (segment name, offset, byte count) of an unrepaired torn tail, or None.
+        """
+        with self.locked(exclusive=False):
+            self._catch_up(on_record, repair=False)
+            if self._seg_fd is None:
+                return None
+            size = os.fstat(self._seg_fd).st_size
+            return (segment_name(self._seg_first), self._end, size - self._end) if size > self._end else None
+
+    def _read_committed(self, on_record: Callable[[Record], None]) -> bool:
+        """Read, without holding the lock, the records that were committed when we looked.
+
+        Under a brief shared lock no batch is half written, so every byte then
+        present belongs to a finished batch (or a crashed writer's leftovers)
+        and never changes except by the repair of a torn tail. Stops, without
+        judging it, at the first thing that is not the next intact record;
+        returns True if it read all that was there.
+        """
+        with self.locked(exclusive=False):
+            segs = self.segments()
+            last_size = os.path.getsize(os.path.join(self.directory, segment_name(segs[-1]))) if segs else 0
+        if not segs:
+            return True
+        last = segs[-1]
+        if self._seg_fd is None and not self._enter_committed(self.head_seq + 1, segs):
+            return False
+        while True:
+            if self._seg_first not in segs:
+                return False
+            size = last_size if self._seg_first == last else os.fstat(self._seg_fd).st_size  # type: ignore[arg-type]
+            if not self._scan_committed(on_record, size):
+                return False
+            if self._seg_first == last:
+                return True
+            nxt = self.head_seq + 1
+            # nxt == the current segment: a record-less segment with another after it (damage).
+            if nxt == self._seg_first or not self._enter_committed(nxt, segs):
+                return False
+
+    def _enter_committed(self, first: int, segs: list[int]) -> bool:
+        """Open segment ``first`` if it is committed and its header continues the chain."""
+        if first not in segs:
+            return False
+        path = os.path.join(self.directory, segment_name(first))
+        try:
+            with open(path, "rb") as f:
+                seg_first, prev_hash = decode_segment_header(f.read(SEGMENT_HEADER_SIZE))
+        except (OSError, HeaderError):
+            return False
+        if seg_first != first or prev_hash != self.head_hash:
+            return False
+        self._open_segment(first, path)
+        self._end = SEGMENT_HEADER_SIZE
+        return True
+
+    def _scan_committed(self, on_record: Callable[[Record], None], size: int) -> bool:
+        """Read the intact records of the current segment up to byte ``size``; True if all were."""
+        assert self._seg_fd is not None
+        if size <= self._end:
+            return size == self._end
+        base = self._end
+        buf = os.pread(self._seg_fd, size - base, base)
+        n = len(buf)
+        pos = 0
+        while pos < n:
+            recs, pos = scan_chain(buf, pos, segment_name(self._seg_first), base, self.head_seq + 1,
+                                   self.head_hash, SCAN_CHUNK)
+            if not recs:
+                return False
+            for rec in recs:
+                on_record(rec)
+                if rec.seq % SPARSE_EVERY == 1:
+                    self._sparse.append((rec.seq, self._seg_first, rec.offset))
+            last = recs[-1]
+            self.head_seq, self.head_hash, self.head_ts = last.seq, last.hash, last.ts_us
+            self._end = base + pos
+            self._head_at = (self._seg_first, last.offset, self._end)
+            if len(recs) < SCAN_CHUNK and pos < n:
+                return False
+        return n == size - base
 
     def _seek(self, pos: Position, record_offset: int) -> None:
         path = os.path.join(self.directory, segment_name(pos.segment_first_seq))

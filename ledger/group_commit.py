@@ -12,19 +12,23 @@ from typing import Callable
 import anyio
 import anyio.to_thread
 
-from .errors import LedgerClosed, LedgerPoisoned
+from .errors import LedgerClosed, LedgerPoisoned, LockTimeout
 from .filelog import SegmentLog
 from .framing import Record
 
 
+UNLOCKED_CATCH_UP_BYTES = 256 * 1024
+
+
 class _Pending:
-    __slots__ = ("payload", "record", "error", "taken")
+    __slots__ = ("payload", "record", "error", "taken", "abandoned")
 
     def __init__(self, payload: bytes):
         self.payload = payload
         self.record: Record | None = None
         self.error: BaseException | None = None
         self.taken = False
+        self.abandoned = False  # its caller stopped waiting (cancelled): never re-queue it
 
 
 class GroupCommitLog:
@@ -43,6 +47,7 @@ class GroupCommitLog:
         self._closed = False
 
     def _check(self) -> None:
+        self.log.check_process()
         if self._closed:
             raise LedgerClosed("the ledger is closed")
         if self._poisoned is not None:
@@ -58,8 +63,9 @@ class GroupCommitLog:
         try:
             async with self._lock:
                 if not req.taken:
-                    await self._flush()
+                    await self._flush(req)
         except BaseException:
+            req.abandoned = True
             if not req.taken:
                 self._pending.remove(req)
             raise
@@ -68,7 +74,7 @@ class GroupCommitLog:
         assert req.record is not None
         return req.record
 
-    async def _flush(self) -> None:
+    async def _flush(self, own: _Pending) -> None:
         self._check()
         batch, self._pending = self._pending, []
         for r in batch:
@@ -76,6 +82,24 @@ class GroupCommitLog:
         seen: list[Record] = []
         try:
             new = await anyio.to_thread.run_sync(self._write, [r.payload for r in batch], seen.append)
+        except (LockTimeout, anyio.get_cancelled_exc_class()) as exc:
+            # Nothing was written: the thread never got the lock (the wait timed out, or
+            # saw this task cancelled), or never started. Not a reason to poison.
+            if seen:
+                self._on_records(seen)
+            if isinstance(exc, LockTimeout):
+                for r in batch:
+                    if r is not own:
+                        r.error = LockTimeout(str(exc), exc.holders)
+            else:
+                # This task was cancelled: the appends of tasks still waiting go back to
+                # the queue (they flush them next); its own is dropped by append(), and
+                # those of tasks already cancelled are dropped here.
+                keep = [r for r in batch if not r.abandoned]
+                for r in keep:
+                    r.taken = False
+                self._pending[:0] = keep
+            raise
         except BaseException as exc:
             # The batch may be partly on disk: only a reopen can tell.
             self._poisoned = exc
@@ -91,6 +115,10 @@ class GroupCommitLog:
     def _write(self, payloads: list[bytes], on_record: Callable[[Record], None]) -> list[Record]:
         if self._before_write is not None:
             self._before_write()
+        # Much news from other processes is read without the lock first, so that the
+        # exclusive hold of append_batch covers a short tail and this batch only.
+        if self.log.unread_bytes() > UNLOCKED_CATCH_UP_BYTES:
+            self.log.catch_up(on_record)
         return self.log.append_batch(payloads, on_record)
 
     async def refresh(self) -> None:
