@@ -18,7 +18,7 @@ from ..ledger import checkpoints
 from ..ledger.errors import LedgerClosed, LedgerCorruption
 from ..ledger.events import Event, EventDecodeError, decode_event, decode_events, encode_event
 from ..ledger.filelog import DEFAULT_SEGMENT_BYTES, Position, SegmentLog, segment_name
-from ..ledger.framing import Record
+from ..ledger.framing import SEGMENT_HEADER_SIZE, Record
 from ..ledger.group_commit import GroupCommitLog
 from ..projections import snapshot
 from ..projections.catalog import Catalog, Row, apply_decoded
@@ -27,6 +27,8 @@ from ..store.durable import unique_hex
 from ..store.local import LocalBlobStore
 
 from . import audit
+from .repair import MARKER, MARKER_TEXT, prepare_root  # noqa: F401  (MARKER names are re-exported)
+from .sweep import STAGING_MAX_AGE, sweep_root
 from .model import Artifact, build_artifact, utc_from_us
 from .validation import check_id
 from .view import LedgerView
@@ -35,8 +37,7 @@ DEFAULT_CHECKPOINT_EVERY = 10_000
 REPLAY_BATCH = 4096
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
-MARKER = "ARTIFACT-LEDGER"
-MARKER_TEXT = "artifact-ledger 1\n"
+MAX_SEGMENT_BYTES = 1 << 40
 
 
 class Context:
@@ -139,6 +140,7 @@ class Ledger:
         finally:
             self._closed = True
             await self._gc.aclose()
+            self.store.close()
 
     async def __aenter__(self) -> "Ledger":
         return self
@@ -285,6 +287,20 @@ class Ledger:
             lambda: audit.verify(str(self.root / "log"), self.store, blobs, expect_head=expect_head, progress=progress)
         )
 
+    async def sweep(self, *, staging_age: float = STAGING_MAX_AGE, materialized: bool = False) -> list[str]:
+        """Remove leftovers no live process owns (dead processes' temp files, stale staging); returns them.
+
+        ``staging_age``: seconds a staging entry may sit untouched; ``materialized=True`` also drops
+        every materialised directory copy (rebuilt on the next load).
+        """
+        self._check_open()
+        if isinstance(staging_age, bool) or not isinstance(staging_age, (int, float)) or not staging_age >= 0:
+            raise ValueError(f"staging_age must be a non-negative number of seconds, got {staging_age!r}")
+        if not isinstance(materialized, bool):
+            raise TypeError(f"materialized must be True or False, got {materialized!r}")
+        return await anyio.to_thread.run_sync(
+            lambda: sweep_root(self.root, staging_age=staging_age, materialized=materialized))
+
     def _new_staging_name(self, suffix: str) -> Path:
         return self.staging / f"{unique_hex()}{suffix}"
 
@@ -332,20 +348,8 @@ def _decode(rec: Record) -> Event:
 
 
 def _prepare_root(root: Path, create: bool) -> None:
-    marker = root / MARKER
-    if not marker.exists():
-        if not create:
-            raise FileNotFoundError(f"no ledger at {root} (missing {MARKER}); open_ledger(root) creates one")
-        if root.exists() and any(p.name != MARKER for p in root.iterdir()):
-            raise FileExistsError(f"{root} exists, is not empty and is not a ledger; refusing to write into it")
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f".{MARKER}.tmp"
-        tmp.write_text(MARKER_TEXT)
-        os.rename(tmp, marker)
-    elif marker.read_text() != MARKER_TEXT:
-        raise ValueError(f"{marker} names an unsupported ledger version: {marker.read_text()!r}")
-    for sub in ("staging", "materialized"):
-        (root / sub).mkdir(exist_ok=True)
+    """Check the ledger directory, or create it crash-safely (see ``repair.prepare_root``)."""
+    prepare_root(root, create)
 
 
 def _load_checkpoint(led: Ledger, log: SegmentLog) -> checkpoints.CheckpointInfo | None:
@@ -395,12 +399,16 @@ def _log_bytes_after(log: SegmentLog, start: Position | None) -> int:
 
 async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: int, fsync: bool,
                 checkpoint_every: int, progress: Callable[[int, int], None] | None = None) -> Ledger:
+    _check_options(root, create=create, segment_bytes=segment_bytes, fsync=fsync,
+                   checkpoint_every=checkpoint_every, progress=progress)
     path = Path(root).resolve()
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
 
     def blocking_open() -> Ledger:
         _prepare_root(path, create)
+        try:
+            sweep_root(path)
+        except OSError as exc:  # leftovers cost space, never correctness: opening goes on
+            warnings.warn(f"sweeping leftovers of {path} failed: {exc}", RuntimeWarning, stacklevel=2)
         log = SegmentLog(str(path / "log"), segment_bytes=segment_bytes, fsync=fsync)
         store = LocalBlobStore(path / "blobs", fsync=fsync, deferred=True)
         led = Ledger(path, log, store, checkpoint_every=checkpoint_every, fsync=fsync)
@@ -443,6 +451,35 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
         return led
 
     return await anyio.to_thread.run_sync(blocking_open)
+
+
+class OptionTypeError(TypeError, ValueError):
+    """An ``open_ledger`` option of the wrong type (also a ValueError: a bad option value)."""
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionTypeError(f"{name} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name}={value} is out of range; it must be between {lo} and {hi}")
+
+
+def _check_options(root: Any, *, create: Any, segment_bytes: Any, fsync: Any, checkpoint_every: Any,
+                   progress: Any) -> None:
+    """Refuse a bad ``open_ledger`` option before anything is created, naming the option."""
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a str or path, got {type(root).__name__}")
+    text = os.fspath(root)
+    if not isinstance(text, str) or not text or "\0" in text:
+        raise ValueError(f"root must name a directory, got {root!r}; pass '.' to mean the current directory")
+    for name, value in (("create", create), ("fsync", fsync)):
+        if not isinstance(value, bool):
+            raise OptionTypeError(f"{name} must be True or False, got {value!r}")
+    # The smallest segment holds its header and one small record.
+    _check_int("segment_bytes", segment_bytes, SEGMENT_HEADER_SIZE + 64, MAX_SEGMENT_BYTES)
+    _check_int("checkpoint_every", checkpoint_every, 1, 2**63 - 1)
+    if progress is not None and not callable(progress):
+        raise OptionTypeError(f"progress must be a callable progress(done_bytes, total_bytes) or None, got {progress!r}")
 
 
 class _Opener:
