@@ -513,7 +513,9 @@ def open_ledger(
 ) -> _Opener:
     """Open (or create) the embedded ledger in directory ``root``; await it or use ``async with``.
 
-    ``progress(done_bytes, total_bytes)`` is called from a worker thread while the log is replayed.
+    Every option is checked (TypeError/ValueError naming it) before anything is created; opening also
+    sweeps what dead processes left (see ``Ledger.sweep``). ``progress(done_bytes, total_bytes)`` is
+    called from a worker thread while the log is replayed.
     """
     return _Opener(root, {"create": create, "segment_bytes": segment_bytes, "fsync": fsync,
                           "checkpoint_every": checkpoint_every, "progress": progress})

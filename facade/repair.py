@@ -124,7 +124,8 @@ def prepare_root(root: Path, create: bool) -> None:
     if log_segments(root):
         raise LedgerNeedsRepair(needs_repair_message(root, state))
     if not create:
-        raise FileNotFoundError(f"no ledger at {root} (missing {MARKER}); open_ledger(root) creates one")
+        raise FileNotFoundError(f"no ledger at {root} ({MARKER} is {state} and log/ holds no segment); "
+                                "open_ledger(root) creates one")
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f"{root} is not a directory; open_ledger(root) needs a directory")
     foreign = foreign_entries(root)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -72,6 +73,9 @@ class LocalBlobStore:
         self.deferred = deferred
         self._pending: list[_Pending] = []  # blobs awaiting make_durable()
         self._open_pending = 0  # how many of them still hold their fd
+        # A failed flush discards blobs whose saves may still be waiting to append their
+        # events; from then on every make_durable() fails, so none of those events is written.
+        self._failed: BaseException | None = None
         self._pending_dirs: set[str] = set()  # shards of deduplicated blobs whose names must be flushed
         self._pending_lock = threading.Lock()
         self._objects = self.root / "sha256"
@@ -261,6 +265,9 @@ class LocalBlobStore:
         present when put (deduplicated) had its shard directory queued, and is
         flushed too.
         """
+        if self._failed is not None:
+            raise OSError(f"an earlier blob flush failed ({self._failed}); blobs put since may be lost, "
+                          "so nothing more is published: reopen the ledger") from self._failed
         with self._pending_lock:
             pending, self._pending = self._pending, []
             dirs, self._pending_dirs = self._pending_dirs, set()
@@ -301,6 +308,7 @@ class LocalBlobStore:
         A blob already renamed to its address had its bytes flushed and stays: another
         save (maybe in another process) may have found it there and recorded it.
         """
+        self._failed = sys.exc_info()[1]
         for p in pending:
             if p.fd is not None:
                 try:

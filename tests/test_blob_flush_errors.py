@@ -217,3 +217,20 @@ def test_open_pending_fds_are_bounded(tmp_path, monkeypatch):
     store.make_durable()
     assert [store.read_bytes(i.sha256) for i in infos] == blobs
     assert os.listdir(tmp_dir) == []
+
+
+def test_after_a_failed_flush_nothing_more_is_published(tmp_path, eio_on_writing_fd):
+    """A failed flush discards every pending blob, including ones whose saves have not appended yet; so
+    every later make_durable() fails too, and no such save can write an event naming a discarded blob."""
+    store = local.LocalBlobStore(tmp_path / "blobs", deferred=True)
+    waiting = store.put_bytes(b"put by a save that has not reached the log yet")
+    store.put_bytes(POISON + b" flush fails")
+    with pytest.raises(OSError, match="Input/output error"):
+        store.make_durable()
+    assert not store.exists(waiting.sha256)
+    later = store.put_bytes(b"a later save")
+    with pytest.raises(OSError, match="earlier blob flush failed"):
+        store.make_durable()
+    assert not store.exists(later.sha256)
+    store.close()
+    assert os.listdir(tmp_path / "blobs" / "tmp") == []
