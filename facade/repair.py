@@ -109,7 +109,7 @@ def needs_repair_message(root: Path, state: str) -> str:
     what = "is missing" if state == "missing" else "is damaged"
     return (f"{root} holds a ledger log (log/ has intact segments) but its {MARKER} marker {what}; "
             f"repair it with `artifact-ledger -C {root} repair` or "
-            f"artifact_ledger.facade.repair.repair_ledger({str(root)!r}) (no record is changed)")
+            f"artifact_ledger.repair_ledger({str(root)!r}) (no record is changed)")
 
 
 def prepare_root(root: Path, create: bool) -> None:
