@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version as _version
 
 from .facade import Artifact, ArtifactFacade, Context, Ledger, ReadOnlyError, open_ledger
+from .facade import ArtifactCorrupted, ArtifactDecodeError, LedgerNeedsRepair, repair_ledger
 from .facade.audit import Diff, LedgerEvent, VerifyResult
 from .facade.view import LedgerView
 from .ledger.checkpoints import CheckpointWarning
@@ -17,6 +18,8 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "Artifact",
+    "ArtifactCorrupted",
+    "ArtifactDecodeError",
     "ArtifactFacade",
     "CheckpointWarning",
     "Context",
@@ -27,6 +30,7 @@ __all__ = [
     "LedgerError",
     "LedgerForked",
     "LedgerEvent",
+    "LedgerNeedsRepair",
     "LedgerPoisoned",
     "LedgerView",
     "LostRecordsWarning",
@@ -37,4 +41,5 @@ __all__ = [
     "VerifyResult",
     "__version__",
     "open_ledger",
+    "repair_ledger",
 ]

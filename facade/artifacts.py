@@ -19,7 +19,7 @@ from ..ledger.events import ArtifactRecorded, PinChanged
 from ..projections.catalog import Catalog, Row
 from ..projections.query import Filter, best as best_row, by_blob, rank, select
 from ..store.durable import unique_hex, unshare
-from ..store.local import check_sha
+from ..store.local import BlobCorrupted, check_sha
 
 from . import content
 from .model import Artifact
@@ -57,6 +57,23 @@ def _not_regular(mode: int) -> str:
     if stat.S_ISSOCK(mode):
         return "a socket"
     return "not a regular file"
+
+
+class ArtifactCorrupted(BlobCorrupted):
+    """An artifact's stored bytes no longer match its SHA-256."""
+
+    def __init__(self, artifact_id: str, cause: BlobCorrupted):
+        self.artifact_id = artifact_id
+        super().__init__(cause.sha256, cause.path, cause.actual)
+        self.args = (f"artifact {artifact_id}: its blob {cause.sha256} at {cause.path} is damaged "
+                     f"(the bytes hash to {cause.actual}); restore the file from a backup",)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class ArtifactDecodeError(ValueError):
+    """An artifact's bytes cannot be decoded as its kind says (``load_artifact_bytes`` still reads them)."""
 
 
 class ArtifactFacade:
@@ -342,27 +359,44 @@ class ArtifactFacade:
         return cat, row
 
     async def load_artifact_bytes(self, uri: str) -> bytes:
-        """The exact bytes of an artifact (``IsADirectoryError`` for directory artifacts)."""
+        """The exact bytes of an artifact, checked against its SHA-256 (``IsADirectoryError`` for directories)."""
         _, row = await self._resolve(uri)
         if row.ev.mime == content.DIR_MIME:
             raise IsADirectoryError(f"artifact {row.ev.artifact_id} is a directory; use load_artifact() to get its path")
-        return await anyio.to_thread.run_sync(self._src.store.read_bytes, row.ev.sha256)
+        return await anyio.to_thread.run_sync(self._read_checked, row.ev)
+
+    def _read_checked(self, ev: ArtifactRecorded, sha256: str | None = None) -> bytes:
+        try:
+            return self._src.store.read_bytes(sha256 or ev.sha256)
+        except BlobCorrupted as exc:
+            raise ArtifactCorrupted(ev.artifact_id, exc) from None
 
     async def load_artifact(self, uri: str) -> Any:
-        """Load and decode an artifact by kind/MIME: JSON, text, directory Path, else bytes."""
+        """Load and decode an artifact by kind, then MIME: JSON, text, directory Path, else bytes."""
         _, row = await self._resolve(uri)
         ev = row.ev
         store = self._src.store
         if ev.mime == content.DIR_MIME:
             target = self._src.materialized / ev.sha256
 
+            def copy_blob(sha: str, dest: Path) -> None:
+                try:
+                    store.copy_to(sha, dest)
+                except BlobCorrupted as exc:
+                    raise ArtifactCorrupted(ev.artifact_id, exc) from None
+
             def build() -> Path:
-                manifest = content.decode_manifest(store.read_bytes(ev.sha256))
-                return content.materialize(manifest, store.read_bytes, target)
+                manifest = content.decode_manifest(self._read_checked(ev))
+                return content.materialize(manifest, copy_blob, target)
 
             return await anyio.to_thread.run_sync(build)
-        data = await anyio.to_thread.run_sync(store.read_bytes, ev.sha256)
-        return content.decode(ev.kind, ev.mime, data)
+        data = await anyio.to_thread.run_sync(self._read_checked, ev)
+        try:
+            return content.decode(ev.kind, ev.mime, data)
+        except content.DecodeFailed as exc:
+            raise ArtifactDecodeError(
+                f"artifact {ev.artifact_id} (kind {ev.kind!r}, {ev.mime}) cannot be loaded: {exc}; "
+                f"load_artifact_bytes({uri!r}) returns its bytes as stored") from None
 
     def _scope_constraints(self, scope: Any) -> dict[str, Any]:
         scope = check_scope(scope)

@@ -23,6 +23,7 @@ from . import cli_commands as cmd
 from .cli_commands import EXIT_ENV, EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, Reader, Result
 from .cli_format import Progress, fmt_time
 from .ledger import open_ledger
+from .repair import LedgerNeedsRepair, repair_ledger
 
 PROG = "artifact-ledger"
 ROOT_ENV = "ARTIFACT_LEDGER_ROOT"
@@ -175,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also fail unless the log still holds this record with this hash")
     p.set_defaults(run_cmd=cmd.cmd_verify)
 
+    p = sub.add_parser("repair", parents=[common], help="repair a ledger that will not open, and sweep leftovers",
+                       description="Rewrite a missing or damaged ARTIFACT-LEDGER marker beside an intact log "
+                                   "(no record is changed), then remove temp files of dead processes and "
+                                   "stale staging entries. Prints what it did.")
+    p.set_defaults(run_cmd=None)
+
     p = sub.add_parser("checkpoint", parents=[common], help="write a projection checkpoint now",
                        description="Write a checkpoint of the projections at the current head.")
     p.set_defaults(run_cmd=cmd.cmd_checkpoint)
@@ -229,6 +236,8 @@ async def _open(root: Path, read_only: bool = True) -> Any:
 async def _run(args: argparse.Namespace) -> int:
     root = _root(args)
     json_mode = bool(getattr(args, "json", False))
+    if args.command == "repair":
+        return await _repair(root, json_mode)
     try:
         # Every command but checkpoint only reads: open read-only, so it works with read
         # permission alone and never writes into the ledger (no close-time checkpoint, no repair).
@@ -249,6 +258,19 @@ async def _run(args: argparse.Namespace) -> int:
         await ledger.aclose()
     _emit(result, json_mode)
     return result.code
+
+
+async def _repair(root: Path, json_mode: bool) -> int:
+    """``repair``: fix what keeps the ledger from opening, then sweep what dead processes left."""
+    done = await anyio.to_thread.run_sync(repair_ledger, root)
+    ledger = await open_ledger(root, create=False)
+    try:
+        done += await ledger.sweep()
+    finally:
+        await ledger.aclose()
+    text = "\n".join(done) if done else "nothing to repair"
+    _emit(Result(text=text, doc={"done": done}), json_mode)
+    return EXIT_OK
 
 
 def _emit(result: Result, json_mode: bool) -> None:
@@ -280,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return anyio.run(_run, args)
     except CliError as exc:
         return _fail(str(exc), exc.code)
-    except LedgerCorruption as exc:
+    except (LedgerCorruption, LedgerNeedsRepair) as exc:
         return _fail(str(exc), EXIT_FAILED)
     except ValueError as exc:
         return _fail(str(exc), EXIT_USAGE)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mimetypes
 import os
 import shutil
 import stat
-import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from ..store.durable import owner_tag, remove_tree, unique_hex
 
 DIR_MIME = "inode/directory"
 MANIFEST_FORMAT = "artifact-ledger.dir-manifest"
@@ -42,11 +44,43 @@ def guess_mime(name: str | None) -> str:
     return mime or "application/octet-stream"
 
 
-def decode(kind: str, mime: str, data: bytes) -> Any:
-    """Decode bytes by the artifact's kind and MIME type (see README, "Loading")."""
-    if kind in JSON_KINDS or mime == "application/json" or mime.endswith("+json"):
+class DecodeFailed(ValueError):
+    """The bytes are not what the artifact's kind says they are."""
+
+
+def is_json_mime(mime: str) -> bool:
+    """``application/json`` or any structured ``+json`` type (``application/geo+json``, ...)."""
+    base = mime.split(";", 1)[0].strip().lower()
+    return base == "application/json" or base.endswith("+json")
+
+
+def _json(data: bytes) -> Any:
+    try:
         return json.loads(data)
-    if kind in TEXT_KINDS or mime.startswith("text/"):
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise DecodeFailed(f"not valid JSON ({exc})") from None
+
+
+def decode(kind: str, mime: str, data: bytes) -> Any:
+    """Decode bytes by the artifact's kind first, then its MIME type (see README, "Loading").
+
+    The kind is what the user declared, so a failed decode for it raises
+    ``DecodeFailed``; a MIME type is only a file name's hint, so bytes that do
+    not match it come back as bytes.
+    """
+    if kind in JSON_KINDS:
+        return _json(data)
+    if kind in TEXT_KINDS:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data
+    if is_json_mime(mime):
+        try:
+            return _json(data)
+        except DecodeFailed:
+            return data
+    if mime.startswith("text/"):
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError:
@@ -94,11 +128,59 @@ def decode_manifest(data: bytes) -> dict[str, Any]:
     return doc
 
 
-def materialize(manifest: dict[str, Any], read_blob, target: Path) -> Path:
-    """Build the directory a manifest describes at ``target`` (atomically, once)."""
+def check_tree(manifest: dict[str, Any], target: Path) -> str | None:
+    """Compare a materialised tree with its manifest (every file re-hashed, streamed); None if they match."""
+    want_files = {e["path"]: e for e in manifest["files"]}
+    want_dirs = set(manifest["dirs"])
+    seen_files: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(target, followlinks=False):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = Path(full).relative_to(target).as_posix()
+            mode = os.lstat(full).st_mode
+            if stat.S_ISDIR(mode):
+                if rel not in want_dirs and not any(p.startswith(rel + "/") for p in want_files):
+                    return f"{rel!r} is not in the artifact"
+            elif stat.S_ISREG(mode):
+                entry = want_files.get(rel)
+                if entry is None:
+                    return f"{rel!r} is not in the artifact"
+                if os.lstat(full).st_size != entry["bytes"] or _file_sha256(full) != entry["sha256"]:
+                    return f"{rel!r} was changed"
+                seen_files.add(rel)
+            else:
+                return f"{rel!r} is not a regular file"
+    missing = sorted(set(want_files) - seen_files) or sorted(d for d in want_dirs if not (target / d).is_dir())
+    if missing:
+        return f"{missing[0]!r} is missing"
+    return None
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def materialize(manifest: dict[str, Any], copy_blob: Callable[[str, Path], None], target: Path) -> Path:
+    """Build the directory a manifest describes at ``target`` (atomically); an altered copy is rebuilt.
+
+    ``copy_blob(sha256, dest)`` writes one blob to a new file, checking its hash.
+    """
     if target.is_dir():
-        return target
-    tmp = target.parent / f".tmp-{uuid.uuid4().hex}"
+        if check_tree(manifest, target) is None:
+            return target
+        # Set aside under a name no loader uses, then rebuilt below; a concurrent loader may do the same.
+        stale = target.parent / f".stale.{owner_tag()}.{unique_hex()}"
+        try:
+            os.rename(target, stale)
+        except FileNotFoundError:
+            pass
+        else:
+            remove_tree(str(stale))
+    tmp = target.parent / f".tmp.{owner_tag()}.{unique_hex()}"
     tmp.mkdir(parents=True)
     try:
         for d in manifest["dirs"]:
@@ -106,7 +188,7 @@ def materialize(manifest: dict[str, Any], read_blob, target: Path) -> Path:
         for entry in manifest["files"]:
             dest = tmp / entry["path"]
             dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(read_blob(entry["sha256"]))
+            copy_blob(entry["sha256"], dest)
             # Cached trees are shared by every load; keep them read-only.
             os.chmod(dest, 0o444)
         # Cached trees are shared by every load: no file or folder in them is writable.

@@ -19,7 +19,7 @@ from ..ledger import checkpoints
 from ..ledger.errors import LedgerClosed, LedgerCorruption, LostRecordsWarning, ReadOnlyError, RecordsLost
 from ..ledger.events import Event, EventDecodeError, decode_event, decode_events
 from ..ledger.filelog import DEFAULT_SEGMENT_BYTES, Position, SegmentLog, segment_name
-from ..ledger.framing import Record
+from ..ledger.framing import SEGMENT_HEADER_SIZE, Record
 from ..ledger.group_commit import GroupCommitLog
 from ..ledger.lockfile import DEFAULT_LOCK_TIMEOUT, check_lock_timeout
 from ..projections import snapshot
@@ -29,6 +29,8 @@ from ..store.durable import unique_hex
 from ..store.local import LocalBlobStore
 
 from . import audit, content
+from .repair import MARKER, MARKER_TEXT, prepare_root  # noqa: F401  (MARKER names are re-exported)
+from .sweep import STAGING_MAX_AGE, sweep_root
 from .model import Artifact, build_artifact, utc_from_us
 from .validation import check_event_size, check_id
 from .view import LedgerView
@@ -37,8 +39,7 @@ DEFAULT_CHECKPOINT_EVERY = 10_000
 REPLAY_BATCH = 4096
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
-MARKER = "ARTIFACT-LEDGER"
-MARKER_TEXT = "artifact-ledger 1\n"
+MAX_SEGMENT_BYTES = 1 << 40
 
 
 class Context:
@@ -178,6 +179,7 @@ class Ledger:
             await self._gc.aclose()
             if self.read_only and self._materialized is not None:
                 await anyio.to_thread.run_sync(content._rmtree_force, self._materialized)
+            self.store.close()
 
     async def __aenter__(self) -> "Ledger":
         return self
@@ -351,6 +353,20 @@ class Ledger:
                                  known=known, lock_timeout=self._log.lock_timeout)
         )
 
+    async def sweep(self, *, staging_age: float = STAGING_MAX_AGE, materialized: bool = False) -> list[str]:
+        """Remove leftovers no live process owns (dead processes' temp files, stale staging); returns them.
+
+        ``staging_age``: seconds a staging entry may sit untouched; ``materialized=True`` also drops
+        every materialised directory copy (rebuilt on the next load).
+        """
+        self._check_open()
+        if isinstance(staging_age, bool) or not isinstance(staging_age, (int, float)) or not staging_age >= 0:
+            raise ValueError(f"staging_age must be a non-negative number of seconds, got {staging_age!r}")
+        if not isinstance(materialized, bool):
+            raise TypeError(f"materialized must be True or False, got {materialized!r}")
+        return await anyio.to_thread.run_sync(
+            lambda: sweep_root(self.root, staging_age=staging_age, materialized=materialized))
+
     def _new_staging_name(self, suffix: str) -> Path:
         return self.staging / f"{unique_hex()}{suffix}"
 
@@ -398,22 +414,8 @@ def _decode(rec: Record) -> Event:
 
 
 def _prepare_root(root: Path, create: bool, read_only: bool = False) -> None:
-    marker = root / MARKER
-    if not marker.exists():
-        if not create:
-            raise FileNotFoundError(f"no ledger at {root} (missing {MARKER}); open_ledger(root) creates one")
-        if root.exists() and any(p.name != MARKER for p in root.iterdir()):
-            raise FileExistsError(f"{root} exists, is not empty and is not a ledger; refusing to write into it")
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f".{MARKER}.tmp"
-        tmp.write_text(MARKER_TEXT)
-        os.rename(tmp, marker)
-    elif marker.read_text() != MARKER_TEXT:
-        raise ValueError(f"{marker} names an unsupported ledger version: {marker.read_text()!r}")
-    if read_only:
-        return  # creates nothing
-    for sub in ("staging", "materialized"):
-        (root / sub).mkdir(exist_ok=True)
+    """Check the ledger directory, or create it crash-safely (see ``repair.prepare_root``); read-only, only check."""
+    prepare_root(root, create and not read_only, read_only=read_only)
 
 
 def _load_checkpoint(led: Ledger, log: SegmentLog) -> checkpoints.CheckpointInfo | None:
@@ -475,16 +477,21 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
                 checkpoint_every: int, progress: Callable[[int, int], None] | None = None,
                 read_only: bool = False, accept_loss: bool = False,
                 lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> Ledger:
-    path = Path(root).resolve()
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+    _check_options(root, create=create, segment_bytes=segment_bytes, fsync=fsync,
+                   checkpoint_every=checkpoint_every, progress=progress)
     for name, value in (("read_only", read_only), ("accept_loss", accept_loss)):
         if not isinstance(value, bool):
-            raise TypeError(f"{name} must be True or False, got {value!r}")
+            raise OptionTypeError(f"{name} must be True or False, got {value!r}")
     lock_timeout = check_lock_timeout(lock_timeout)
+    path = Path(root).resolve()
 
     def blocking_open() -> Ledger:
-        _prepare_root(path, create and not read_only, read_only=read_only)
+        _prepare_root(path, create, read_only=read_only)
+        if not read_only:
+            try:
+                sweep_root(path)
+            except OSError as exc:  # leftovers cost space, never correctness: opening goes on
+                warnings.warn(f"sweeping leftovers of {path} failed: {exc}", RuntimeWarning, stacklevel=2)
         log = SegmentLog(str(path / "log"), segment_bytes=segment_bytes, fsync=fsync, read_only=read_only,
                          lock_timeout=lock_timeout)
         if log.lock_problem is not None:
@@ -555,6 +562,35 @@ def _lost(led: Ledger, log: SegmentLog, known: int, evidence: str, accept: bool)
         checkpoints.discard_beyond(str(led.checkpoint_dir), log.head_seq, fsync=led._fsync)
 
 
+class OptionTypeError(TypeError, ValueError):
+    """An ``open_ledger`` option of the wrong type (also a ValueError: a bad option value)."""
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionTypeError(f"{name} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name}={value} is out of range; it must be between {lo} and {hi}")
+
+
+def _check_options(root: Any, *, create: Any, segment_bytes: Any, fsync: Any, checkpoint_every: Any,
+                   progress: Any) -> None:
+    """Refuse a bad ``open_ledger`` option before anything is created, naming the option."""
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a str or path, got {type(root).__name__}")
+    text = os.fspath(root)
+    if not isinstance(text, str) or not text or "\0" in text:
+        raise ValueError(f"root must name a directory, got {root!r}; pass '.' to mean the current directory")
+    for name, value in (("create", create), ("fsync", fsync)):
+        if not isinstance(value, bool):
+            raise OptionTypeError(f"{name} must be True or False, got {value!r}")
+    # The smallest segment holds its header and one small record.
+    _check_int("segment_bytes", segment_bytes, SEGMENT_HEADER_SIZE + 64, MAX_SEGMENT_BYTES)
+    _check_int("checkpoint_every", checkpoint_every, 1, 2**63 - 1)
+    if progress is not None and not callable(progress):
+        raise OptionTypeError(f"progress must be a callable progress(done_bytes, total_bytes) or None, got {progress!r}")
+
+
 class _Opener:
     """Lets ``open_ledger`` be awaited or used with ``async with``."""
 
@@ -589,7 +625,9 @@ def open_ledger(
 ) -> _Opener:
     """Open (or create) the embedded ledger in directory ``root``; await it or use ``async with``.
 
-    ``progress(done_bytes, total_bytes)`` is called from a worker thread while the log is replayed.
+    Every option is checked (TypeError/ValueError naming it) before anything is created; opening also
+    sweeps what dead processes left (see ``Ledger.sweep``; never read-only). ``progress(done_bytes,
+    total_bytes)`` is called from a worker thread while the log is replayed.
     ``read_only=True`` opens an existing ledger without writing a byte (never creates one);
     ``accept_loss=True`` opens a log that lost committed records instead of raising RecordsLost;
     ``lock_timeout`` bounds every wait for the log lock (seconds; None waits until cancelled).

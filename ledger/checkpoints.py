@@ -20,7 +20,7 @@ from typing import Iterable
 import msgspec
 from crc32c import crc32c
 
-from ..store.durable import atomic_write
+from ..store.durable import atomic_write, owner_tag
 from ..store.durable import fsync_dir as _fsync_dir
 
 from .filelog import Position
@@ -58,7 +58,7 @@ def write(directory: str, schema: int, pos: Position, record_offset: int, parts:
     """Write a checkpoint atomically, point ``_last_checkpoint`` at it, prune old ones."""
     os.makedirs(directory, exist_ok=True)
     final = os.path.join(directory, file_name(pos.seq))
-    tmp = f"{final}.{uuid.uuid4().hex}.tmp"
+    tmp = f"{final}.{owner_tag()}.{uuid.uuid4().hex}.tmp"  # owner-tagged, for the sweep
     try:
         with open(tmp, "wb") as f:
             f.write(b"\0" * HEADER_SIZE)  # filled in once length and checksum are known

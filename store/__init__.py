@@ -1,6 +1,6 @@
 """Content-addressed blob stores."""
 
 from .base import BlobInfo, BlobStore
-from .local import LocalBlobStore
+from .local import BlobCorrupted, LocalBlobStore
 
-__all__ = ["BlobInfo", "BlobStore", "LocalBlobStore"]
+__all__ = ["BlobCorrupted", "BlobInfo", "BlobStore", "LocalBlobStore"]

@@ -27,11 +27,22 @@ class BlobStore(Protocol):
         ...
 
     def make_durable(self) -> None:
-        """Flush and publish everything put so far; called before any event naming it is written."""
+        """Flush and publish everything put so far; called before any event naming it is written.
+
+        Raises if any flush fails, and then publishes none of the failed blobs.
+        """
         ...
 
     def read_bytes(self, sha256: str) -> bytes:
-        """Return a blob's bytes; ``FileNotFoundError`` if absent."""
+        """Return a blob's bytes, checked against its SHA-256; ``FileNotFoundError`` if absent."""
+        ...
+
+    def copy_to(self, sha256: str, dest: str) -> None:
+        """Stream a blob into the new file ``dest``, checking its SHA-256 on the way."""
+        ...
+
+    def close(self) -> None:
+        """Release what puts never made durable hold (their temp files are removed)."""
         ...
 
     def exists(self, sha256: str) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -27,7 +28,31 @@ CHUNK = 1 << 20
 # Below this many blobs awaiting durability, fsync each; at or above it, one
 # syncfs of the filesystem (a single journal commit) is cheaper.
 SYNCFS_MIN_BLOBS = 4
+# Pending blobs keep the descriptor that wrote them open until make_durable()
+# fsyncs through it; past this many open at once, a put fsyncs and closes its own.
+MAX_OPEN_PENDING = 64
 _rename = os.rename
+
+
+class _Pending:
+    """A blob written to a temp file, awaiting make_durable(): its fd stays open until flushed through."""
+
+    __slots__ = ("tmp", "sha", "fd")
+
+    def __init__(self, tmp: str, sha: str, fd: int | None):
+        self.tmp = tmp
+        self.sha = sha
+        self.fd = fd  # None once flushed (and closed) at put time
+
+
+class BlobCorrupted(OSError):
+    """A stored blob's bytes no longer hash to its address."""
+
+    def __init__(self, sha256: str, path: str, actual: str):
+        self.sha256 = sha256
+        self.path = path
+        self.actual = actual
+        super().__init__(f"blob {sha256} at {path} is damaged: its bytes hash to {actual}")
 
 
 def check_sha(sha256: str) -> str:
@@ -47,7 +72,11 @@ class LocalBlobStore:
         # With ``deferred``, blob bytes and renames are made durable by
         # make_durable(), which must run before any event naming them is written.
         self.deferred = deferred
-        self._pending: list[tuple[str, str]] = []  # (temp path, sha256) awaiting make_durable()
+        self._pending: list[_Pending] = []  # blobs awaiting make_durable()
+        self._open_pending = 0  # how many of them still hold their fd
+        # A failed flush discards blobs whose saves may still be waiting to append their
+        # events; from then on every make_durable() fails, so none of those events is written.
+        self._failed: BaseException | None = None
         self._pending_dirs: set[str] = set()  # shards of deduplicated blobs whose names must be flushed
         self._pending_lock = threading.Lock()
         self._objects = self.root / "sha256"
@@ -78,18 +107,18 @@ class LocalBlobStore:
         sha = hashlib.sha256(data).hexdigest()
         if self._present(sha):
             return BlobInfo(sha, len(data))
-        tmp = self._tmp / f"{durable.unique_hex()}.part"
+        tmp = self._new_tmp()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
             view = memoryview(data)
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
-            if self.fsync and not self.deferred:
-                os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
-        self._publish(tmp, sha)
+            tmp.unlink(missing_ok=True)
+            raise
+        self._publish(tmp, sha, fd)
         return BlobInfo(sha, len(data))
 
     def put_file(self, path: str | os.PathLike[str], *, adopt: bool = False) -> BlobInfo:
@@ -107,7 +136,7 @@ class LocalBlobStore:
                 return info
         digest = hashlib.sha256()
         size = 0
-        tmp = self._tmp / f"{durable.unique_hex()}.part"
+        tmp = self._new_tmp()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
             with open(src, "rb") as f:
@@ -118,40 +147,49 @@ class LocalBlobStore:
                     while view:
                         n = os.write(fd, view)
                         view = view[n:]
-            if self.fsync and not self.deferred:
-                os.fsync(fd)
+            sha = digest.hexdigest()
+            present = self._present(sha)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
             raise
-        os.close(fd)
-        sha = digest.hexdigest()
-        if self._present(sha):
+        if present:
+            os.close(fd)
             tmp.unlink()
             return BlobInfo(sha, size)
-        self._publish(tmp, sha)
+        self._publish(tmp, sha, fd)
         return BlobInfo(sha, size)
 
     def _link_in(self, src: Path) -> BlobInfo | None:
         """Publish ``src``'s inode under its address; None when linking is impossible."""
         digest = hashlib.sha256()
         size = 0
-        with open(src, "rb") as f:
-            while chunk := f.read(CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-            if self.fsync and not self.deferred:
-                os.fsync(f.fileno())
-        sha = digest.hexdigest()
-        if self._present(sha):
-            return BlobInfo(sha, size)
-        tmp = self._tmp / f"{durable.unique_hex()}.part"
+        # The caller wrote these bytes; the fd that read them is the nearest one this store can flush through.
+        fd = os.open(src, os.O_RDONLY)
         try:
-            os.link(src, tmp)
-        except OSError:
-            return None  # another filesystem (EXDEV) or no hard links: copy instead
-        os.chmod(tmp, 0o444)
-        self._publish(tmp, sha)
+            with open(fd, "rb", closefd=False) as f:
+                while chunk := f.read(CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+            sha = digest.hexdigest()
+            if self._present(sha):
+                os.close(fd)
+                return BlobInfo(sha, size)
+            tmp = self._new_tmp()
+            try:
+                os.link(src, tmp)
+            except OSError:
+                os.close(fd)
+                return None  # another filesystem (EXDEV) or no hard links: copy instead
+            os.chmod(tmp, 0o444)
+        except BaseException:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            raise
+        self._publish(tmp, sha, fd)
         return BlobInfo(sha, size, linked=True)
 
     def _present(self, sha: str) -> bool:
@@ -168,13 +206,38 @@ class LocalBlobStore:
                 self._pending_dirs.add(str(self.path(sha).parent))
         return True
 
-    def _publish(self, tmp: Path, sha: str) -> None:
+    def _new_tmp(self) -> Path:
+        # The owner tag lets a sweep tell a dead process's leftover from a live save's file.
+        return self._tmp / f"{durable.owner_tag()}.{durable.unique_hex()}.part"
+
+    def _publish(self, tmp: Path, sha: str, fd: int) -> None:
+        """Make a written temp file the blob ``sha`` (now, or queued for make_durable()); takes ``fd``."""
         if self.fsync and self.deferred:
             # Renamed into place by make_durable() once its bytes are flushed,
             # so a blob's name always means complete bytes, even after a crash.
             with self._pending_lock:
-                self._pending.append((str(tmp), sha))
+                keep = self._open_pending < MAX_OPEN_PENDING
+                if keep:
+                    self._open_pending += 1
+            if not keep:
+                try:
+                    durable.fsync_fd(fd)
+                except BaseException:
+                    os.close(fd)
+                    tmp.unlink(missing_ok=True)
+                    raise
+                os.close(fd)
+            with self._pending_lock:
+                self._pending.append(_Pending(str(tmp), sha, fd if keep else None))
             return
+        try:
+            if self.fsync:
+                durable.fsync_fd(fd)  # through the fd that wrote the bytes, before their name exists
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
         self._rename_in(str(tmp), sha, sync_dirs=self.fsync)
 
     def _rename_in(self, tmp: str, sha: str, *, sync_dirs: bool) -> list[str]:
@@ -196,38 +259,113 @@ class LocalBlobStore:
     def make_durable(self) -> None:
         """Flush and publish every blob put since the last call (deferred stores).
 
-        Bytes are flushed first (a few blobs one fsync each, many with one
-        syncfs of the filesystem), then renamed to their addresses, then the
-        renames are flushed the same way. A blob that was already present when
-        put (deduplicated) had its shard directory queued, and is flushed too.
+        Bytes are flushed first, each through the fd that wrote it (after one
+        syncfs of the filesystem when there are many, which makes those fsyncs
+        cheap but is not trusted to report errors: kernels before 5.8 do not).
+        Then they are renamed to their addresses and the renames flushed. Should
+        any flush fail, no blob of the batch gets a name and the error is
+        raised, so no event can be written naming it. A blob that was already
+        present when put (deduplicated) had its shard directory queued, and is
+        flushed too.
         """
+        if self._failed is not None:
+            raise OSError(f"an earlier blob flush failed ({self._failed}); blobs put since may be lost, "
+                          "so nothing more is published: reopen the ledger") from self._failed
         with self._pending_lock:
             pending, self._pending = self._pending, []
             dirs, self._pending_dirs = self._pending_dirs, set()
+            self._open_pending -= sum(1 for p in pending if p.fd is not None)
         if not pending:
-            for d in sorted(dirs):
+            for d in sorted(dirs, key=len, reverse=True):
                 _fsync_dir(d)
             return
         many = len(pending) >= SYNCFS_MIN_BLOBS and durable.syncfs_available()
-        if many:
-            durable.syncfs(str(self._objects))
-        else:
-            for tmp, _ in pending:
-                durable.fsync_path(tmp)
-        for tmp, sha in pending:
-            dirs.update(self._rename_in(tmp, sha, sync_dirs=False))
-        if many:
-            durable.syncfs(str(self._objects))
-        else:
+        try:
+            if many:
+                durable.syncfs(str(self._objects))
+            for p in pending:
+                if p.fd is not None:
+                    durable.fsync_fd(p.fd)
+        except BaseException:
+            self._discard(pending)
+            raise
+        for p in pending:
+            if p.fd is not None:
+                os.close(p.fd)
+                p.fd = None
+        try:
+            for p in pending:
+                dirs.update(self._rename_in(p.tmp, p.sha, sync_dirs=False))
+            if many:
+                durable.syncfs(str(self._objects))
+            # Each directory fsynced too, even after a syncfs: its own fsync reports an error.
             for d in sorted(dirs, key=len, reverse=True):
                 _fsync_dir(d)
+        except BaseException:
+            self._discard(pending)
+            raise
+
+    def _discard(self, pending: list[_Pending]) -> None:
+        """Drop the temp files of blobs that failed to become durable: their bytes may not be on disk.
+
+        A blob already renamed to its address had its bytes flushed and stays: another
+        save (maybe in another process) may have found it there and recorded it.
+        """
+        self._failed = sys.exc_info()[1]
+        for p in pending:
+            if p.fd is not None:
+                try:
+                    os.close(p.fd)
+                except OSError:
+                    pass
+                p.fd = None
+            try:
+                os.unlink(p.tmp)
+            except FileNotFoundError:
+                pass
+
+    def close(self) -> None:
+        """Release the fds of blobs never made durable, and remove their temp files (nothing names them)."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+            self._open_pending = 0
+        for p in pending:
+            if p.fd is not None:
+                os.close(p.fd)
+            try:
+                os.unlink(p.tmp)
+            except FileNotFoundError:
+                pass
 
     def read_bytes(self, sha256: str) -> bytes:
-        """Return a blob's bytes."""
+        """Return a blob's bytes, checked against its SHA-256 (``BlobCorrupted`` if they differ)."""
+        path = self.path(sha256)
         try:
-            return self.path(sha256).read_bytes()
+            with open(path, "rb") as f:
+                data = f.read()
         except FileNotFoundError:
             raise FileNotFoundError(f"blob {sha256} is missing from the store at {self.root}") from None
+        # Hashed in place: no second copy of a large blob.
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise BlobCorrupted(sha256, str(path), actual)
+        return data
+
+    def copy_to(self, sha256: str, dest: str | os.PathLike[str]) -> None:
+        """Stream a blob into a new file ``dest``, checking its SHA-256 on the way (``BlobCorrupted``)."""
+        path = self.path(sha256)
+        digest = hashlib.sha256()
+        try:
+            src = open(path, "rb")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"blob {sha256} is missing from the store at {self.root}") from None
+        with src, open(dest, "xb") as out:
+            while chunk := src.read(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != sha256:
+            os.unlink(dest)
+            raise BlobCorrupted(sha256, str(path), digest.hexdigest())
 
     def iter_blobs(self) -> Iterator[str]:
         """Every stored blob's SHA-256, in no particular order."""

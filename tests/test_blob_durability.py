@@ -19,12 +19,12 @@ from artifact_ledger.ledger.events import decode_event
 def trace(monkeypatch):
     """Record data flushes, syncfs calls, renames into the store, directory fsyncs and appends, in order."""
     events: list[tuple] = []
-    real = (durable.fsync_path, durable.syncfs, local._fsync_dir, local._rename, filelog.SegmentLog.append_batch,
+    real = (durable.fsync_fd, durable.syncfs, local._fsync_dir, local._rename, filelog.SegmentLog.append_batch,
             local.LocalBlobStore._publish)
 
-    def fsync_path(p):
-        events.append(("data", str(p)))
-        real[0](p)
+    def fsync_fd(fd):
+        events.append(("data", os.readlink(f"/proc/self/fd/{fd}")))
+        real[0](fd)
 
     def syncfs(p):
         events.append(("syncfs",))
@@ -42,11 +42,11 @@ def trace(monkeypatch):
         events.append(("append", [decode_event(p).sha256 for p in payloads]))
         return real[4](self, payloads, on_record)
 
-    def publish(self, tmp, sha):
+    def publish(self, tmp, sha, fd):
         events.append(("put", str(tmp)))
-        real[5](self, tmp, sha)
+        real[5](self, tmp, sha, fd)
 
-    monkeypatch.setattr(durable, "fsync_path", fsync_path)
+    monkeypatch.setattr(durable, "fsync_fd", fsync_fd)
     monkeypatch.setattr(durable, "syncfs", syncfs)
     monkeypatch.setattr(local, "_fsync_dir", fsync_dir)
     monkeypatch.setattr(local, "_rename", rename)

@@ -158,10 +158,6 @@ def test_power_cuts_after_creation_lose_no_acknowledged_artifact(recorded):
     assert tally.ok == tally.images
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 6 case 1: ARTIFACT-LEDGER and the directories the ledger creates (root, log/, blobs/, "
-    "blobs/sha256/, checkpoints/) are never fsynced into their parents, so a power-cut image can lack "
-    "the whole ledger or hold a 0-byte marker although every record was flushed (fix on the creation branch)"))
 def test_power_cuts_keep_every_acknowledged_artifact_with_nothing_trusted(recorded):
     """The strict model: nothing survives unless flushed, the ledger's own creation included. After the
     first acknowledgement, every image must open and hold everything acknowledged."""
@@ -173,9 +169,6 @@ def test_power_cuts_keep_every_acknowledged_artifact_with_nothing_trusted(record
     assert tally.cut_points >= 50
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 6, creation is fragile: a cut while the marker is being written leaves .ARTIFACT-LEDGER.tmp, "
-    "and every later open refuses the root as 'not empty and is not a ledger' (fix on the creation branch)"))
 def test_power_cut_during_creation_leaves_a_ledger_that_can_be_created(recorded):
     """Cut before the first acknowledgement, with everything creation wrote taken as durable (the
     worst case for leftovers): opening the image with create=True gives a working ledger."""

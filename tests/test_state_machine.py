@@ -118,14 +118,26 @@ def art_fields(a: Any) -> tuple:
 
 
 def decode_expected(kind: str, mime: str, data: bytes) -> Any:
-    """The README's load rule, restated: JSON, then text (bytes if not UTF-8), else bytes."""
-    if kind == "json" or mime == "application/json":
-        return json.loads(data)
-    if kind == "text" or mime.startswith("text/"):
+    """The README's load rule, restated: the kind first ("json", "text"), then the MIME type (JSON when it
+    parses, text when UTF-8), else bytes."""
+
+    def as_text() -> Any:
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError:
             return data
+
+    if kind == "json":
+        return json.loads(data)
+    if kind == "text":
+        return as_text()
+    if mime == "application/json" or mime.endswith("+json"):
+        try:
+            return json.loads(data)
+        except ValueError:
+            return data
+    if mime.startswith("text/"):
+        return as_text()
     return data
 
 
