@@ -1,19 +1,21 @@
 """The append-only, hash-chained event log: the source of truth."""
 
-from .errors import LedgerClosed, LedgerCorruption, LedgerError, LedgerPoisoned
+from .errors import LedgerClosed, LedgerCorruption, LedgerError, LedgerPoisoned, LedgerWriteError
 from .events import ArtifactRecorded, Event, PinChanged, decode_event, encode_event
-from .filelog import Position, SegmentLog, TornTailWarning
+from .filelog import BatchFailed, Position, SegmentLog, TornTailWarning, repair_log
 from .framing import Record
 from .group_commit import GroupCommitLog
 
 __all__ = [
     "ArtifactRecorded",
+    "BatchFailed",
     "Event",
     "GroupCommitLog",
     "LedgerClosed",
     "LedgerCorruption",
     "LedgerError",
     "LedgerPoisoned",
+    "LedgerWriteError",
     "PinChanged",
     "Position",
     "Record",
@@ -21,4 +23,5 @@ __all__ = [
     "TornTailWarning",
     "decode_event",
     "encode_event",
+    "repair_log",
 ]

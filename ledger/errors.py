@@ -28,3 +28,8 @@ class LedgerClosed(LedgerError):
 
 class LedgerPoisoned(LedgerError):
     """A write failed half-way (e.g. fsync error); the ledger must be reopened."""
+
+
+class LedgerWriteError(LedgerPoisoned, OSError):
+    """Writing or flushing the log failed (an OSError with the errno and the segment's path); what
+    this call asked for was not recorded, and this process must reopen the ledger to write again."""

@@ -3,6 +3,13 @@
 Concurrent ``append`` calls queue their payloads; whoever holds the lock next
 writes every queued payload in one batch with a single fsync, so many
 appends share one fsync. Each batch runs in a worker thread.
+
+Cancellation: an ``append`` cancelled while its payload is still queued is
+removed from the queue and never written. Once a batch has taken its payload
+the write cannot be called back, so a cancelled ``append`` waits (shielded)
+until that batch has finished, applied to the catalogue if durable, and then
+raises the cancellation: when the caller regains control, the record either
+is durable and visible or was never recorded.
 """
 
 from __future__ import annotations
@@ -12,19 +19,20 @@ from typing import Callable
 import anyio
 import anyio.to_thread
 
-from .errors import LedgerClosed, LedgerPoisoned
-from .filelog import SegmentLog
+from .errors import LedgerClosed, LedgerPoisoned, LedgerWriteError
+from .filelog import BatchFailed, SegmentLog
 from .framing import Record
 
 
 class _Pending:
-    __slots__ = ("payload", "record", "error", "taken")
+    __slots__ = ("payload", "record", "error", "taken", "done")
 
     def __init__(self, payload: bytes):
         self.payload = payload
         self.record: Record | None = None
         self.error: BaseException | None = None
         self.taken = False
+        self.done = anyio.Event()  # set once the batch that took this payload has finished
 
 
 class GroupCommitLog:
@@ -62,6 +70,10 @@ class GroupCommitLog:
         except BaseException:
             if not req.taken:
                 self._pending.remove(req)
+            elif not req.done.is_set():
+                # Already being written: report the cancellation only once the outcome is settled.
+                with anyio.CancelScope(shield=True):
+                    await req.done.wait()
             raise
         if req.error is not None:
             raise req.error
@@ -76,17 +88,52 @@ class GroupCommitLog:
         seen: list[Record] = []
         try:
             new = await anyio.to_thread.run_sync(self._write, [r.payload for r in batch], seen.append)
+        except BatchFailed as exc:
+            # The records before the failure are durable (a batch split over a segment
+            # rollover): acknowledge exactly those, so a retry records nothing twice.
+            self._poisoned = exc.cause
+            for r, rec in zip(batch, exc.durable):
+                r.record = rec
+            cause = exc.cause
+            if exc.undone:
+                what = "this call's event was cut from the log again and not recorded"
+            else:
+                what = (f"cutting the failed write from the log failed too, so {exc.mark} stops every "
+                        "process from appending until the log is repaired")
+            for r in batch[len(exc.durable):]:
+                r.error = LedgerWriteError(cause.errno, f"{cause.strerror}; {what}; reopen the ledger to write "
+                                           "again", cause.filename)
+                r.error.__cause__ = cause
+            self._finish(batch, seen + exc.durable)
+            return
+        except LedgerPoisoned as exc:
+            # The log is marked by a failed write elsewhere; nothing was written, this process is fine.
+            for r in batch:
+                r.error = LedgerPoisoned(str(exc))
+            self._finish(batch, seen)
+            return
         except BaseException as exc:
-            # The batch may be partly on disk: only a reopen can tell.
+            # Failed before writing (making the batch's blobs durable, catching up): no
+            # record of the batch is in the log, but this process stops writing.
             self._poisoned = exc
             for r in batch:
                 r.error = LedgerPoisoned(f"write failed: {exc!r}; reopen the ledger to recover")
-            if seen:
-                self._on_records(seen)
-            raise
+                r.error.__cause__ = exc
+            self._finish(batch, seen)
+            if not isinstance(exc, Exception):
+                raise
+            return
         for r, rec in zip(batch, new):
             r.record = rec
-        self._on_records(seen + new)
+        self._finish(batch, seen + new)
+
+    def _finish(self, batch: list[_Pending], records: list[Record]) -> None:
+        try:
+            if records:
+                self._on_records(records)
+        finally:
+            for r in batch:
+                r.done.set()
 
     def _write(self, payloads: list[bytes], on_record: Callable[[Record], None]) -> list[Record]:
         if self._before_write is not None:
