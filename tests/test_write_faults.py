@@ -46,6 +46,7 @@ class Faults:
     def __init__(self, monkeypatch_or_none=None):
         self.armed: set[str] = set()
         self.hits: list[str] = []
+        self.trace: list[tuple[str, str]] = []  # every segment ftruncate/fsync, in order
         real = {name: getattr(os, name) for name in ("fdatasync", "pwrite", "ftruncate", "fsync")}
         self.real = real
 
@@ -62,12 +63,19 @@ class Faults:
             return real["pwrite"](fd, data, offset)
 
         def ftruncate(fd, length):
+            if is_segment(fd):
+                self.trace.append(("ftruncate", fd_path(fd)))
             if "ftruncate" in self.armed and is_segment(fd):
                 self.hits.append("ftruncate")
                 raise OSError(errno.EIO, "Input/output error")
             return real["ftruncate"](fd, length)
 
-        self.wrappers = {"fdatasync": fdatasync, "pwrite": pwrite, "ftruncate": ftruncate}
+        def fsync(fd):
+            if is_segment(fd):
+                self.trace.append(("fsync", fd_path(fd)))
+            return real["fsync"](fd)
+
+        self.wrappers = {"fdatasync": fdatasync, "pwrite": pwrite, "ftruncate": ftruncate, "fsync": fsync}
 
     def install(self, monkeypatch=None) -> None:
         """Patch ``os`` (the module filelog calls through) with the wrappers."""
@@ -185,6 +193,9 @@ def test_short_write_raises_enospc_naming_the_segment_and_is_cut_back(root, tmp_
                 await fa.save(src_file(tmp_path, "b"), kind="blob")
             faults.armed.clear()
             assert seg.stat().st_size == size
+            # The cut is made durable (fsync after the truncate) before the failed save returns.
+            path = os.path.realpath(seg)
+            assert faults.trace[-2:] == [("ftruncate", path), ("fsync", path)], faults.trace
             with pytest.raises(LedgerPoisoned):
                 await fa.save(src_file(tmp_path, "c"), kind="blob")
             assert seg.stat().st_size == size
