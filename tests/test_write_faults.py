@@ -348,3 +348,48 @@ def test_batch_split_over_rollover_acknowledges_exactly_its_durable_part(tmp_pat
         assert [r.payload[-1] for r in got] == [0, 1, 2, 3]
     finally:
         fresh.close()
+
+
+# --------------------------------------------------------------------------- a segment that could not be created
+def test_segment_whose_directory_fsync_fails_is_removed_again(tmp_path, monkeypatch):
+    """If the directory fsync after renaming a new segment in fails, the segment is removed (nobody may
+    append to a file whose name may not survive a crash), the earlier records stay, and a reopened log
+    creates the segment again."""
+    log_dir = tmp_path / "log"
+    log = SegmentLog(str(log_dir), segment_bytes=SEGMENT_HEADER_SIZE + 2 * FRAME)
+    real_fsync = os.fsync
+    armed = False
+
+    def fsync(fd):
+        if armed and fd_path(fd) == os.path.realpath(log_dir):
+            raise OSError(errno.EIO, "Input/output error")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(filelog.os, "fsync", fsync)
+    gc = GroupCommitLog(log, lambda recs: None)
+
+    async def main():
+        nonlocal armed
+        for i in range(2):
+            assert (await gc.append(PAYLOAD)).seq == i + 1
+        armed = True
+        with pytest.raises(LedgerWriteError) as info:
+            await gc.append(PAYLOAD)  # needs a new segment
+        armed = False
+        with pytest.raises(LedgerPoisoned):
+            await gc.append(PAYLOAD)
+        await gc.aclose()
+        return info.value
+
+    err = anyio.run(main)
+    assert err.errno == errno.EIO
+    assert sorted(p.name for p in log_dir.iterdir()) == sorted(["LOCK", segment_name(1)])
+    again = SegmentLog(str(log_dir), segment_bytes=SEGMENT_HEADER_SIZE + 2 * FRAME)
+    try:
+        got: list = []
+        again.recover(got.append)
+        assert [r.seq for r in got] == [1, 2]
+        assert [r.seq for r in again.append_batch([PAYLOAD], lambda rec: None)] == [3]
+        assert (log_dir / segment_name(3)).exists()
+    finally:
+        again.close()
