@@ -132,7 +132,8 @@ def test_torn_final_batch_with_a_lost_middle_page_is_a_torn_tail(root, tmp_path,
     kept = [r for r in recs if r.seq < hit.seq]
     ids, torn = open_and_list(root)
     assert ids == recorded_ids(kept)
-    assert len(torn) == 1 and f"seq {hit.seq}" in str(torn[0].message) and "same unfinished batch" in str(torn[0].message)
+    assert len(torn) == 1
+    assert f"seq {hit.seq}" in str(torn[0].message) and "same unfinished batch" in str(torn[0].message)
     seg = root / "log" / hit.segment
     assert seg.stat().st_size == hit.offset
     assert check_chain(root) == kept
