@@ -7,7 +7,8 @@ from .facade import ArtifactCorrupted, ArtifactDecodeError, LedgerNeedsRepair, r
 from .facade.audit import Diff, LedgerEvent, VerifyResult
 from .facade.view import LedgerView
 from .ledger.checkpoints import CheckpointWarning
-from .ledger.errors import (LedgerClosed, LedgerCorruption, LedgerError, LedgerForked, LedgerPoisoned, LockTimeout,
+from .ledger.errors import (LedgerClosed, LedgerCorruption, LedgerError, LedgerForked, LedgerPoisoned,
+                            LedgerWriteError, LockTimeout,
                             LostRecordsWarning, RecordsLost)
 from .ledger.filelog import TornTailWarning
 
@@ -33,6 +34,7 @@ __all__ = [
     "LedgerNeedsRepair",
     "LedgerPoisoned",
     "LedgerView",
+    "LedgerWriteError",
     "LostRecordsWarning",
     "LockTimeout",
     "ReadOnlyError",

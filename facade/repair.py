@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..ledger.errors import LedgerError
-from ..ledger.filelog import SEGMENT_SUFFIX
+from ..ledger.filelog import POISON_MARK, SEGMENT_SUFFIX, repair_log
 from ..ledger.framing import SEGMENT_HEADER_SIZE, HeaderError, decode_segment_header
 from ..store.durable import fsync_dir, fsync_fd, makedirs_durable, owner_tag, unique_hex
 
@@ -156,7 +156,15 @@ def _repair_marker(root: Path) -> list[str]:
     return done + [f"rewrote the {state} {MARKER} marker"]
 
 
-REPAIRS: list[Callable[[Path], list[str]]] = [_repair_marker]
+def _repair_poisoned_log(root: Path) -> list[str]:
+    # A write that failed and could not be cut back left log/POISONED, which stops every
+    # append until the log is cut back to its last durable record (ledger/FORMAT.md).
+    if not (root / "log" / POISON_MARK).exists():
+        return []
+    return [repair_log(root / "log")]
+
+
+REPAIRS: list[Callable[[Path], list[str]]] = [_repair_marker, _repair_poisoned_log]
 """Repair steps, run in order by ``repair_ledger``; each returns what it did."""
 
 

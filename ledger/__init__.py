@@ -1,14 +1,15 @@
 """The append-only, hash-chained event log: the source of truth."""
 
-from .errors import (LedgerClosed, LedgerCorruption, LedgerError, LedgerForked, LedgerPoisoned, LockTimeout,
-                     ReadOnlyError, RecordsLost)
+from .errors import (LedgerClosed, LedgerCorruption, LedgerError, LedgerForked, LedgerPoisoned,
+                     LedgerWriteError, LockTimeout, ReadOnlyError, RecordsLost)
 from .events import ArtifactRecorded, Event, PinChanged, decode_event, encode_event
-from .filelog import Position, SegmentLog, TornTailWarning
+from .filelog import BatchFailed, Position, SegmentLog, TornTailWarning, repair_log
 from .framing import Record
 from .group_commit import GroupCommitLog
 
 __all__ = [
     "ArtifactRecorded",
+    "BatchFailed",
     "Event",
     "GroupCommitLog",
     "LedgerClosed",
@@ -16,6 +17,7 @@ __all__ = [
     "LedgerError",
     "LedgerForked",
     "LedgerPoisoned",
+    "LedgerWriteError",
     "LockTimeout",
     "PinChanged",
     "ReadOnlyError",
@@ -26,4 +28,5 @@ __all__ = [
     "TornTailWarning",
     "decode_event",
     "encode_event",
+    "repair_log",
 ]

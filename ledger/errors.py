@@ -72,3 +72,8 @@ class LockTimeout(LedgerError, TimeoutError):
 
 class LedgerForked(LedgerError):
     """A ledger opened in one process was used in a ``fork()`` child; open it in the child instead."""
+
+
+class LedgerWriteError(LedgerPoisoned, OSError):
+    """Writing or flushing the log failed (an OSError with the errno and the segment's path); what
+    this call asked for was not recorded, and this process must reopen the ledger to write again."""

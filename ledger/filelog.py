@@ -10,6 +10,8 @@ unlocked, and takes the lock again only to judge or repair what follows.
 
 from __future__ import annotations
 
+import errno
+import json
 import mmap
 import os
 import struct
@@ -23,20 +25,22 @@ from typing import Callable, Iterator
 
 from ..store.durable import fsync_dir as _fsync_dir
 
-from .errors import LedgerCorruption, ReadOnlyError, RecordsLost
+from .errors import LedgerCorruption, LedgerPoisoned, ReadOnlyError, RecordsLost
 from .lockfile import DEFAULT_LOCK_TIMEOUT, LogLock
 from .framing import (
     BAD,
+    FORMAT_VERSION,
     GENESIS_HASH,
     OK,
     SEGMENT_HEADER_SIZE,
     HeaderError,
     Record,
-    decode_segment_header,
+    continues_batch,
     encode_record,
     encode_segment_header,
-    find_later_record,
+    later_records,
     read_record,
+    read_segment_header,
     scan_chain,
 )
 
@@ -44,10 +48,39 @@ SEGMENT_SUFFIX = ".seg"
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 SPARSE_EVERY = 1024
 SCAN_CHUNK = 4096  # records decoded per scan_chain call (bounds memory during replay)
+# Left in the log directory when a failed write could not be undone; no process appends while it exists.
+POISON_MARK = "POISONED"
 
 
 class TornTailWarning(UserWarning):
     """A partly written record at the end of the log was truncated on open (ignored, when read-only)."""
+
+
+class BatchFailed(Exception):
+    """An append failed part-way. ``durable`` holds the records that are durable (they may be
+    acknowledged); the rest were cut from the log again (``undone``) or, failing that, the
+    log was marked (``mark``: the mark's path) so that no process appends until a repair."""
+
+    def __init__(self, durable: list[Record], cause: OSError, undone: bool, mark: str | None):
+        self.durable = durable
+        self.cause = cause
+        self.undone = undone
+        self.mark = mark
+        super().__init__(f"appending to the ledger failed: {cause}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Durable:
+    """What the log held before a write began, to go back to if it fails."""
+
+    seg_first: int
+    end: int
+    head_seq: int
+    head_hash: bytes
+    head_ts: int
+    head_at: tuple[int, int, int]
+    head_batch: int | None
+    sparse: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +142,12 @@ class SegmentLog:
         self._crc_cache: dict[tuple[int, int], int] = {}  # (segment, length) -> CRC-32 of that prefix
         # Every SPARSE_EVERY-th record's (seq, segment first seq, offset), to seek by seq.
         self._sparse: list[tuple[int, int, int]] = []
+        self._seg_version = FORMAT_VERSION  # format version of the current segment
+        # Batch start seq of the head record: None if not known, -1 if no batch can continue.
+        self._head_batch: int | None = -1
+        self._mark = os.path.join(directory, POISON_MARK)
+        self._stop: int | None = None  # while the log is marked, readers stop at the mark's seq
+        self._ignore_mark = False  # set by repair() only
 
     # ----------------------------------------------------------------- locking
     @property
@@ -176,8 +215,20 @@ class SegmentLog:
         if self._seg_fd is not None and self._segment_moved():
             return True  # deleted or replaced under us: catch_up decides whether records were lost
         nxt = self.head_seq + 1
-        # A current segment without records is itself named for nxt; its growth is caught above.
-        return nxt != self._seg_first and os.path.exists(os.path.join(self.directory, segment_name(nxt)))
+        if nxt == self._seg_first:
+            # A current segment without records is itself named for nxt; its growth is caught
+            # above, its replacement (a version-1 segment upgraded, see append_batch) here.
+            return self._current_replaced()
+        return os.path.exists(os.path.join(self.directory, segment_name(nxt)))
+
+    def _current_replaced(self) -> bool:
+        """Whether the current segment's name now points to another file (or none)."""
+        assert self._seg_fd is not None
+        try:
+            st = os.stat(os.path.join(self.directory, segment_name(self._seg_first)))
+        except FileNotFoundError:
+            return True
+        return st.st_ino != os.fstat(self._seg_fd).st_ino
 
     def unread_bytes(self) -> int:
         """Roughly how many bytes others appended since we last looked (a new segment counts as a full one)."""
@@ -239,6 +290,10 @@ class SegmentLog:
         returns True if it read all that was there.
         """
         with self.locked(exclusive=False):
+            if not self._ignore_mark and os.path.exists(self._mark):
+                # A marked log may hold a batch that never became durable past the mark's
+                # seq: only the locked path knows where to stop (see _catch_up).
+                return False
             segs = self.segments()
             last_size = os.path.getsize(os.path.join(self.directory, segment_name(segs[-1]))) if segs else 0
         if not segs:
@@ -266,13 +321,14 @@ class SegmentLog:
         path = os.path.join(self.directory, segment_name(first))
         try:
             with open(path, "rb") as f:
-                seg_first, prev_hash = decode_segment_header(f.read(SEGMENT_HEADER_SIZE))
+                seg_first, prev_hash, version = read_segment_header(f.read(SEGMENT_HEADER_SIZE))
         except (OSError, HeaderError):
             return False
         if seg_first != first or prev_hash != self.head_hash:
             return False
-        self._open_segment(first, path)
+        self._open_segment(first, path, version)
         self._end = SEGMENT_HEADER_SIZE
+        self._head_batch = -1  # batches never span segments: the first record starts one
         return True
 
     def _scan_committed(self, on_record: Callable[[Record], None], size: int) -> bool:
@@ -286,7 +342,7 @@ class SegmentLog:
         pos = 0
         while pos < n:
             recs, pos = scan_chain(buf, pos, segment_name(self._seg_first), base, self.head_seq + 1,
-                                   self.head_hash, SCAN_CHUNK)
+                                   self.head_hash, SCAN_CHUNK, self._seg_version, self._head_batch)
             if not recs:
                 return False
             for rec in recs:
@@ -295,6 +351,7 @@ class SegmentLog:
                     self._sparse.append((rec.seq, self._seg_first, rec.offset))
             last = recs[-1]
             self.head_seq, self.head_hash, self.head_ts = last.seq, last.hash, last.ts_us
+            self._head_batch = last.batch_first
             self._end = base + pos
             self._head_at = (self._seg_first, last.offset, self._end)
             if len(recs) < SCAN_CHUNK and pos < n:
@@ -303,18 +360,39 @@ class SegmentLog:
 
     def _seek(self, pos: Position, record_offset: int) -> None:
         path = os.path.join(self.directory, segment_name(pos.segment_first_seq))
-        self._open_segment(pos.segment_first_seq, path)
+        self._open_segment(pos.segment_first_seq, path, self._version_of(pos.segment_first_seq))
         self.head_seq, self.head_hash, self.head_ts, self._end = pos.seq, pos.hash, pos.ts_us, pos.offset
         self._head_at = (pos.segment_first_seq, record_offset, pos.offset)
+        rec = self.record_at(pos.segment_first_seq, record_offset)
+        self._head_batch = rec.batch_first if rec is not None and rec.seq == pos.seq else None
 
-    def _open_segment(self, first_seq: int, path: str) -> None:
+    def _open_segment(self, first_seq: int, path: str, version: int) -> None:
         if self._seg_fd is not None:
             os.close(self._seg_fd)
         self._seg_fd = os.open(path, os.O_RDONLY if self.read_only else os.O_RDWR)
         self._seg_first = first_seq
+        self._seg_version = version
+
+    def _version_of(self, first_seq: int) -> int:
+        """Format version of a segment, from its header."""
+        name = segment_name(first_seq)
+        with open(os.path.join(self.directory, name), "rb") as f:
+            header = f.read(SEGMENT_HEADER_SIZE)
+        try:
+            return read_segment_header(header)[2]
+        except HeaderError as exc:
+            raise LedgerCorruption(name, 0, first_seq, f"bad segment header: {exc}") from exc
 
     def _catch_up(self, on_record: Callable[[Record], None], *, repair: bool) -> None:
         self._check_not_shortened()
+        mark = None if self._ignore_mark else self._mark_info()
+        # A marked log may still hold a batch that never became durable: read only up to the
+        # last durable record the mark names, and leave the repair to repair().
+        self._stop = mark.get("seq") if mark else None
+        if mark is not None:
+            repair = False
+        if self._stop is not None and self.head_seq >= self._stop:
+            return
         if self._seg_fd is None:
             if not self._enter_next_segment(repair):
                 return
@@ -326,7 +404,9 @@ class SegmentLog:
     def _enter_next_segment(self, repair: bool) -> bool:
         """Move to the segment starting at head_seq + 1, if it exists."""
         first = self.head_seq + 1
-        if self._seg_fd is not None and first == self._seg_first:
+        if self._stop is not None and self.head_seq >= self._stop:
+            return False
+        if self._seg_fd is not None and first == self._seg_first and not self._current_replaced():
             # The current segment holds no record yet (a crash right after it was
             # created), so it is the segment starting at head_seq + 1; without this
             # check it would be re-entered forever. No segment may follow it.
@@ -348,7 +428,7 @@ class SegmentLog:
             header = f.read(SEGMENT_HEADER_SIZE)
         is_last = not any(s > first for s in self.segments())
         try:
-            seg_first, prev_hash = decode_segment_header(header)
+            seg_first, prev_hash, version = read_segment_header(header)
         except HeaderError as exc:
             if is_last and len(header) < SEGMENT_HEADER_SIZE or (is_last and os.path.getsize(path) <= SEGMENT_HEADER_SIZE):
                 # A crash while creating the segment: nothing in it was acknowledged.
@@ -370,8 +450,9 @@ class SegmentLog:
             raise LedgerCorruption(
                 segment_name(first), 0, first, "segment header does not continue the hash chain"
             )
-        self._open_segment(first, path)
+        self._open_segment(first, path, version)
         self._end = SEGMENT_HEADER_SIZE
+        self._head_batch = -1  # batches never span segments: the first record starts one
         return True
 
     def _scan_current(self, on_record: Callable[[Record], None], *, repair: bool) -> None:
@@ -380,12 +461,20 @@ class SegmentLog:
         if size <= self._end:
             return
         name = segment_name(self._seg_first)
+        version = self._seg_version
         base = self._end
         buf = os.pread(self._seg_fd, size - base, base)
         pos = 0
         n = len(buf)
+        stop = self._stop
         while pos < n:
-            recs, pos = scan_chain(buf, pos, name, base, self.head_seq + 1, self.head_hash, SCAN_CHUNK)
+            if stop is not None and self.head_seq >= stop:
+                return
+            recs, pos = scan_chain(buf, pos, name, base, self.head_seq + 1, self.head_hash, SCAN_CHUNK,
+                                   version, self._head_batch)
+            if stop is not None and recs and recs[-1].seq > stop:
+                recs = [r for r in recs if r.seq <= stop]
+                pos = recs[-1].offset + recs[-1].length - base if recs else pos
             if recs:
                 sparse = self._sparse
                 for rec in recs:
@@ -394,24 +483,32 @@ class SegmentLog:
                         sparse.append((rec.seq, self._seg_first, rec.offset))
                 last = recs[-1]
                 self.head_seq, self.head_hash, self.head_ts = last.seq, last.hash, last.ts_us
+                self._head_batch = last.batch_first
                 self._end = base + pos
                 self._head_at = (self._seg_first, last.offset, self._end)
-            if pos >= n:
+            if pos >= n or (stop is not None and self.head_seq >= stop):
                 return
             if len(recs) == SCAN_CHUNK:
                 continue  # a full chunk: more intact records may follow
             # scan_chain stopped here: decide what this record is, slowly and precisely.
-            status, rec, reason = read_record(buf, pos, name, base)
+            status, rec, reason = read_record(buf, pos, name, base, version)
             if status == OK:
                 assert rec is not None
                 if rec.seq != self.head_seq + 1:
                     raise LedgerCorruption(name, base + pos, self.head_seq + 1, f"found seq {rec.seq}")
                 if rec.prev_hash != self.head_hash:
                     raise LedgerCorruption(name, base + pos, rec.seq, "hash chain broken (previous-hash mismatch)")
+                if version >= 2 and not continues_batch(rec.batch_first, rec.seq,
+                                                        None if self._head_batch is None else self._head_batch):
+                    raise LedgerCorruption(
+                        name, base + pos, rec.seq,
+                        f"batch start seq {rec.batch_first} does not continue the batch of the record before",
+                    )
                 on_record(rec)
                 if rec.seq % SPARSE_EVERY == 1:
                     self._sparse.append((rec.seq, self._seg_first, rec.offset))
                 self.head_seq, self.head_hash, self.head_ts = rec.seq, rec.hash, rec.ts_us
+                self._head_batch = rec.batch_first
                 pos += rec.length
                 self._end = base + pos
                 self._head_at = (self._seg_first, rec.offset, self._end)
@@ -422,10 +519,19 @@ class SegmentLog:
     def _handle_bad_tail(self, buf: bytes, pos: int, base: int, name: str, status: int, reason: str, repair: bool) -> None:
         seq = self.head_seq + 1
         is_last = not any(s > self._seg_first for s in self.segments())
-        later = find_later_record(buf, pos, seq + 1, name, base)
-        if not is_last or later is not None:
-            detail = reason if later is None else f"{reason}; an intact record follows at offset {later}"
-            raise LedgerCorruption(name, base + pos, seq, detail)
+        if not is_last:
+            raise LedgerCorruption(name, base + pos, seq, reason)
+        torn_batch: list[Record] = []
+        for later in later_records(buf, pos, seq + 1, name, base, self._seg_version):
+            # Version 2: records of the batch the failed record belongs to (it starts at seq,
+            # or continues the head's) may survive a torn write of that batch; a record of a
+            # later batch proves this batch was acknowledged, so the damage is not a torn tail.
+            if self._seg_version >= 2 and (later.batch_first == seq or (
+                    later.batch_first == self._head_batch and self._head_batch is not None and self._head_batch > 0)):
+                torn_batch.append(later)
+                continue
+            what = "an intact record" if self._seg_version < 2 else "an intact record of a later batch"
+            raise LedgerCorruption(name, base + pos, seq, f"{reason}; {what} follows at offset {later.offset}")
         cut = base + pos
         lost = len(buf) - pos
         if not repair:
@@ -445,9 +551,11 @@ class SegmentLog:
         os.ftruncate(self._seg_fd, cut)
         if self.fsync:
             os.fsync(self._seg_fd)
+        batch = (f"; {len(torn_batch)} intact later record(s) of the same unfinished batch dropped with it "
+                 f"(seq {torn_batch[0].seq}..{torn_batch[-1].seq})" if torn_batch else "")
         warnings.warn(
             f"truncated torn tail of segment {name}: {lost} bytes at offset {cut} "
-            f"({'damaged' if status == BAD else 'incomplete'} record seq {seq}: {reason}); "
+            f"({'damaged' if status == BAD else 'incomplete'} record seq {seq}: {reason}){batch}; "
             f"the ledger ends at seq {self.head_seq}",
             TornTailWarning,
             stacklevel=4,
@@ -503,7 +611,9 @@ class SegmentLog:
             raise LedgerCorruption(name, there.st_size, self.head_seq + 1,
                                    f"segment file replaced by a shorter one ({there.st_size} < {self._end} bytes)")
         else:
-            self._open_segment(self._seg_first, path)
+            # A replacement may be of another format version (a record-less version-1
+            # segment is replaced by a version-2 one before the first append into it).
+            self._open_segment(self._seg_first, path, self._version_of(self._seg_first))
 
     def _surviving_head(self) -> int:
         """Seq of the last intact record the segment files hold now (for error messages; no chain check)."""
@@ -559,15 +669,16 @@ class SegmentLog:
         path = os.path.join(self.directory, segment_name(segment_first_seq))
         try:
             with open(path, "rb") as f:
+                version = read_segment_header(f.read(SEGMENT_HEADER_SIZE))[2]
                 f.seek(offset)
                 head = f.read(8)
                 if len(head) < 8:
                     return None
                 (length,) = struct.unpack_from("<I", head)
                 data = head + f.read(length)
-        except FileNotFoundError:
+        except (FileNotFoundError, HeaderError):
             return None
-        status, rec, _ = read_record(data, 0, segment_name(segment_first_seq), offset)
+        status, rec, _ = read_record(data, 0, segment_name(segment_first_seq), offset, version)
         return rec if status == OK else None
 
     def _start_for(self, seq: int) -> tuple[int, int, int]:
@@ -598,13 +709,16 @@ class SegmentLog:
             name = segment_name(seg)
             try:
                 with open(os.path.join(self.directory, name), "rb") as f:
+                    version = read_segment_header(f.read(SEGMENT_HEADER_SIZE))[2]
                     f.seek(off)
                     data = f.read()
             except FileNotFoundError:
                 raise LedgerCorruption(name, 0, expect, "segment is missing") from None
+            except HeaderError as exc:
+                raise LedgerCorruption(name, 0, seg, f"bad segment header: {exc}") from exc
             pos = 0
             while pos < len(data):
-                status, rec, reason = read_record(data, pos, name, off)
+                status, rec, reason = read_record(data, pos, name, off, version)
                 if status != OK or rec is None or rec.seq != expect:
                     raise LedgerCorruption(name, off + pos, expect, reason or "unexpected seq")
                 if rec.seq >= since:
@@ -625,12 +739,12 @@ class SegmentLog:
             with open(os.path.join(self.directory, name), "rb") as f:
                 data = f.read()
             try:
-                decode_segment_header(data)
+                version = read_segment_header(data)[2]
             except HeaderError as exc:
                 raise LedgerCorruption(name, 0, first, f"bad segment header: {exc}") from exc
             pos = SEGMENT_HEADER_SIZE
             while pos < len(data):
-                status, rec, _ = read_record(data, pos, name, 0)
+                status, rec, _ = read_record(data, pos, name, 0, version)
                 if status != OK or rec is None:
                     break
                 if rec.seq >= start_seq:
@@ -642,46 +756,106 @@ class SegmentLog:
         """Append payloads as consecutive records, durably; returns the new records.
 
         First catches up with (and reports via ``on_record``) records appended
-        by other processes, so seq and the hash chain stay gap-free.
+        by other processes, so seq and the hash chain stay gap-free. If a write
+        fails, raises ``BatchFailed`` after cutting the log back to its last
+        durable record, still under the lock (see FORMAT.md, "Writing").
         """
         if self.read_only:
             raise ReadOnlyError(f"the log at {self.directory} is open read-only; nothing was written")
         with self.locked(exclusive=True):
+            self._refuse_if_marked()
             self._catch_up(on_record, repair=True)
             out: list[Record] = []
-            buf = bytearray()
-            if self._seg_fd is None:
-                self._new_segment()
-            start = self._end
-            for payload in payloads:
-                now = time.time_ns() // 1000
-                ts = now if now > self.head_ts else self.head_ts + 1
-                seq = self.head_seq + 1
-                frame, h = encode_record(seq, ts, self.head_hash, payload)
-                if start + len(buf) + len(frame) > self.segment_bytes and (start + len(buf)) > SEGMENT_HEADER_SIZE:
-                    self._write(buf, start)
-                    buf = bytearray()
+            try:
+                if self._seg_fd is None or self._seg_version != FORMAT_VERSION:
+                    # Version-1 segments carry no batch boundaries: appends go to a new segment.
                     self._new_segment()
-                    start = self._end
-                offset = start + len(buf)
-                buf += frame
-                rec = Record(seq, ts, self.head_hash, h, payload, segment_name(self._seg_first), offset, len(frame))
-                out.append(rec)
-                if seq % SPARSE_EVERY == 1:
-                    self._sparse.append((seq, self._seg_first, offset))
-                self.head_seq, self.head_hash, self.head_ts = seq, h, ts
-                self._head_at = (self._seg_first, offset, offset + len(frame))
-            self._write(buf, start)
+                done = self._append_part(payloads, 0, out)
+                while done < len(payloads):
+                    self._new_segment()
+                    done = self._append_part(payloads, done, out)
+            except _Failed as failed:
+                raise BatchFailed(out, failed.cause, failed.undone, failed.mark) from failed.cause
             return out
+
+    def _append_part(self, payloads: list[bytes], i: int, out: list[Record]) -> int:
+        """Write payloads from ``i`` on into the current segment as one batch (one write, one
+        fdatasync) until it is full; returns the index of the first payload not written."""
+        before = self._durable()
+        start = self._end
+        batch_first = self.head_seq + 1
+        buf = bytearray()
+        recs: list[Record] = []
+        name = segment_name(self._seg_first)
+        while i < len(payloads):
+            payload = payloads[i]
+            now = time.time_ns() // 1000
+            ts = now if now > self.head_ts else self.head_ts + 1
+            seq = self.head_seq + 1
+            frame, h = encode_record(seq, ts, self.head_hash, payload, batch_first=batch_first)
+            if start + len(buf) + len(frame) > self.segment_bytes and (start + len(buf)) > SEGMENT_HEADER_SIZE:
+                break
+            offset = start + len(buf)
+            buf += frame
+            recs.append(Record(seq, ts, self.head_hash, h, payload, name, offset, len(frame), batch_first))
+            if seq % SPARSE_EVERY == 1:
+                self._sparse.append((seq, self._seg_first, offset))
+            self.head_seq, self.head_hash, self.head_ts = seq, h, ts
+            self._head_batch = batch_first
+            self._head_at = (self._seg_first, offset, offset + len(frame))
+            i += 1
+        try:
+            self._write(buf, start)
+        except OSError as exc:
+            self._restore(before)
+            raise self._undo(before, exc) from exc
+        out.extend(recs)
+        return i
+
+    def _durable(self) -> _Durable:
+        return _Durable(self._seg_first, self._end, self.head_seq, self.head_hash, self.head_ts,
+                        self._head_at, self._head_batch, len(self._sparse))
+
+    def _restore(self, d: _Durable) -> None:
+        self._end = d.end
+        self.head_seq, self.head_hash, self.head_ts = d.head_seq, d.head_hash, d.head_ts
+        self._head_at, self._head_batch = d.head_at, d.head_batch
+        del self._sparse[d.sparse:]
+
+    def _undo(self, d: _Durable, cause: OSError) -> "_Failed":
+        """Cut the current segment back to ``d`` (truncate, then fsync); mark the log if that fails.
+
+        Runs under the exclusive lock, so nobody can read or build on the failed batch first.
+        After a failed flush the kernel may have dropped the batch's pages, so what it wrote
+        cannot be trusted even if it reads back intact.
+        """
+        assert self._seg_fd is not None
+        try:
+            os.ftruncate(self._seg_fd, d.end)
+            if self.fsync:
+                os.fsync(self._seg_fd)
+        except OSError as exc:
+            return _Failed(cause, False, self._leave_mark(d, cause, exc))
+        return _Failed(cause, True, None)
 
     def _write(self, buf: bytearray, start: int) -> None:
         assert self._seg_fd is not None
+        name = segment_name(self._seg_first)
+        path = os.path.join(self.directory, name)
         if buf:
-            written = os.pwrite(self._seg_fd, buf, start)
+            try:
+                written = os.pwrite(self._seg_fd, buf, start)
+            except OSError as exc:
+                raise OSError(exc.errno, f"writing ledger segment {name} failed: {exc.strerror}", path) from exc
             if written != len(buf):
-                raise OSError(f"short write to the ledger: {written} of {len(buf)} bytes")
+                # A regular file is written short only when the disk or a quota is full.
+                raise OSError(errno.ENOSPC, f"short write to ledger segment {name}: {written} of {len(buf)} "
+                              f"bytes at offset {start} ({os.strerror(errno.ENOSPC)}?)", path)
             if self.fsync:
-                os.fdatasync(self._seg_fd)
+                try:
+                    os.fdatasync(self._seg_fd)
+                except OSError as exc:
+                    raise OSError(exc.errno, f"flushing ledger segment {name} failed: {exc.strerror}", path) from exc
         self._end = start + len(buf)
 
     def _new_segment(self) -> None:
@@ -689,13 +863,151 @@ class SegmentLog:
         first = self.head_seq + 1
         path = os.path.join(self.directory, segment_name(first))
         tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(encode_segment_header(first, self.head_hash))
-            f.flush()
+        renamed = False
+        try:
+            with open(tmp, "wb") as f:
+                f.write(encode_segment_header(first, self.head_hash))
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+            # Replaces a record-less version-1 segment of the same name (see append_batch).
+            os.rename(tmp, path)
+            renamed = True
             if self.fsync:
-                os.fsync(f.fileno())
-        os.rename(tmp, path)
-        if self.fsync:
-            _fsync_dir(self.directory)
-        self._open_segment(first, path)
+                _fsync_dir(self.directory)
+        except OSError as exc:
+            raise self._drop_new_segment(tmp, path, renamed, exc) from exc
+        self._open_segment(first, path, FORMAT_VERSION)
         self._end = SEGMENT_HEADER_SIZE
+        self._head_batch = -1
+
+    def _drop_new_segment(self, tmp: str, path: str, renamed: bool, cause: OSError) -> "_Failed":
+        """Remove a segment whose creation failed, so nobody appends to a file that may not last."""
+        try:
+            os.unlink(path if renamed else tmp)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if renamed:
+                return _Failed(cause, False, self._leave_mark(self._durable(), cause, exc))
+        if renamed:
+            try:
+                _fsync_dir(self.directory)
+            except OSError:
+                pass  # a header-only last segment is a clean end of the log either way
+        return _Failed(cause, True, None)
+
+    # ----------------------------------------------------------------- poisoning and repair
+    def _leave_mark(self, d: _Durable, cause: OSError, undo_error: OSError) -> str:
+        """Durably mark the log as holding a failed write (best effort); returns the mark's path."""
+        info = {
+            "segment": segment_name(d.seg_first),
+            "offset": d.end,
+            "seq": d.head_seq,
+            "hash": d.head_hash.hex(),
+            "error": f"{cause}; undoing it failed too: {undo_error}",
+            "pid": os.getpid(),
+            "time_us": time.time_ns() // 1000,
+        }
+        try:
+            fd = os.open(self._mark, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, json.dumps(info).encode() + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _fsync_dir(self.directory)
+        except OSError:
+            pass  # the mark exists (at least in memory) if it could be created at all
+        return self._mark
+
+    def _mark_info(self) -> dict | None:
+        """The mark's content (empty if unreadable), or None if the log is not marked."""
+        try:
+            with open(self._mark, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        try:
+            info = json.loads(data)
+            if isinstance(info, dict) and isinstance(info.get("seq"), int) and isinstance(info.get("offset"), int) \
+                    and isinstance(info.get("segment"), str):
+                return info
+        except ValueError:
+            pass
+        return {}
+
+    def _refuse_if_marked(self) -> None:
+        info = self._mark_info()
+        if info is not None:
+            raise LedgerPoisoned(
+                f"{self._mark} marks a write that failed and could not be undone "
+                f"({info.get('error', 'details unreadable')}); no process appends to this ledger until it is "
+                f"repaired: run `artifact-ledger repair` on the ledger, or call "
+                f"artifact_ledger.ledger.repair_log({self.directory!r})"
+            )
+
+    def repair(self) -> str:
+        """Undo a failed write the log was marked for: cut back to the last durable, intact record,
+        fsync, remove the mark. Returns what was done. Takes the exclusive lock."""
+        done: list[str] = []
+        with self.locked(exclusive=True):
+            info = self._mark_info()
+            if info:
+                first = int(info["segment"][: -len(SEGMENT_SUFFIX)])
+                for s in self.segments():
+                    if s > first:
+                        os.unlink(os.path.join(self.directory, segment_name(s)))
+                        done.append(f"removed segment {segment_name(s)}")
+                path = os.path.join(self.directory, info["segment"])
+                if os.path.exists(path) and os.path.getsize(path) > info["offset"]:
+                    cut = os.path.getsize(path) - info["offset"]
+                    fd = os.open(path, os.O_RDWR)
+                    try:
+                        os.ftruncate(fd, info["offset"])
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                    done.append(f"cut {cut} bytes of the failed write from segment {info['segment']} "
+                                f"(the log ends at seq {info['seq']} or before)")
+                _fsync_dir(self.directory)
+            elif info is not None:
+                done.append("the mark was unreadable, so every intact record was kept")
+            self._ignore_mark = True
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", TornTailWarning)
+                    self._catch_up(lambda rec: None, repair=True)
+            finally:
+                self._ignore_mark = False
+            done += [str(w.message) for w in caught if issubclass(w.category, TornTailWarning)]
+            if info is not None:
+                os.unlink(self._mark)
+                _fsync_dir(self.directory)
+                done.append(f"removed {self._mark}")
+        if not done:
+            return f"the log at {self.directory} needed no repair (it ends at seq {self.head_seq})"
+        return "; ".join(done) + f"; the log ends at seq {self.head_seq}"
+
+
+class _Failed(Exception):
+    """How undoing a failed write went (internal to append_batch)."""
+
+    def __init__(self, cause: OSError, undone: bool, mark: str | None):
+        super().__init__(str(cause))
+        self.cause = cause
+        self.undone = undone
+        self.mark = mark
+
+
+def repair_log(log_dir: str | os.PathLike[str]) -> str:
+    """Repair the log in ``log_dir`` after a failed write left it marked (``POISONED``); returns what
+    was done. Cuts the log back to the last durable, intact record and removes the mark."""
+    log_dir = os.fspath(log_dir)
+    if not os.path.isdir(log_dir):
+        raise FileNotFoundError(f"{log_dir} is not a ledger log directory")
+    log = SegmentLog(log_dir)
+    try:
+        return log.repair()
+    finally:
+        log.close()

@@ -3,6 +3,13 @@
 Concurrent ``append`` calls queue their payloads; whoever holds the lock next
 writes every queued payload in one batch with a single fsync, so many
 appends share one fsync. Each batch runs in a worker thread.
+
+Cancellation: an ``append`` cancelled while its payload is still queued is
+removed from the queue and never written. Once a batch has taken its payload
+the write cannot be called back, so a cancelled ``append`` waits (shielded)
+until that batch has finished, applied to the catalogue if durable, and then
+raises the cancellation: when the caller regains control, the record either
+is durable and visible or was never recorded.
 """
 
 from __future__ import annotations
@@ -10,10 +17,11 @@ from __future__ import annotations
 from typing import Callable
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
-from .errors import LedgerClosed, LedgerPoisoned, LockTimeout
-from .filelog import SegmentLog
+from .errors import LedgerClosed, LedgerCorruption, LedgerPoisoned, LedgerWriteError, LockTimeout
+from .filelog import BatchFailed, SegmentLog
 from .framing import Record
 
 
@@ -21,7 +29,7 @@ UNLOCKED_CATCH_UP_BYTES = 256 * 1024
 
 
 class _Pending:
-    __slots__ = ("payload", "record", "error", "taken", "abandoned")
+    __slots__ = ("payload", "record", "error", "taken", "abandoned", "done")
 
     def __init__(self, payload: bytes):
         self.payload = payload
@@ -29,6 +37,7 @@ class _Pending:
         self.error: BaseException | None = None
         self.taken = False
         self.abandoned = False  # its caller stopped waiting (cancelled): never re-queue it
+        self.done = anyio.Event()  # set once the batch that took this payload has finished
 
 
 class GroupCommitLog:
@@ -68,7 +77,15 @@ class GroupCommitLog:
             req.abandoned = True
             if not req.taken:
                 self._pending.remove(req)
+            elif not req.done.is_set():
+                # Already being written: report the cancellation only once the outcome is settled.
+                with anyio.CancelScope(shield=True):
+                    await req.done.wait()
             raise
+        # The flushing task itself may have been cancelled while its batch was written
+        # (the worker thread cannot be called back): report that cancellation now, as a
+        # waiting task would, instead of returning as if nothing had happened.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         if req.error is not None:
             raise req.error
         assert req.record is not None
@@ -85,32 +102,75 @@ class GroupCommitLog:
         except (LockTimeout, anyio.get_cancelled_exc_class()) as exc:
             # Nothing was written: the thread never got the lock (the wait timed out, or
             # saw this task cancelled), or never started. Not a reason to poison.
-            if seen:
-                self._on_records(seen)
             if isinstance(exc, LockTimeout):
                 for r in batch:
                     if r is not own:
                         r.error = LockTimeout(str(exc), exc.holders)
+                self._finish(batch, seen)
             else:
                 # This task was cancelled: the appends of tasks still waiting go back to
-                # the queue (they flush them next); its own is dropped by append(), and
-                # those of tasks already cancelled are dropped here.
-                keep = [r for r in batch if not r.abandoned]
+                # the queue (they flush them next); its own and those of tasks already
+                # cancelled are dropped, and their shielded waits released.
+                keep = [r for r in batch if not r.abandoned and r is not own]
                 for r in keep:
                     r.taken = False
                 self._pending[:0] = keep
+                self._finish([r for r in batch if r not in keep], seen)
             raise
+        except BatchFailed as exc:
+            # The records before the failure are durable (a batch split over a segment
+            # rollover): acknowledge exactly those, so a retry records nothing twice.
+            self._poisoned = exc.cause
+            for r, rec in zip(batch, exc.durable):
+                r.record = rec
+            cause = exc.cause
+            if exc.undone:
+                what = "this call's event was cut from the log again and not recorded"
+            else:
+                what = (f"cutting the failed write from the log failed too, so {exc.mark} stops every "
+                        "process from appending until the log is repaired")
+            for r in batch[len(exc.durable):]:
+                r.error = LedgerWriteError(cause.errno, f"{cause.strerror}; {what}; reopen the ledger to write "
+                                           "again", cause.filename)
+                r.error.__cause__ = cause
+            self._finish(batch, seen + exc.durable)
+            return
+        except LedgerPoisoned as exc:
+            # The log is marked by a failed write elsewhere; nothing was written, this process is fine.
+            for r in batch:
+                r.error = LedgerPoisoned(str(exc))
+            self._finish(batch, seen)
+            return
+        except LedgerCorruption as exc:
+            # Catching up before the write found the log damaged or shortened (RecordsLost):
+            # nothing of this batch was written, and every caller hears exactly why.
+            self._poisoned = exc
+            for r in batch:
+                r.error = exc
+            self._finish(batch, seen)
+            return
         except BaseException as exc:
-            # The batch may be partly on disk: only a reopen can tell.
+            # Failed before writing (making the batch's blobs durable, catching up): no
+            # record of the batch is in the log, but this process stops writing.
             self._poisoned = exc
             for r in batch:
                 r.error = LedgerPoisoned(f"write failed: {exc!r}; reopen the ledger to recover")
-            if seen:
-                self._on_records(seen)
-            raise
+                r.error.__cause__ = exc
+            self._finish(batch, seen)
+            if not isinstance(exc, Exception):
+                raise
+            return
         for r, rec in zip(batch, new):
             r.record = rec
-        self._on_records(seen + new)
+        self._finish(batch, seen + new)
+
+    def _finish(self, batch: list[_Pending], records: list[Record]) -> None:
+        try:
+            if records:
+                self._on_records(records)
+        finally:
+            for r in batch:
+                r.done.set()
 
     def _write(self, payloads: list[bytes], on_record: Callable[[Record], None]) -> list[Record]:
         if self._before_write is not None:

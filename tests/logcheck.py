@@ -35,6 +35,7 @@ class DiskRecord:
     segment: str
     offset: int
     length: int
+    batch_first: int = 0  # format 2: seq of the first record of its batch
 
 
 def seg_files(root: Path) -> list[Path]:
@@ -52,22 +53,29 @@ def walk_disk(root: Path) -> list[DiskRecord]:
         assert len(data) >= HEADER_SIZE, f"{path.name}: short header"
         assert struct.unpack_from("<I", data, HEADER_FIELDS.size)[0] == crc32c(head), f"{path.name}: header crc"
         magic, version, first, hprev = HEADER_FIELDS.unpack(head)
-        assert (magic, version) == (b"ALEDGSEG", 1)
+        assert magic == b"ALEDGSEG" and version in (1, 2), (magic, version)
         assert first == int(path.stem) == len(out) + 1, f"{path.name}: first seq {first}, have {len(out)} records"
         assert hprev == prev, f"{path.name}: header does not continue the chain"
         pos = HEADER_SIZE
+        batch = None  # batches never span segments
         while pos < len(data):
             length, crc = struct.unpack_from("<II", data, pos)
             body = data[pos + 8 : pos + 8 + length]
             assert len(body) == length, f"{path.name}@{pos}: record cut short"
             assert crc32c(body, crc32c(data[pos : pos + 4])) == crc, f"{path.name}@{pos}: crc"
             seq, ts, rprev = struct.unpack_from("<Qq32s", body)
+            head, bfirst = 48, 0
+            if version == 2:
+                # A record starts a batch (its own seq) or continues the previous record's.
+                (bfirst,) = struct.unpack_from("<Q", body, 48)
+                assert bfirst in (seq, batch), f"{path.name}@{pos}: batch start {bfirst} of seq {seq}"
+                head, batch = 56, bfirst
             assert seq == len(out) + 1, f"{path.name}@{pos}: seq {seq} after {len(out)}"
             assert rprev == prev, f"{path.name}@{pos}: prev hash of seq {seq} does not link"
             if out:
                 assert ts > out[-1].ts_us, "timestamps must increase"
             digest = hashlib.sha256(body).digest()
-            out.append(DiskRecord(seq, ts, rprev, digest, body[48:], path.name, pos, 8 + length))
+            out.append(DiskRecord(seq, ts, rprev, digest, body[head:], path.name, pos, 8 + length, bfirst))
             prev = digest
             pos += 8 + length
     return out
@@ -86,13 +94,16 @@ def check_chain(root: Path) -> list[DiskRecord]:
     """Assert the library's reader and the independent parser agree on an unbroken chain."""
     disk = walk_disk(root)
     lib = read_log(root)
-    assert [(r.seq, r.hash, r.prev_hash, r.payload, r.offset) for r in lib] == [
-        (r.seq, r.hash, r.prev_hash, r.payload, r.offset) for r in disk
+    assert [(r.seq, r.hash, r.prev_hash, r.payload, r.offset, r.batch_first) for r in lib] == [
+        (r.seq, r.hash, r.prev_hash, r.payload, r.offset, r.batch_first) for r in disk
     ]
     prev = ZERO_HASH
     for r in lib:
         assert r.prev_hash == prev
-        body = struct.pack("<Qq32s", r.seq, r.ts_us, r.prev_hash) + r.payload
+        head = struct.pack("<Qq32s", r.seq, r.ts_us, r.prev_hash)
+        if r.batch_first:  # format 2
+            head += struct.pack("<Q", r.batch_first)
+        body = head + r.payload
         assert hashlib.sha256(body).digest() == r.hash
         prev = r.hash
     return disk

@@ -524,7 +524,7 @@ def test_segment_header_not_continuing_chain_is_corruption(many_segments, tmp_pa
 
 
 def _replace_record(path: Path, rec: DiskRecord, seq: int, prev_hash: bytes) -> None:
-    frame, _ = encode_record(seq, rec.ts_us, prev_hash, rec.payload)
+    frame, _ = encode_record(seq, rec.ts_us, prev_hash, rec.payload, batch_first=rec.batch_first or None)
     assert len(frame) == rec.length
     with open(path, "r+b") as f:
         f.seek(rec.offset)
@@ -612,7 +612,7 @@ def test_segment_header_damage_is_rejected():
             decode_segment_header(bytes(bad))
     from crc32c import crc32c
 
-    for magic, version in ((b"NOTALEDG", 1), (b"ALEDGSEG", 2)):
+    for magic, version in ((b"NOTALEDG", 1), (b"ALEDGSEG", 3)):
         fields = struct.pack("<8sIQ32s", magic, version, 5, bytes(32))
         with pytest.raises(HeaderError):
             decode_segment_header(fields + struct.pack("<I", crc32c(fields)))

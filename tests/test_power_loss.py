@@ -197,10 +197,6 @@ def test_power_loss_check_notices_a_durability_bug(bug, tmp_path_factory):
     assert tally.lost + tally.unopenable > 0, f"{bug} went unnoticed: {tally.line()}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 6 case 7: a group-commit batch whose first page is lost while a later page survives (size "
-    "updated before data) is taken for damage ('an intact record follows') instead of a torn tail, "
-    "so the ledger does not open after a plain power cut (fix on the branch recording batch boundaries)"))
 def test_power_cuts_losing_the_first_page_of_a_batch_lose_nothing(recorded):
     """Unflushed appends whose first page is lost and later pages kept: the ledger still opens with
     everything acknowledged (the torn batch was never acknowledged)."""
