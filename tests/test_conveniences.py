@@ -392,3 +392,46 @@ def test_the_conveniences_without_await(tmp_path):
         assert led.export_files(tmp_path / "out", run_id="r1") == {a.id: tmp_path / "out" / "a.txt"}
         assert list(led.as_of(seq=1).export_files(tmp_path / "past")) == [a.id]
         assert list(arts.export_files(tmp_path / "facade")) == [a.id]
+
+
+def test_a_failed_export_leaves_nothing_it_created(tmp_path):
+    """A blob missing half-way: FileNotFoundError naming it, and no new file or temp file is left in DIR."""
+
+    async def body():
+        async with open_ledger(tmp_path / "L") as led:
+            made = await _fill(led, tmp_path)
+            blob = led.store.path(made["j"].sha256)
+            os.chmod(blob, 0o644)
+            blob.unlink()
+            out = tmp_path / "out"
+            out.mkdir()
+            (out / "keep.txt").write_text("mine")
+            with pytest.raises(FileNotFoundError, match=made["j"].sha256):
+                await led.export_files(out)  # j is the newest but one: some files were already copied
+            assert os.listdir(out) == ["keep.txt"]
+
+    run(body)
+
+
+def test_a_directory_manifest_with_an_escaping_path_is_refused(tmp_path):
+    """Defence in depth: a directory manifest naming ../ paths is never written outside DIR."""
+    from artifact_ledger.facade import content
+
+    async def body():
+        async with open_ledger(tmp_path / "L") as led:
+            a = led.artifacts(**IDS)
+            inner = led.store.put_bytes(b"evil")
+            for bad in ("../escaped.txt", "a/../../escaped.txt", "/abs.txt"):
+                entries = [{"path": bad, "sha256": inner.sha256, "bytes": 4}]
+                manifest = led.store.put_bytes(content.encode_manifest(entries, []))
+                meta = a._meta("directory", None, None, None, False)
+                await a._record(origin="ingest_dir", sha256=manifest.sha256, size=4, mime=content.DIR_MIME,
+                                name="tree", meta=meta)
+                out = tmp_path / "out"
+                with pytest.raises(ValueError, match="unsafe path"):
+                    await a.export_files(out)
+                assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "abs.txt").exists()
+                assert not any(p.name in ("escaped.txt", "abs.txt") for p in tmp_path.rglob("*"))
+                assert os.listdir(out) == []
+
+    run(body)
