@@ -5,11 +5,12 @@ Prints, for the machine it runs on:
   * saves/s of 4 KiB files with fsync on: sequential awaits and 64 concurrent
     tasks, beside the raw cost of ``write + fsync + rename + dir fsync`` in the
     same filesystem;
+  * one durable 256 MiB save against a raw write+fsync of the same bytes;
   * on a 100,000-artifact ledger over 100 runs: median ``best(scope="run")``
     latency, median label ``search`` latency, open (replay) time and peak RSS
     of a process that only opens the ledger.
 
-Usage: ``python benchmarks/bench_facade.py [--quick] [--profile] [--rebuild]``.
+Usage: ``python benchmarks/bench_facade.py [--quick] [--profile] [--rebuild] [--only-saves] [--large-mib N]``.
 The big ledger is cached under the system temp dir, keyed by a version string,
 so reruns skip building it.
 """
@@ -284,6 +285,55 @@ def bench_saves(cfg: dict, tmp: Path, rng: random.Random) -> dict:
           f"ops/s (what batching directory fsyncs would leave)")
     print()
     return {"seq": seq, "conc": conc, "raw_ops_s": 1 / raw}
+
+
+# --------------------------------------------------------------------------- one large file
+def raw_copy_fsync(src: Path, dst: Path) -> float:
+    """Seconds to copy ``src`` to a new file in plain Python (1 MiB chunks) and fsync it."""
+    t0 = time.perf_counter()
+    with open(src, "rb") as f, open(dst, "wb") as g:
+        while chunk := f.read(1 << 20):
+            g.write(chunk)
+        g.flush()
+        os.fsync(g.fileno())
+    return time.perf_counter() - t0
+
+
+def bench_large_save(tmp: Path, mib: int, reps: int) -> dict:
+    """A durable save of one large file against a raw write+fsync of the same bytes, in the same run.
+
+    A guard, not a target: the ledger's extra work (hashing, a durable rename,
+    one event) should keep it near the device's own limit.
+    """
+    src = tmp / "large.bin"
+    block = os.urandom(1 << 20)
+    with open(src, "wb") as f:
+        for i in range(mib):
+            f.write(i.to_bytes(8, "little") + block[8:])  # no two MiB alike, so nothing dedups
+    raws, saves = [], []
+
+    async def save_once(r: int) -> float:
+        # A fresh ledger per repetition, so the blob is written every time (no dedup).
+        async with open_ledger(tmp / f"large-ledger{r}") as led:
+            fac = led.artifacts(run_id="bench", graph_id="g", node_id="large")
+            t0 = time.perf_counter()
+            await fac.save(str(src), kind="model")
+            return time.perf_counter() - t0
+
+    for r in range(reps):
+        raws.append(raw_copy_fsync(src, tmp / f"raw-large{r}.bin"))
+        (tmp / f"raw-large{r}.bin").unlink()
+        saves.append(anyio.run(save_once, r))
+        shutil.rmtree(tmp / f"large-ledger{r}")
+    ratio = statistics.median(raw / save for raw, save in zip(raws, saves))
+    print(f"== one {mib} MiB file, fsync on (median of {reps} repetitions, a fresh ledger each)")
+    print(f"raw baseline  copy + fsync in plain Python: {mib / statistics.median(raws):8.1f} MiB/s   (reps: "
+          + ", ".join(f"{mib / x:.0f}" for x in raws) + ")")
+    print(f"save()        {mib / statistics.median(saves):8.1f} MiB/s   speed ratio to raw baseline "
+          f"{ratio:5.2f}x (pairs)   (reps: " + ", ".join(f"{mib / x:.0f}" for x in saves) + ")")
+    print()
+    src.unlink()
+    return {"raw_mib_s": mib / statistics.median(raws), "save_mib_s": mib / statistics.median(saves), "ratio": ratio}
 
 
 # --------------------------------------------------------------------------- big ledger
@@ -668,6 +718,8 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also print cProfile hot spots")
     ap.add_argument("--top", type=int, default=22, help="rows per profile")
     ap.add_argument("--skip-saves", action="store_true", help="only the big-ledger part")
+    ap.add_argument("--only-saves", action="store_true", help="only the saves and the large-file part")
+    ap.add_argument("--large-mib", type=int, default=256, help="size of the large-file save (0 skips it)")
     ap.add_argument("--build-ledger", nargs=3, metavar=("DIR", "RUNS", "PER_RUN"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.build_ledger:
@@ -683,9 +735,12 @@ def main() -> None:
     try:
         if not args.skip_saves:
             bench_saves(cfg, work, rng)
-        root, _ = bench_big_ledger(cfg, args.rebuild, rng)
-        if args.profile:
-            profile_phases(root, cfg, work, rng, args.top)
+            if args.large_mib > 0:
+                bench_large_save(work, args.large_mib, cfg["reps"])
+        if not args.only_saves:
+            root, _ = bench_big_ledger(cfg, args.rebuild, rng)
+            if args.profile:
+                profile_phases(root, cfg, work, rng, args.top)
         print(f"load average at the end: {loadavg()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

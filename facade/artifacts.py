@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import os
 import shutil
+import stat
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, BinaryIO, Literal
@@ -24,9 +25,11 @@ from . import content, exporting
 from .model import Artifact
 from .validation import (
     check_bool,
+    check_event_size,
     check_kind,
     check_label_map,
     check_labels,
+    check_limit,
     check_metrics,
     check_ranking,
     check_scope,
@@ -37,6 +40,23 @@ from .validation import (
 Scope = Literal["node", "run", "graph", "project", "all"]
 ARTIFACT_SCHEME = "artifact://"
 _INGEST_DIR_KW = {"kind", "labels", "metrics", "suggested_uri", "pin"}
+# Placeholders at their widest encoding, so a probe event is never smaller than the real one.
+_PROBE_ID = "0" * 32
+_PROBE_SHA = "0" * 64
+_PROBE_SIZE = 2**64 - 1
+
+
+def _not_regular(mode: int) -> str:
+    """What a non-regular, non-directory file is, for error messages."""
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
 
 
 def _blob_shaped(path: Path, sha: str) -> bool:
@@ -105,6 +125,14 @@ class ArtifactFacade:
             "pinned": check_bool("pin", pin),
         }
 
+    def _check_fits(self, meta: dict[str, Any], *, origin: str, mime: str, name: str | None) -> None:
+        """Refuse, before any byte is stored, metadata whose event would exceed MAX_EVENT_BYTES."""
+        check_event_size(ArtifactRecorded(
+            artifact_id=_PROBE_ID, origin=origin, sha256=_PROBE_SHA, size=_PROBE_SIZE, mime=mime, name=name,
+            run_id=self.run_id, graph_id=self.graph_id, node_id=self.node_id, project_id=self.project_id,
+            **meta,
+        ))
+
     def _staged(self, path: Any, *, directory: bool) -> Path:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"staged path must be a str or path, got {type(path).__name__}")
@@ -125,8 +153,11 @@ class ArtifactFacade:
         else:
             if not p.exists():
                 raise FileNotFoundError(f"staged file {str(path)!r} does not exist")
-            if not p.is_file():
-                raise IsADirectoryError(f"{str(path)!r} is not a regular file; use ingest_dir() for directories")
+            mode = p.stat().st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(f"{str(path)!r} is a directory; use ingest_dir() for directories")
+            if not stat.S_ISREG(mode):
+                raise ValueError(f"{str(path)!r} is {_not_regular(mode)}; ingest() takes regular files only")
         return p
 
     async def _record(self, *, origin: str, sha256: str, size: int, mime: str, name: str | None,
@@ -157,16 +188,26 @@ class ArtifactFacade:
         meta = self._meta(kind, labels, metrics, suggested_uri, pin)
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or path, got {type(path).__name__}")
+        if not os.fspath(path):
+            # Path("") would mean the current directory.
+            raise ValueError("cannot save '': the path is empty; give the path of a regular file")
         p = Path(path)
+        self._check_fits(meta, origin="save", mime=content.guess_mime(p.name), name=p.name)
         store = self._src.store
 
         def put():
             # Checked in the worker thread: stat calls would otherwise stall the event loop.
-            if not p.exists():
-                raise FileNotFoundError(f"cannot save {str(path)!r}: no such file")
-            if not p.is_file():
+            # stat, never open: opening a FIFO would block until a writer appears.
+            try:
+                mode = os.stat(p).st_mode
+            except FileNotFoundError:
+                raise FileNotFoundError(f"cannot save {str(path)!r}: no such file") from None
+            if stat.S_ISDIR(mode):
                 raise IsADirectoryError(
-                    f"cannot save {str(path)!r}: not a regular file (use stage_dir/ingest_dir for directories)")
+                    f"cannot save {str(path)!r}: it is a directory (use stage_dir/ingest_dir for directories)")
+            if not stat.S_ISREG(mode):
+                raise ValueError(f"cannot save {str(path)!r}: it is {_not_regular(mode)}; "
+                                 "save() copies regular files only")
             return store.put_file(str(p))
 
         info = await anyio.to_thread.run_sync(put)
@@ -179,6 +220,7 @@ class ArtifactFacade:
         self._writable("ingest")
         meta = self._meta(kind, labels, metrics, suggested_uri, pin)
         p = self._staged(staged_path, directory=False)
+        self._check_fits(meta, origin="ingest", mime=content.guess_mime(p.name), name=None)
         return await self._ingest_file(p, origin="ingest", mime=content.guess_mime(p.name), meta=meta)
 
     async def _ingest_file(self, p: Path, *, origin: str, mime: str, meta: dict[str, Any]) -> Artifact:
@@ -209,6 +251,8 @@ class ArtifactFacade:
         self._writable("writer")
         meta = self._meta(kind, labels, metrics, suggested_uri, pin)
         ext = check_suffix("planned_ext", planned_ext)
+        # The staged name is <32 hex><ext>, so its MIME type is known before it exists.
+        self._check_fits(meta, origin="writer", mime=content.guess_mime(_PROBE_ID + ext), name=None)
         path = Path(await self.stage(ext))
         f = open(path, "w+b")
         try:
@@ -234,6 +278,7 @@ class ArtifactFacade:
         meta = self._meta(kw.get("kind", "directory"), kw.get("labels"), kw.get("metrics"),
                           kw.get("suggested_uri"), kw.get("pin", False))
         p = self._staged(staged_dir, directory=True)
+        self._check_fits(meta, origin="ingest_dir", mime=content.DIR_MIME, name=p.name)
         files, dirs = await anyio.to_thread.run_sync(content.scan_directory, str(p))
         store = self._src.store
 
@@ -341,12 +386,13 @@ class ArtifactFacade:
             out["node_id"] = self.node_id
         return out
 
-    def _filter(self, scope: Any, kind: Any, labels: Any, extra_scope_labels: Any) -> Filter:
+    def _filter(self, scope: Any, kind: Any, labels: Any, extra_scope_labels: Any,
+                labels_name: str = "labels") -> Filter:
         constraints = self._scope_constraints(scope)
         constraints.update(check_label_map("extra_scope_labels", extra_scope_labels))
         if kind is not None:
             check_kind(kind)
-        return Filter.build(constraints, check_label_map("labels", labels), kind)
+        return Filter.build(constraints, check_label_map(labels_name, labels), kind)
 
     def _out(self, cat: Catalog, rows: builtins.list[Row]) -> builtins.list[Artifact]:
         to = self._src._to_artifact
@@ -363,8 +409,7 @@ class ArtifactFacade:
                      extra_scope_labels: dict | None = None, limit: int | None = None) -> builtins.list[Artifact]:
         """Artifacts matching kind and labels in the scope; ranked by metric when given, else newest first."""
         check_ranking(metric, mode, required=False)
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-            raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+        limit = check_limit(limit)
         f = self._filter(scope, kind, labels, extra_scope_labels)
         cat = await self._src._refresh()
         if metric is not None:
@@ -376,7 +421,7 @@ class ArtifactFacade:
         """The best artifact of a kind by a metric in the scope, or None."""
         check_kind(kind)
         check_ranking(metric, mode, required=True)
-        f = self._filter(scope, kind, filters, None)
+        f = self._filter(scope, kind, filters, None, labels_name="filters")
         cat = await self._src._refresh()
         row = best_row(cat, f, metric, mode, upto=self._src.upto)
         return None if row is None else self._src._to_artifact(row, cat)

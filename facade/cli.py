@@ -20,7 +20,7 @@ import anyio
 from ..ledger.errors import LedgerCorruption
 
 from . import cli_commands as cmd
-from .cli_commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, Reader, Result
+from .cli_commands import EXIT_ENV, EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, Reader, Result
 from .cli_format import Progress, fmt_time
 from .ledger import open_ledger
 
@@ -54,6 +54,7 @@ Exit status:
   1  verification failed, or the ledger is damaged
   2  usage error: bad arguments, no ledger at the directory, or a value the
      library rejects (unknown id, seq out of range, ...)
+  3  the system refused: permission denied, disk full, I/O error, ...
 
 examples:
   {PROG} -C runs/ledger list --run r1
@@ -210,6 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a checkpoint of the projections at the current head.")
     p.set_defaults(run_cmd=cmd.cmd_checkpoint)
 
+    p = sub.add_parser("report", parents=[common], help="write a self-contained HTML report",
+                       description="Write one HTML file that opens offline: runs and their artifacts, a "
+                                   "best-so-far plot per (kind, metric), image thumbnails, pins, a timeline "
+                                   "and the verified head. Metrics whose names read as costs (loss, error, "
+                                   "latency, ...) are ranked lowest-first unless --maximize says otherwise.")
+    p.add_argument("--out", required=True, metavar="FILE", help="the HTML file to write")
+    p.add_argument("--as-of", metavar="POS", help="the ledger as it was after this seq or at this time")
+    p.add_argument("--run", metavar="ID", help="only this run's artifacts")
+    p.add_argument("--project", metavar="ID", help="only this project's artifacts")
+    p.add_argument("--minimize", action="append", metavar="METRIC", help="rank this metric lowest-first")
+    p.add_argument("--maximize", action="append", metavar="METRIC", help="rank this metric highest-first")
+    p.set_defaults(run_cmd=cmd.cmd_report)
+
     return parser
 
 
@@ -310,8 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except OSError as exc:
-        # e.g. --out in a missing directory, or a ledger directory we may not read
-        return _fail(str(exc), EXIT_USAGE)
+        # Not the user's arguments but the system (permissions, a full disk, EIO):
+        # its own status, so scripts can tell the two apart.
+        return _fail(str(exc), EXIT_ENV)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from .model import ARTIFACT_URI_SCHEME, Artifact
 EXIT_OK = 0
 EXIT_FAILED = 1  # verification failed or the ledger is damaged
 EXIT_USAGE = 2  # bad arguments, missing ledger, rejected by the API
+EXIT_ENV = 3  # the environment refused: permission denied, disk full, I/O error, ...
 TABLE_ROWS = 50  # rows a table shows unless --limit or --all says otherwise
 
 # The facade needs every id bound; ids a query leaves out are never read
@@ -234,7 +235,10 @@ def _resolve_id(ledger: Any, given: str) -> str:
         if len(hits) == 1:
             return hits[0]
         if len(hits) > 1:
-            raise CliError(f"artifact id prefix {given!r} is ambiguous ({len(hits)} artifacts); give more characters")
+            hits.sort()
+            shown = ", ".join(hits[:10]) + (f" and {len(hits) - 10} more" if len(hits) > 10 else "")
+            raise CliError(f"artifact id prefix {given!r} is ambiguous: it matches {len(hits)} artifacts "
+                           f"({shown}); give more characters")
     raise CliError(f"no artifact with id {given!r} in the ledger at {ledger.root}")
 
 
@@ -325,9 +329,13 @@ async def cmd_export_files(reader: Reader, args: Any) -> Result:
     """Copy the files of the artifacts a query finds into a directory, with a manifest."""
     facade, scope, extra, labels = _query(reader, args)
     target = Path(args.dir)
-    paths = await facade.export_files(target, kind=args.kind, labels=labels or None, metric=args.metric,
-                                      mode=args.mode, scope=scope, extra_scope_labels=extra or None,
-                                      limit=args.limit, overwrite=args.overwrite)
+    try:
+        paths = await facade.export_files(target, kind=args.kind, labels=labels or None, metric=args.metric,
+                                          mode=args.mode, scope=scope, extra_scope_labels=extra or None,
+                                          limit=args.limit, overwrite=args.overwrite)
+    except (FileExistsError, NotADirectoryError) as exc:
+        # Refused before anything was written, because of the DIR given: a usage error, not the system's.
+        raise CliError(str(exc)) from None
     manifest = target / MANIFEST_NAME
     doc = {"dir": str(target), "manifest": str(manifest), "artifacts": len(paths),
            "files": {aid: str(p) for aid, p in paths.items()}}
@@ -340,6 +348,10 @@ async def cmd_export(reader: Reader, args: Any) -> Result:
     total = ledger.head[0]
     bar = fmt.Progress("export", unit="events")
     out_path = Path(args.out) if args.out else None
+    if out_path is not None and not out_path.parent.is_dir():
+        # A path the user mistyped is a usage error; a refusal by the system (EACCES, ENOSPC) is not.
+        raise CliError(f"cannot write --out {args.out}: No such file or directory "
+                       f"({out_path.parent} does not exist)")
     stream = open(out_path, "w", encoding="utf-8") if out_path else sys.stdout
     count = 0
     try:
@@ -417,3 +429,25 @@ async def cmd_checkpoint(reader: Reader, args: Any) -> Result:
     """Write a projection checkpoint at the head now."""
     seq = await reader.ledger.checkpoint()
     return Result({"checkpoint_seq": seq}, f"checkpoint written at seq {seq}")
+
+
+async def cmd_report(reader: Reader, args: Any) -> Result:
+    """Write the self-contained HTML report (runs, best-so-far plots, thumbnails, pins, timeline, verified head)."""
+    from . import report
+
+    modes = report.parse_modes(args.minimize, args.maximize)
+    upto = None
+    if args.as_of is not None:
+        pos = parse_position(args.as_of)
+        upto = (await reader.ledger.as_of(seq=pos) if isinstance(pos, int) else
+                await reader.ledger.as_of(time=pos)).seq
+    data = await report.gather(reader.ledger, upto=upto, run=args.run, project=args.project, modes=modes)
+    out = Path(args.out)
+    out.write_text(report.render(data), encoding="utf-8")
+    v = data.verified
+    doc = {"out": str(out), "as_of_seq": data.upto, "artifacts": len(data.artifacts), "events": len(data.timeline),
+           "plots": [[b.kind, b.metric, b.mode] for b in data.boards.values()], "verified": v.ok,
+           "head": list(v.head) if v.head is not None else None}
+    text = (f"wrote {out}: {len(data.artifacts)} artifacts, {len(data.boards)} best-so-far plots, "
+            f"{len(data.timeline)} events, as of seq {data.upto}; verify {'ok' if v.ok else 'FAILED'}")
+    return Result(doc, text, EXIT_OK if v.ok else EXIT_FAILED)

@@ -16,7 +16,7 @@ import anyio.to_thread
 
 from ..ledger import checkpoints
 from ..ledger.errors import LedgerClosed, LedgerCorruption
-from ..ledger.events import Event, EventDecodeError, decode_event, decode_events, encode_event
+from ..ledger.events import Event, EventDecodeError, decode_event, decode_events
 from ..ledger.filelog import DEFAULT_SEGMENT_BYTES, Position, SegmentLog, segment_name
 from ..ledger.framing import Record
 from ..ledger.group_commit import GroupCommitLog
@@ -29,7 +29,7 @@ from ..store.local import LocalBlobStore
 
 from . import audit, exporting
 from .model import Artifact, RunSummary, artifact_uri, build_artifact, utc_from_us
-from .validation import check_id
+from .validation import check_event_size, check_id
 from .view import LedgerView
 
 DEFAULT_CHECKPOINT_EVERY = 10_000
@@ -73,6 +73,7 @@ class Ledger:
         self._ckpt_seq = 0  # seq of the newest checkpoint written or loaded
         self._ckpt_thread: threading.Thread | None = None
         self._ckpt_error: BaseException | None = None
+        self._ckpt_prev_seq = 0  # _ckpt_seq before the running background checkpoint
 
     # ------------------------------------------------------------ lifecycle
     def _apply_records(self, records: list[Record]) -> None:
@@ -87,8 +88,10 @@ class Ledger:
         """Write a checkpoint in a background thread the ledger owns (joined on close)."""
         if self._ckpt_thread is not None and self._ckpt_thread.is_alive():
             return
+        self._report_checkpoint_error(stacklevel=5)
         cap = snapshot.capture(self.catalog)
         pos, record_offset = self._log.head_location()
+        self._ckpt_prev_seq = self._ckpt_seq
         self._ckpt_seq = cap.head_seq
         self._ckpt_thread = threading.Thread(
             target=self._write_checkpoint, args=(cap, pos, record_offset, True),
@@ -104,6 +107,9 @@ class Ledger:
             if not background:
                 raise
             # A checkpoint is only a cache: losing one costs replay time, never data.
+            # Reported (not raised) by the next checkpoint or close, which also retries it;
+            # no other thread touches _ckpt_seq while this one runs.
+            self._ckpt_seq = self._ckpt_prev_seq
             self._ckpt_error = exc
 
     async def _join_checkpoint(self) -> None:
@@ -111,9 +117,14 @@ class Ledger:
         if t is not None:
             await anyio.to_thread.run_sync(t.join)
             self._ckpt_thread = None
+        self._report_checkpoint_error(stacklevel=4)
+
+    def _report_checkpoint_error(self, stacklevel: int) -> None:
+        """Warn (once) about a failed background checkpoint: at the next checkpoint or on close."""
         if self._ckpt_error is not None:
             err, self._ckpt_error = self._ckpt_error, None
-            warnings.warn(f"a background checkpoint failed: {err!r}", checkpoints.CheckpointWarning, stacklevel=3)
+            warnings.warn(f"a background checkpoint failed: {err!r}", checkpoints.CheckpointWarning,
+                          stacklevel=stacklevel)
 
     async def checkpoint(self) -> int:
         """Write a checkpoint of the current state now; returns the seq it reflects."""
@@ -130,13 +141,22 @@ class Ledger:
         return cap.head_seq
 
     async def aclose(self) -> None:
-        """Finish in-flight writes, checkpoint if the log moved on, and release the files."""
+        """Finish in-flight writes, checkpoint if the log moved on, and release the files.
+
+        A failing final checkpoint (EIO, ENOSPC, ...) is a ``CheckpointWarning``, not an error:
+        a checkpoint is a cache, and the ledger closes all the same.
+        """
         if self._closed:
             return
         try:
             await self._join_checkpoint()
             if self.catalog.head_seq > self._ckpt_seq and self._gc._poisoned is None:
-                await self.checkpoint()
+                try:
+                    await self.checkpoint()
+                except Exception as exc:
+                    warnings.warn(f"the final checkpoint on close failed ({exc!r}); the ledger is closed, "
+                                  "and the next open replays the log from the previous checkpoint",
+                                  checkpoints.CheckpointWarning, stacklevel=2)
         finally:
             self._closed = True
             await self._gc.aclose()
@@ -187,7 +207,9 @@ class Ledger:
     async def _append(self, event: Event) -> int:
         """Append an event durably; returns its seq (already applied to the catalogue)."""
         self._check_open()
-        rec = await self._gc.append(encode_event(event))
+        # Defence in depth: the facade checks sizes before storing bytes, but no
+        # event the reader could refuse may reach the log by any path.
+        rec = await self._gc.append(check_event_size(event))
         return rec.seq
 
     async def _refresh(self) -> Catalog:
@@ -218,6 +240,17 @@ class Ledger:
         """A read-only view of the catalogue right after event ``seq`` (or the last at or before ``time``)."""
         if (seq is None) == (time is None):
             raise ValueError("as_of() takes exactly one of seq= or time=")
+        # Checked before anything else: time= is a moment, never a seq (an int there was
+        # once silently read as one), and seq= is a position, never a moment.
+        if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):
+            raise TypeError(f"seq must be an int (a position in the log), got {type(seq).__name__} {seq!r}; "
+                            "use time= for a moment")
+        if time is not None:
+            if not isinstance(time, datetime):
+                raise TypeError(f"time must be a timezone-aware datetime, got {type(time).__name__} {time!r}; "
+                                "use seq= for a position in the log")
+            if time.tzinfo is None or time.utcoffset() is None:
+                raise ValueError(f"time={time!r} is a naive datetime; pass a timezone-aware one (e.g. UTC)")
         cat = await self._refresh()
         head = cat.head_seq
         if head == 0:

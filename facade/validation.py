@@ -7,6 +7,9 @@ import numbers
 import re
 from typing import Any
 
+import msgspec
+
+from ..ledger.events import Event, encode_event
 from ..projections.labels import RESERVED
 
 SCOPE_NAMES = ("node", "graph", "run", "project", "all")
@@ -15,6 +18,16 @@ _SCALARS = (str, int, float, bool, type(None))
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 # Integers the msgpack event encoding can hold; anything wider would fail at append time.
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1
+
+# Size limits (README, "Limits"). The log's reader refuses records over 64 MiB
+# (ledger/framing.py: MAX_BODY); these keep every event far below that, and are
+# checked before any byte of an artifact is stored.
+MAX_KEY_CHARS = 256  # a label or metric key
+MAX_LABEL_STR_CHARS = 65_536  # a string label value, or a string inside a label list
+MAX_LABEL_LIST_ITEMS = 10_000  # items of one list label value
+MAX_LABELS = 1_000  # labels of one artifact (or of one query)
+MAX_METRICS = 1_000  # metrics of one artifact
+MAX_EVENT_BYTES = 1024 * 1024  # one encoded event (the msgpack payload of a log record)
 
 
 def _check_text(where: str, value: str) -> str:
@@ -48,8 +61,20 @@ def check_kind(kind: Any) -> str:
     return _check_text("kind", kind)
 
 
+def _check_key(where: str, key: str) -> str:
+    _check_text(where, key)
+    if len(key) > MAX_KEY_CHARS:
+        raise ValueError(f"{where} {key[:40]!r}... is {len(key)} characters; keys may have at most "
+                         f"{MAX_KEY_CHARS} (MAX_KEY_CHARS)")
+    return key
+
+
 def _check_label_value(where: str, value: Any) -> Any:
     if isinstance(value, (list, tuple)):
+        # Checked before the items: a huge list is refused without walking it.
+        if len(value) > MAX_LABEL_LIST_ITEMS:
+            raise ValueError(f"{where} is a list of {len(value)} items; label lists may hold at most "
+                             f"{MAX_LABEL_LIST_ITEMS} (MAX_LABEL_LIST_ITEMS)")
         out = []
         for i, item in enumerate(value):
             out.append(_check_scalar(f"{where}[{i}]", item))
@@ -73,6 +98,9 @@ def _check_scalar(where: str, value: Any) -> Any:
     if isinstance(value, float):
         return float(value)
     if isinstance(value, str):
+        if len(value) > MAX_LABEL_STR_CHARS:
+            raise ValueError(f"{where} is a string of {len(value)} characters; label strings may have at "
+                             f"most {MAX_LABEL_STR_CHARS} (MAX_LABEL_STR_CHARS)")
         return _check_text(where, str(value))
     return value
 
@@ -83,11 +111,13 @@ def check_label_map(name: str, labels: Any) -> dict[str, Any]:
         return {}
     if not isinstance(labels, dict):
         raise TypeError(f"{name} must be a dict, got {type(labels).__name__}")
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"{name} has {len(labels)} entries; at most {MAX_LABELS} are allowed (MAX_LABELS)")
     out: dict[str, Any] = {}
     for key, value in labels.items():
         if not isinstance(key, str):
             raise TypeError(f"{name} key {key!r} is a {type(key).__name__}; keys must be strings")
-        _check_text(f"{name} key", key)
+        _check_key(f"{name} key", key)
         out[key] = _check_label_value(f"{name}[{key!r}]", value)
     return out
 
@@ -112,11 +142,16 @@ def check_metrics(metrics: Any) -> dict[str, int | float]:
         return {}
     if not isinstance(metrics, dict):
         raise TypeError(f"metrics must be a dict, got {type(metrics).__name__}")
+    if len(metrics) > MAX_METRICS:
+        raise ValueError(f"metrics has {len(metrics)} entries; at most {MAX_METRICS} are allowed (MAX_METRICS)")
     out: dict[str, int | float] = {}
     for key, value in metrics.items():
         if not isinstance(key, str):
             raise TypeError(f"metrics key {key!r} is a {type(key).__name__}; keys must be strings")
-        _check_text("metrics key", key)
+        if not key:
+            # search/best refuse an empty metric name, so such a metric could never be ranked.
+            raise ValueError("metrics key '' is empty; metric names must be non-empty strings")
+        _check_key("metrics key", key)
         if isinstance(value, bool) or type(value).__name__ == "bool_" or not isinstance(value, numbers.Real):
             raise TypeError(f"metrics[{key!r}] is a {type(value).__name__}; metrics must be finite numbers")
         # numbers.Integral/Real admit NumPy scalars (np.int64, np.float32), stored as plain int/float.
@@ -184,3 +219,28 @@ def check_suffix(name: str, value: Any) -> str:
     if len(value) > 100:
         raise ValueError(f"{name} is {len(value)} characters; at most 100 are allowed")
     return value
+
+
+def check_limit(limit: Any) -> int | None:
+    """A result limit: None, or a non-negative int (0 gives no results)."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be a non-negative integer or None, got {limit!r}")
+    if limit < 0:
+        raise ValueError(f"limit must be a non-negative integer or None, got {limit}")
+    return limit
+
+
+def check_event_size(event: Event) -> bytes:
+    """The encoded event, if it fits in MAX_EVENT_BYTES; else a ValueError naming its largest field."""
+    payload = encode_event(event)
+    if len(payload) > MAX_EVENT_BYTES:
+        sizes = {f: len(msgspec.msgpack.encode(getattr(event, f))) for f in event.__struct_fields__}
+        field = max(sizes, key=sizes.__getitem__)
+        raise ValueError(
+            f"the event would be {len(payload)} bytes encoded, over the limit of {MAX_EVENT_BYTES} bytes "
+            f"(MAX_EVENT_BYTES, 1 MiB); its largest field is {field} ({sizes[field]} bytes). "
+            "Store large data as the artifact's content, not in labels or metrics"
+        )
+    return payload

@@ -1,12 +1,12 @@
 """Event types recorded in the ledger: small, typed, immutable msgspec values.
 
 Each event carries a type tag and a schema version ``v``. Older versions are
-upcast when read (see ``upcast``), never rewritten on disk.
+upcast when read (see ``UPCASTERS``), never rewritten on disk.
 """
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import msgspec
 
@@ -62,13 +62,53 @@ class EventDecodeError(ValueError):
     """A record's payload is not a known event of a supported schema version."""
 
 
+# Upcasters: (type tag, version v) -> function turning the raw map of a version-v event
+# into the raw map of a version v+1 one. Version 1 is the first, so there are none yet;
+# a change to an event's fields bumps SCHEMA_VERSION and adds one here.
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+_TAGS = {cls.__struct_config__.tag: cls for cls in (ArtifactRecorded, PinChanged)}
+
+
 def decode_event(payload: bytes) -> Event:
     """Decode a record payload into a typed event, upcasting old versions."""
     try:
         event = _decoder.decode(payload)
+    except msgspec.DecodeError:
+        event = None  # an old version may have another shape: decoded raw below
+    if event is not None and event.v == SCHEMA_VERSION:
+        return event
+    try:
+        raw = msgspec.msgpack.decode(payload)
     except msgspec.DecodeError as exc:
         raise EventDecodeError(f"undecodable event payload: {exc}") from exc
-    return upcast(event)
+    return upcast_raw(raw)
+
+
+def upcast_raw(raw: Any) -> Event:
+    """Bring the raw map of an event of any supported version up to the current typed event."""
+    if not isinstance(raw, dict):
+        raise EventDecodeError(f"undecodable event payload: a {type(raw).__name__}, not a map")
+    tag, v = raw.get("type"), raw.get("v", 1)  # every event has written v; 1 is the first
+    if tag not in _TAGS:
+        raise EventDecodeError(f"unknown event type {tag!r} (known: {', '.join(sorted(_TAGS))}); "
+                               "a newer artifact-ledger may have written it")
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise EventDecodeError(f"event {tag} has an invalid schema version {v!r}")
+    if v > SCHEMA_VERSION:
+        raise EventDecodeError(
+            f"event {tag} has schema version {v}, newer than this library's {SCHEMA_VERSION}; "
+            "upgrade artifact-ledger to read this ledger"
+        )
+    while v < SCHEMA_VERSION:
+        step = UPCASTERS.get((tag, v))
+        if step is None:
+            raise EventDecodeError(f"event {tag} has schema version {v}, and no upcaster to {v + 1} exists")
+        raw = {**step(dict(raw)), "type": tag, "v": v + 1}
+        v += 1
+    try:
+        return msgspec.convert(raw, Event)
+    except msgspec.ValidationError as exc:
+        raise EventDecodeError(f"undecodable event payload ({tag} v{v}): {exc}") from exc
 
 
 _list_decoder = msgspec.msgpack.Decoder(list[Event])
@@ -91,11 +131,7 @@ def decode_events(payloads: list[bytes]) -> list[Event] | None:
 
 
 def upcast(event: Event) -> Event:
-    """Bring an event of an older schema version up to the current one."""
-    if event.v > SCHEMA_VERSION:
-        raise EventDecodeError(
-            f"event {type(event).__name__} has schema version {event.v}, newer than "
-            f"this library's {SCHEMA_VERSION}; upgrade artifact-ledger to read this ledger"
-        )
-    # Version 1 is the first; later versions add upcasters here.
-    return event
+    """Bring a typed event of an older schema version up to the current one (see ``UPCASTERS``)."""
+    if event.v == SCHEMA_VERSION:
+        return event
+    return upcast_raw(msgspec.to_builtins(event))
