@@ -435,6 +435,16 @@ class FacadeMachine(RuleBasedStateMachine):
             self.check_same(ranked_kind, want)
             self.check_same([] if top is None else [top], want[:1])
 
+    @rule(ctx=contexts, artifact_id=artifacts, metric=st.sampled_from([None] + METRIC_KEYS))
+    def get_and_count(self, ctx, artifact_id, metric):
+        """get() finds any artifact from any facade, whatever its scope; count() agrees with the model."""
+        facade = self.facades[ctx]
+        self.check_same([self.call(facade.get, artifact_id)], [self.by_id(artifact_id)])
+        for scope in (s for s in SCOPES if s != "project" or ctx[3] is not None):
+            mode = None if metric is None else "max"
+            want = self.expected(ctx, scope, None, None, None, metric, mode)
+            assert self.call(facade.count, scope=scope, metric=metric) == len(want)
+
     @rule(ctx=contexts, artifact_id=artifacts, how=st.sampled_from(["uri", "file", "blob", "id"]))
     def load(self, ctx, artifact_id, how):
         facade = self.facades[ctx]
