@@ -18,10 +18,11 @@ from ..ledger.errors import ReadOnlyError
 from ..ledger.events import ArtifactRecorded, PinChanged
 from ..projections.catalog import Catalog, Row
 from ..projections.query import Filter, best as best_row, by_blob, rank, select
+from ..projections.query import count as count_rows
 from ..store.durable import unique_hex, unshare
 from ..store.local import BlobCorrupted, check_sha
 
-from . import content
+from . import content, exporting
 from .model import Artifact
 from .validation import (
     check_bool,
@@ -74,6 +75,12 @@ class ArtifactCorrupted(BlobCorrupted):
 
 class ArtifactDecodeError(ValueError):
     """An artifact's bytes cannot be decoded as its kind says (``load_artifact_bytes`` still reads them)."""
+
+
+def _blob_shaped(path: Path, sha: str) -> bool:
+    """Whether a path ends like a blob of a ledger's store: ``.../sha256/<first two hex>/<sha>``."""
+    return path.parent.name == sha[:2] and path.parent.parent.name == "sha256"
+
 
 
 class ArtifactFacade:
@@ -347,13 +354,14 @@ class ArtifactFacade:
                 sha = check_sha(path.name)
             except ValueError:
                 sha = None
-            if sha is not None and path == self._src.store.path(sha):
-                if parsed.fragment:
-                    row = cat.rows.get(parsed.fragment)
-                    if row is not None and (row.ev.sha256 != sha or (upto is not None and row.seq > upto)):
-                        row = None
-                else:
-                    row = by_blob(cat, sha, upto)
+            if sha is not None and parsed.fragment and _blob_shaped(path, sha):
+                # The fragment names the occurrence and the name its bytes: such a URI means the
+                # same artifact wherever the ledger has been moved or copied since it was handed out.
+                row = cat.rows.get(parsed.fragment)
+                if row is not None and (row.ev.sha256 != sha or (upto is not None and row.seq > upto)):
+                    row = None
+            elif sha is not None and path == self._src.store.path(sha):
+                row = by_blob(cat, sha, upto)  # bytes, not an occurrence: only this store's blob
         if row is None:
             raise FileNotFoundError(f"no artifact with URI {uri!r} in the ledger at {self._src.root}")
         return cat, row
@@ -452,3 +460,61 @@ class ArtifactFacade:
         cat = await self._src._refresh()
         row = best_row(cat, f, metric, mode, upto=self._src.upto)
         return None if row is None else self._src._to_artifact(row, cat)
+
+    # ------------------------------------------------------------ conveniences
+    async def get(self, artifact_id: str) -> Artifact:
+        """The artifact with this id, whatever the facade's scope; ``KeyError`` naming the id if unknown
+        (on a past view: also if it was recorded after the view's seq)."""
+        if not isinstance(artifact_id, str):
+            raise TypeError(f"artifact_id must be a string, got {type(artifact_id).__name__}")
+        cat = await self._src._refresh()
+        row = cat.rows.get(artifact_id)
+        upto = self._src.upto
+        if row is None:
+            raise KeyError(f"unknown artifact_id {artifact_id!r} in the ledger at {self._src.root}")
+        if upto is not None and row.seq > upto:
+            raise KeyError(f"artifact_id {artifact_id!r} was recorded at seq {row.seq}, after this view's seq {upto}")
+        return self._src._to_artifact(row, cat)
+
+    async def count(self, *, kind: str | None = None, labels: dict | None = None, metric: str | None = None,
+                    scope: Scope = "run", extra_scope_labels: dict | None = None) -> int:
+        """How many artifacts ``search()`` with these arguments finds (those having ``metric``, when given)."""
+        if metric is not None and (not isinstance(metric, str) or not metric):
+            raise TypeError(f"metric must be a non-empty string, got {metric!r}")
+        f = self._filter(scope, kind, labels, extra_scope_labels)
+        cat = await self._src._refresh()
+        return count_rows(cat, f, metric, upto=self._src.upto)
+
+    async def local_path(self, uri: str) -> Path:
+        """A local path to an artifact's bytes, without reading them: the blob itself (files) or the
+        materialised tree (directories). Read-only and content-addressed, shared by every artifact over
+        the same bytes: never write to it, copy it first."""
+        _, row = await self._resolve(uri)
+        ev = row.ev
+        if ev.mime == content.DIR_MIME:
+            tree: Path = await self.load_artifact(uri)
+            return tree
+        path = self._src.store.path(ev.sha256)
+        if not await anyio.to_thread.run_sync(path.is_file):
+            raise FileNotFoundError(f"blob {ev.sha256} of artifact {ev.artifact_id} is missing from the store "
+                                    f"at {self._src.store.root}")
+        return path
+
+    async def export_files(self, directory: str | os.PathLike[str], *, kind: str | None = None,
+                           labels: dict | None = None, metric: str | None = None,
+                           mode: Literal["max", "min"] | None = None, scope: Scope = "run",
+                           extra_scope_labels: dict | None = None, limit: int | None = None,
+                           overwrite: bool = False) -> dict[str, Path]:
+        """Copy the files of the artifacts ``search()`` finds into ``directory`` with a ``manifest.jsonl``;
+        returns each artifact's path by id. Existing files are refused unless ``overwrite``."""
+        if not isinstance(directory, (str, os.PathLike)):
+            raise TypeError(f"directory must be a str or path, got {type(directory).__name__}")
+        check_bool("overwrite", overwrite)
+        arts = await self.search(kind=kind, labels=labels, metric=metric, mode=mode, scope=scope,
+                                 extra_scope_labels=extra_scope_labels, limit=limit)
+        cat: Catalog = self._src.catalog
+        strs, name_s, id_rows = cat.strs, cat.name_s, cat.id_rows
+        names = {a.artifact_id: strs[name_s[id_rows[a.artifact_id]]] for a in arts}
+        store = self._src.store
+        return await anyio.to_thread.run_sync(
+            lambda: exporting.export(Path(directory), arts, names, store, overwrite=overwrite))

@@ -45,6 +45,9 @@ Label filters: --label KEY=VALUE, repeatable; VALUE is read as JSON when it
 parses (1, 2.5, true, null, "1", [1,2]) and as a plain string otherwise.
 
 Output: aligned tables for people; --json prints one JSON document instead.
+Tables of list, search, log and runs show at most 50 rows and say how many
+were left out (--limit N or --all to change that; --limit also limits --json).
+Long labels are shortened in tables, never in --json.
 export always writes JSON lines (one event per line).
 
 Exit status:
@@ -58,6 +61,8 @@ examples:
   {PROG} -C runs/ledger list --run r1
   {PROG} -C runs/ledger search --kind model --label epoch=3 --metric acc --mode max
   {PROG} -C runs/ledger as-of --seq 120 best --kind model --metric acc --mode max --run r1
+  {PROG} -C runs/ledger runs --project p
+  {PROG} -C runs/ledger export-files --run r1 out/r1
   {PROG} -C runs/ledger verify --expect-head 120:3f2a...
 """
 
@@ -100,6 +105,13 @@ def _add_query_args(p: argparse.ArgumentParser, *, ranking: str) -> None:
     f.add_argument("--mode", choices=("max", "min"), required=req, help="max or min")
     if ranking != "required":
         f.add_argument("--limit", type=_non_negative, metavar="N", help="at most N artifacts")
+    if ranking == "optional":
+        _add_all_arg(p)
+
+
+def _add_all_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--all", action="store_true",
+                   help=f"tables show every row (by default at most {cmd.TABLE_ROWS}, and say how many were left out)")
 
 
 def _non_negative(text: str) -> int:
@@ -109,12 +121,14 @@ def _non_negative(text: str) -> int:
 
 
 def _add_read_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    """log/list/search/best/show/export: the commands ``as-of`` can also run at a past position."""
+    """log/list/search/best/show/export/runs/export-files: the commands ``as-of`` can also run at a past position."""
     p = sub.add_parser("log", parents=[common], help="recorded events in order",
                        description="Recorded events (artifacts recorded, pins) in commit order.")
     _add_range_args(p)
     p.add_argument("--run", metavar="ID", help="only events of artifacts of this run")
     p.add_argument("--kind", help="only events of artifacts of this kind")
+    p.add_argument("--limit", type=_non_negative, metavar="N", help="at most N events (the first N)")
+    _add_all_arg(p)
     p.set_defaults(run_cmd=cmd.cmd_log)
 
     p = sub.add_parser("list", parents=[common], help="artifacts in a scope, newest first",
@@ -132,13 +146,30 @@ def _add_read_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(run_cmd=cmd.cmd_best)
     p = sub.add_parser("show", parents=[common], help="one artifact and its history",
                        description="One artifact's fields and every event that touched it.")
-    p.add_argument("id", help="artifact id (or a unique prefix of at least 4 characters)")
+    p.add_argument("id", help="artifact id (or a unique prefix of at least 4 characters), or its URI "
+                              "(artifact://<id>)")
     p.set_defaults(run_cmd=cmd.cmd_show)
     p = sub.add_parser("export", parents=[common], help="events as JSON lines",
                        description="Every event (or a --since/--until range) as one JSON object per line.")
     _add_range_args(p)
     p.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
     p.set_defaults(run_cmd=cmd.cmd_export)
+    p = sub.add_parser("runs", parents=[common], help="runs with artifact counts and first/last times",
+                       description="Every run with its number of artifacts and the times its first and last "
+                                   "artifact were recorded, most recently active first.")
+    p.add_argument("--project", metavar="ID", help="count only this project's artifacts")
+    p.add_argument("--limit", type=_non_negative, metavar="N", help="at most N runs")
+    _add_all_arg(p)
+    p.set_defaults(run_cmd=cmd.cmd_runs)
+    p = sub.add_parser("export-files", parents=[common], help="copy the files of a run or a query into DIR",
+                       description="Copy the files of the artifacts a query finds (the options of list/search) "
+                                   "into DIR: one file per artifact (directories as directories) with a readable, "
+                                   "collision-free name, and DIR/manifest.jsonl (artifact fields and path). "
+                                   "Existing files are refused unless --overwrite.")
+    p.add_argument("dir", metavar="DIR", help="target directory (created if missing)")
+    _add_query_args(p, ranking="export")
+    p.add_argument("--overwrite", action="store_true", help="replace files that already exist in DIR")
+    p.set_defaults(run_cmd=cmd.cmd_export_files)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_commands(sub, common)
 
     p = sub.add_parser("as-of", parents=[common],
-                       help="run a read command (log/list/search/best/show/export) at a past seq or time",
+                       help="run a read command (log/list/search/best/show/export/runs/export-files) "
+                            "at a past seq or time",
                        description="Run a read command on the catalogue as it was after a seq "
                                    "or at a time, e.g. `as-of --seq 12 list --run r1`.")
     at = p.add_mutually_exclusive_group(required=True)

@@ -17,12 +17,14 @@ from typing import Any, AsyncIterator
 from ..ledger.events import ArtifactRecorded
 
 from . import cli_format as fmt
-from .model import Artifact
+from .exporting import MANIFEST_NAME
+from .model import ARTIFACT_URI_SCHEME, Artifact
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # verification failed or the ledger is damaged
 EXIT_USAGE = 2  # bad arguments, missing ledger, rejected by the API
 EXIT_ENV = 3  # the environment refused: permission denied, disk full, I/O error, ...
+TABLE_ROWS = 50  # rows a table shows unless --limit or --all says otherwise
 
 # The facade needs every id bound; ids a query leaves out are never read
 # because the scope check below insists the scope's own ids are given.
@@ -114,7 +116,8 @@ def artifact_rows(arts: list[Artifact]) -> str:
         ("SEQ", "ID", "KIND", "RUN", "GRAPH", "NODE", "PIN", "SIZE", "CREATED", "METRICS", "LABELS"),
         [
             (a.seq, a.artifact_id, a.kind, a.run_id, a.graph_id, a.node_id, "yes" if a.pinned else "",
-             fmt.fmt_bytes(a.bytes), fmt.fmt_time(a.created_at), fmt.fmt_metrics(a.metrics), fmt.fmt_pairs(a.labels))
+             fmt.fmt_bytes(a.bytes), fmt.fmt_time(a.created_at), fmt.fmt_metrics(a.metrics),
+             fmt.fmt_pairs_short(a.labels))
             for a in arts
         ],
         right=("SEQ", "SIZE"),
@@ -185,12 +188,27 @@ def _query(reader: Reader, args: Any) -> tuple[Any, str, dict[str, Any], dict[st
     return facade, scope, extra, labels
 
 
+def _row_limit(args: Any) -> int | None:
+    """Rows to fetch: --limit when given; else, for tables, ``TABLE_ROWS`` unless --all."""
+    if args.limit is not None:
+        return int(args.limit)
+    if getattr(args, "all", False) or getattr(args, "json", False):
+        return None
+    return TABLE_ROWS
+
+
 async def cmd_search(reader: Reader, args: Any) -> Result:
     """``list`` and ``search``: artifacts in a scope, by kind and labels, optionally ranked."""
     facade, scope, extra, labels = _query(reader, args)
+    limit = _row_limit(args)
     arts = await facade.search(kind=args.kind, labels=labels or None, metric=args.metric, mode=args.mode,
-                               scope=scope, extra_scope_labels=extra or None, limit=args.limit)
+                               scope=scope, extra_scope_labels=extra or None, limit=limit)
     text = artifact_rows(arts) if arts else "no artifacts match"
+    if limit is not None and len(arts) == limit and not getattr(args, "json", False):
+        total = await facade.count(kind=args.kind, labels=labels or None, metric=args.metric, scope=scope,
+                                   extra_scope_labels=extra or None)
+        if total > len(arts):
+            text += "\n" + fmt.left_out(len(arts), total, "artifacts")
     return Result([_dump(a) for a in arts], text)
 
 
@@ -204,8 +222,12 @@ async def cmd_best(reader: Reader, args: Any) -> Result:
 
 
 def _resolve_id(ledger: Any, given: str) -> str:
-    """A full artifact id from an id or a unique prefix of at least 4 characters."""
+    """A full artifact id from an id, a unique prefix of at least 4 characters, or a URI naming one."""
     rows = ledger.catalog.rows
+    if given.startswith(ARTIFACT_URI_SCHEME):
+        given = given[len(ARTIFACT_URI_SCHEME):]
+    elif given.startswith("file://") and "#" in given:
+        given = given.rpartition("#")[2]  # the file form of earlier versions: the fragment is the id
     if given in rows:
         return given
     if len(given) >= 4:
@@ -231,7 +253,7 @@ async def cmd_show(reader: Reader, args: Any) -> Result:
     rec: ArtifactRecorded = history[0].event
     facade = reader.source.artifacts(run_id=rec.run_id, graph_id=rec.graph_id, node_id=rec.node_id,
                                      project_id=rec.project_id)
-    art = next(a for a in await facade.list(scope="node") if a.artifact_id == aid)
+    art = await facade.get(aid)
     text = "\n".join([
         fmt.fields([
             ("id", art.artifact_id), ("kind", art.kind), ("uri", art.uri), ("sha256", art.sha256),
@@ -271,12 +293,53 @@ async def _selected_events(reader: Reader, args: Any) -> AsyncIterator[Any]:
 
 async def cmd_log(reader: Reader, args: Any) -> Result:
     """Recorded events in order, filtered by run, kind and seq/time range."""
-    events = [e async for e in _selected_events(reader, args)]
+    limit = _row_limit(args)
+    events = []
+    total = 0
+    async for e in _selected_events(reader, args):
+        total += 1  # the rest are only counted, for the line saying how many were left out
+        if limit is None or len(events) < limit:
+            events.append(e)
     rows = reader.ledger.catalog.rows
     needed = {e.event.artifact_id for e in events if not isinstance(e.event, ArtifactRecorded)}
     lookup = {aid: rows[aid].ev for aid in needed if aid in rows}
     text = event_rows(events, lookup) if events else "no events match"
+    if total > len(events):
+        text += "\n" + fmt.left_out(len(events), total, "events")
     return Result([e.to_json() for e in events], text)
+
+
+async def cmd_runs(reader: Reader, args: Any) -> Result:
+    """Every run with its artifact count and first and last recording times."""
+    runs = await reader.source.runs(project_id=args.project)
+    limit = _row_limit(args)
+    shown = runs if limit is None else runs[:limit]
+    if not shown:
+        text = "no runs" + (f" in project {args.project}" if args.project else "")
+    else:
+        text = fmt.table(("RUN", "ARTIFACTS", "FIRST", "LAST"),
+                         [(r.run_id, r.artifacts, fmt.fmt_time(r.first_at), fmt.fmt_time(r.last_at)) for r in shown],
+                         right=("ARTIFACTS",))
+        if len(runs) > len(shown):
+            text += "\n" + fmt.left_out(len(shown), len(runs), "runs")
+    return Result([r.model_dump(mode="json") for r in shown], text)
+
+
+async def cmd_export_files(reader: Reader, args: Any) -> Result:
+    """Copy the files of the artifacts a query finds into a directory, with a manifest."""
+    facade, scope, extra, labels = _query(reader, args)
+    target = Path(args.dir)
+    try:
+        paths = await facade.export_files(target, kind=args.kind, labels=labels or None, metric=args.metric,
+                                          mode=args.mode, scope=scope, extra_scope_labels=extra or None,
+                                          limit=args.limit, overwrite=args.overwrite)
+    except (FileExistsError, NotADirectoryError) as exc:
+        # Refused before anything was written, because of the DIR given: a usage error, not the system's.
+        raise CliError(str(exc)) from None
+    manifest = target / MANIFEST_NAME
+    doc = {"dir": str(target), "manifest": str(manifest), "artifacts": len(paths),
+           "files": {aid: str(p) for aid, p in paths.items()}}
+    return Result(doc, f"exported {len(paths)} artifacts to {target} (manifest: {manifest})")
 
 
 async def cmd_export(reader: Reader, args: Any) -> Result:

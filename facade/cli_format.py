@@ -50,6 +50,28 @@ def fmt_pairs(d: dict[str, Any]) -> str:
     return " ".join(f"{k}={fmt_value(d[k])}" for k in sorted(d))
 
 
+def shorten(text: str, width: int) -> str:
+    """``text`` cut to at most ``width`` characters, ending in ``...`` when cut."""
+    return text if len(text) <= width else text[: max(width - 3, 0)] + "..."
+
+
+LABEL_VALUE_WIDTH = 24
+LABELS_WIDTH = 60
+
+
+def fmt_pairs_short(d: dict[str, Any]) -> str:
+    """``fmt_pairs`` for table cells: each value, and then the whole cell, shortened (``...``)."""
+    if not d:
+        return "-"
+    cell = " ".join(f"{shorten(k, LABEL_VALUE_WIDTH)}={shorten(fmt_value(d[k]), LABEL_VALUE_WIDTH)}" for k in sorted(d))
+    return shorten(cell, LABELS_WIDTH)
+
+
+def left_out(shown: int, total: int, what: str) -> str:
+    """The line under a cut table: how many rows were left out and how to see them."""
+    return f"... {total - shown} more {what} not shown (of {total}; --limit N or --all to show more)"
+
+
 def fmt_metrics(d: dict[str, float | int]) -> str:
     """Metrics as ``name=value`` pairs with compact numbers."""
     if not d:

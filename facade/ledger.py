@@ -25,13 +25,14 @@ from ..ledger.lockfile import DEFAULT_LOCK_TIMEOUT, check_lock_timeout
 from ..projections import snapshot
 from ..projections.catalog import Catalog, Row, apply_decoded
 from ..projections.query import pinned_at, seq_at_time
+from ..projections.query import runs as query_runs
 from ..store.durable import unique_hex
 from ..store.local import LocalBlobStore
 
-from . import audit, content
+from . import audit, content, exporting
 from .repair import MARKER, MARKER_TEXT, prepare_root  # noqa: F401  (MARKER names are re-exported)
 from .sweep import STAGING_MAX_AGE, sweep_root
-from .model import Artifact, build_artifact, utc_from_us
+from .model import Artifact, RunSummary, artifact_uri, build_artifact, utc_from_us
 from .validation import check_event_size, check_id
 from .view import LedgerView
 
@@ -367,20 +368,41 @@ class Ledger:
         return await anyio.to_thread.run_sync(
             lambda: sweep_root(self.root, staging_age=staging_age, materialized=materialized))
 
+    # ------------------------------------------------------------ conveniences
+    async def runs(self, *, project_id: str | None = None) -> list[RunSummary]:
+        """Every run with its artifact count and first and last recording times, most recently active first."""
+        cat = await self._refresh()
+        return run_summaries(cat, None, project_id)
+
+    async def export_files(self, directory: str | os.PathLike[str], *, run_id: str | None = None,
+                           graph_id: str | None = None, node_id: str | None = None, project_id: str | None = None,
+                           kind: str | None = None, labels: dict | None = None, metric: str | None = None,
+                           mode: str | None = None, limit: int | None = None,
+                           overwrite: bool = False) -> dict[str, Path]:
+        """Copy the files of the artifacts matching the ids and filters given into ``directory``, with a
+        ``manifest.jsonl`` (see ``ArtifactFacade.export_files``); returns each artifact's path by id."""
+        return await exporting.export_from(
+            self, directory, ids={"run_id": run_id, "graph_id": graph_id, "node_id": node_id, "project_id": project_id},
+            kind=kind, labels=labels, metric=metric, mode=mode, limit=limit, overwrite=overwrite)
+
     def _new_staging_name(self, suffix: str) -> Path:
         return self.staging / f"{unique_hex()}{suffix}"
 
 
 def row_to_artifact(row: Row, pinned: bool, blob_uri: Callable[[str], str]) -> Artifact:
-    """Build the user-facing Artifact straight from the catalogue's columns."""
+    """Build the user-facing Artifact straight from the catalogue's columns.
+
+    ``blob_uri`` is no longer part of the URI (``artifact://<id>``); it stays for existing callers.
+    """
     c, i = row.cat, row.i
     s = c.strs
     sha = c.sha_hex(i)
     aid = c.ids[i]
     return build_artifact(dict(
         artifact_id=aid,
-        # The fragment names the occurrence: artifacts sharing a blob keep their own URI.
-        uri=f"{blob_uri(sha)}#{aid}",
+        # The stable form: it names the occurrence, so it survives moving or copying the ledger
+        # (the file form, blob_uri(sha) + "#" + id, is still accepted by every load function).
+        uri=artifact_uri(aid),
         kind=s[c.kind_s[i]],
         sha256=sha,
         bytes=c.size[i],
@@ -396,6 +418,14 @@ def row_to_artifact(row: Row, pinned: bool, blob_uri: Callable[[str], str]) -> A
         seq=c.seq[i],
         suggested_uri=s[c.suggested_s[i]],
     ))
+
+
+def run_summaries(cat: Catalog, upto: int | None, project_id: str | None) -> list[RunSummary]:
+    """``runs()`` of the catalogue as of ``upto``, as user-facing records."""
+    if project_id is not None:
+        check_id("project_id", project_id)
+    return [RunSummary(run_id=run, artifacts=n, first_at=utc_from_us(first), last_at=utc_from_us(last))
+            for run, n, first, last in query_runs(cat, upto, project_id)]
 
 
 def apply_records(cat: Catalog, records: list[Record]) -> None:

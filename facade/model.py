@@ -8,6 +8,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+ARTIFACT_URI_SCHEME = "artifact://"
+
+
+def artifact_uri(artifact_id: str) -> str:
+    """The stable URI of an artifact, ``artifact://<id>``: it names the occurrence, not a place on disk."""
+    return f"{ARTIFACT_URI_SCHEME}{artifact_id}"
 
 
 def utc_from_us(ts_us: int) -> datetime:
@@ -80,3 +86,14 @@ def _pick_builder():
 
 build_artifact = _pick_builder()
 """Build an Artifact from trusted field values (4x cheaper than model_construct where safe)."""
+
+
+class RunSummary(BaseModel):
+    """One run as ``runs()`` reports it: its id, how many artifacts it has, and when the first and last were recorded."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    artifacts: int
+    first_at: datetime
+    last_at: datetime

@@ -148,6 +148,10 @@ class SyncFacade(_Bound):
     list = _blocking(ArtifactFacade.list)
     search = _blocking(ArtifactFacade.search)
     best = _blocking(ArtifactFacade.best)
+    get = _blocking(ArtifactFacade.get)
+    count = _blocking(ArtifactFacade.count)
+    local_path = _blocking(ArtifactFacade.local_path)
+    export_files = _blocking(ArtifactFacade.export_files)
 
     def ingest_dir(self, staged_dir: str, **kw: Any) -> Artifact:
         """Store every file of a staged directory plus a manifest, as one artifact."""
@@ -196,6 +200,9 @@ class SyncView(_Bound):
     def context(self, *, run_id: str, graph_id: str, node_id: str, project_id: str | None = None) -> SyncContext:
         """A context whose ``.artifacts()`` is the read-only blocking facade."""
         return SyncContext(self.artifacts(run_id=run_id, graph_id=graph_id, node_id=node_id, project_id=project_id))
+
+    runs = _blocking(LedgerView.runs)
+    export_files = _blocking(LedgerView.export_files)
 
 
 class SyncLedger(_Bound):
@@ -293,6 +300,8 @@ class SyncLedger(_Bound):
     history = _blocking(Ledger.history)
     diff = _blocking(Ledger.diff)
     verify = _blocking(Ledger.verify)
+    runs = _blocking(Ledger.runs)
+    export_files = _blocking(Ledger.export_files)
 
 
 _open_ledgers: weakref.WeakSet[SyncLedger] = weakref.WeakSet()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..projections.catalog import Catalog, Row
 from ..projections.query import pinned_at
 
-from .model import Artifact, utc_from_us
+from .model import Artifact, RunSummary, utc_from_us
 
 if TYPE_CHECKING:
     from .ledger import Ledger
@@ -56,6 +58,25 @@ class LedgerView:
         from .ledger import Context
 
         return Context(self.artifacts(run_id=run_id, graph_id=graph_id, node_id=node_id, project_id=project_id))
+
+    # ------------------------------------------------------------ conveniences
+    async def runs(self, *, project_id: str | None = None) -> list[RunSummary]:
+        """``Ledger.runs()`` as of ``seq``: runs, artifact counts and times up to that event."""
+        from .ledger import run_summaries
+
+        return run_summaries(await self._refresh(), self.seq, project_id)
+
+    async def export_files(self, directory: str | os.PathLike[str], *, run_id: str | None = None,
+                           graph_id: str | None = None, node_id: str | None = None, project_id: str | None = None,
+                           kind: str | None = None, labels: dict | None = None, metric: str | None = None,
+                           mode: str | None = None, limit: int | None = None,
+                           overwrite: bool = False) -> dict[str, Path]:
+        """``Ledger.export_files()`` as of ``seq``: only artifacts recorded by then, as they were then."""
+        from .exporting import export_from
+
+        return await export_from(
+            self, directory, ids={"run_id": run_id, "graph_id": graph_id, "node_id": node_id, "project_id": project_id},
+            kind=kind, labels=labels, metric=metric, mode=mode, limit=limit, overwrite=overwrite)
 
     # ------------------------------------------------------------ source protocol used by the facade
     def _check_open(self) -> None:

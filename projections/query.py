@@ -265,3 +265,47 @@ def by_blob(state: Catalog, sha256: str, upto: int | None = None) -> Row | None:
         if sha[j * 32 : j * 32 + 32] == raw:
             return Row(state, j)
     return None
+
+
+def count(state: Catalog, f: Filter, metric: str | None = None, upto: int | None = None) -> int:
+    """How many rows ``select`` (or, with ``metric``, ``rank``) would return without a limit."""
+    plan = _Plan(state, f)
+    if plan.empty:
+        return 0
+    upto = visible(state, upto)
+    if metric is not None:
+        return len(_metric_rows(state, plan, metric, upto))
+    cand = plan.cand
+    assert cand is not None
+    matches = plan.matches
+    return sum(1 for j in range(plan.bound(state, upto)) if matches(state, cand[j]))
+
+
+def runs(state: Catalog, upto: int | None = None, project_id: str | None = None) -> list[tuple[str, int, int, int]]:
+    """``(run_id, artifacts, first ts, last ts)`` per run (as of ``upto``), most recently active first.
+
+    With ``project_id``, only that project's artifacts count (a run may span projects).
+    """
+    n = state.rows_at(visible(state, upto))
+    strs, ts, run_s = state.strs, state.ts, state.run_s
+    out: list[tuple[str, int, int, int]] = []
+    if project_id is None:
+        # Each run's rows are an ascending index: its count and ends are a cut of it, not a scan.
+        for sid in set(run_s[:n]):
+            run = strs[sid]
+            rows = state.by_label[("run_id", run)]
+            k = bisect_left(rows, n)
+            out.append((run, k, ts[rows[0]], ts[rows[k - 1]]))  # type: ignore[arg-type]
+    else:
+        rows = state.by_label.get(("project_id", project_id), array("i"))
+        found: dict[int, list[int]] = {}
+        for i in rows[: bisect_left(rows, n)]:
+            entry = found.get(run_s[i])
+            if entry is None:
+                found[run_s[i]] = [1, ts[i], ts[i]]
+            else:
+                entry[0] += 1
+                entry[2] = ts[i]
+        out = [(strs[sid], c, lo, hi) for sid, (c, lo, hi) in found.items()]  # type: ignore[misc]
+    out.sort(key=lambda r: (-r[3], r[0]))
+    return out

@@ -150,7 +150,7 @@ def test_writer_png(root):
         art = context.artifacts().last_artifact
         assert art is not None
         assert art.kind == "image" and art.mime == "image/png"
-        assert art.uri.startswith("file://")
+        assert art.uri == f"artifact://{art.artifact_id}"
         data = await context.artifacts().load_artifact_bytes(art.uri)
         assert art.bytes == len(data)
         with Image.open(io.BytesIO(data)) as back:

@@ -533,7 +533,7 @@ def test_rule5_unknown_uri_raises_file_not_found_naming_it(root, tmp_path):
         unknown = [
             "artifact://0123456789abcdef0123456789abcdef",
             "artifact://",
-            art.uri.replace(art.sha256, missing_sha),
+            f"{ledger.store.uri(art.sha256)}#{art.artifact_id}".replace(art.sha256, missing_sha),
             foreign_blob,
             (tmp_path / "x.bin").as_uri(),
             "s3://bucket/key",
@@ -555,15 +555,17 @@ def test_rule5_unknown_uri_raises_file_not_found_naming_it(root, tmp_path):
 
 
 def test_rule5_uri_round_trips_under_an_awkward_root(tmp_path):
-    """Rule 5: art.uri loads back even when the ledger root has spaces, %, #, ? and non-ASCII characters."""
+    """Rule 5: art.uri and the file form load back even when the root has spaces, %, #, ? and non-ASCII characters."""
     root = tmp_path / "with space é%20#frag" / "L ?"
 
     async def body(ledger):
         arts = facade(ledger)
         art = await arts.save(write_file(tmp_path / "x.txt", b"hi"), kind="text")
-        assert art.uri.startswith("file:///") and " " not in art.uri
-        assert await arts.load_artifact(art.uri) == "hi"
-        assert await arts.load_artifact_bytes(art.uri) == b"hi"
+        file_uri = f"{ledger.store.uri(art.sha256)}#{art.artifact_id}"
+        assert file_uri.startswith("file:///") and " " not in file_uri
+        for uri in (art.uri, file_uri, ledger.store.uri(art.sha256)):
+            assert await arts.load_artifact(uri) == "hi"
+            assert await arts.load_artifact_bytes(uri) == b"hi"
 
     run_with_ledger(root, body)
 
@@ -577,12 +579,12 @@ def test_rule5_shared_bytes_decode_by_each_artifacts_own_kind(root, tmp_path):
         as_json = await arts.save(write_file(tmp_path / "a.json", data), kind="json")
         as_text = await arts.save(write_file(tmp_path / "b.txt", data), kind="text")
         as_raw = await arts.save(write_file(tmp_path / "c.bin", data), kind="raw")
-        # One blob (same file part), but each occurrence keeps its own URI.
-        assert len({a.uri.split("#")[0] for a in (as_json, as_text, as_raw)}) == 1
+        # One blob, but each occurrence keeps its own URI, in the artifact form and in the file form.
+        assert len({a.sha256 for a in (as_json, as_text, as_raw)}) == 1
         assert len({as_json.uri, as_text.uri, as_raw.uri}) == 3
-        assert await arts.load_artifact(as_json.uri) == {"x": 1}
-        assert await arts.load_artifact(as_text.uri) == '{"x": 1}'
-        assert await arts.load_artifact(as_raw.uri) == data
+        for a, want in ((as_json, {"x": 1}), (as_text, '{"x": 1}'), (as_raw, data)):
+            assert await arts.load_artifact(a.uri) == want
+            assert await arts.load_artifact(f"{ledger.store.uri(a.sha256)}#{a.id}") == want
         assert await arts.load_artifact(f"artifact://{as_json.id}") == {"x": 1}
         assert await arts.load_artifact(f"artifact://{as_text.id}") == '{"x": 1}'
         assert await arts.load_artifact(f"artifact://{as_raw.id}") == data
@@ -1228,8 +1230,9 @@ def test_rule11_suggested_uri_recorded_on_every_write_path(root, tmp_path):
                                                     None]
         assert [a.suggested_uri for a in reversed(await arts.list())] == [a.suggested_uri for a in made]
         for a in made:
-            # The store ignores the hint: the URI is the blob's content address plus the artifact id.
-            assert a.uri == (ledger.root / "blobs" / "sha256" / a.sha256[:2] / a.sha256).as_uri() + "#" + a.id
+            # The store ignores the hint: the URI is artifact://<id>, the bytes sit at their content address.
+            assert a.uri == f"artifact://{a.id}"
+            assert (ledger.root / "blobs" / "sha256" / a.sha256[:2] / a.sha256).exists()
         for hint in ("plots", "tables", "nested", "reports"):
             assert not any(p.name == hint for p in ledger.root.rglob("*")), hint
             assert not (tmp_path / hint).exists()

@@ -199,13 +199,13 @@ class FacadeMachine(RuleBasedStateMachine):
         assert art.created_at.utcoffset() == timedelta(0), "created_at must be timezone-aware UTC"
         if sha is None:
             sha = hashlib.sha256(data).hexdigest()
-        # A URI is the blob's file URI plus "#<artifact id>": artifacts over one blob share the
-        # file part, different blobs never do, and the fragment names this occurrence.
-        blob_uri, _, fragment = art.uri.partition("#")
-        assert fragment == art.artifact_id
+        # art.uri is the stable artifact://<id> (changed by design from the file form, which named
+        # the ledger's absolute path). The file form, the blob's file URI plus "#<artifact id>",
+        # is still accepted: artifacts over one blob share its file part, different blobs never do.
+        expected_uri = f"artifact://{art.artifact_id}"
+        blob_uri = self.ledger.store.uri(sha)
         assert self.uri_of_sha.setdefault(sha, blob_uri) == blob_uri
         assert sum(1 for u in self.uri_of_sha.values() if u == blob_uri) == 1
-        expected_uri = f"{blob_uri}#{art.artifact_id}"
         run, graph, node, project = ctx
         user_labels = {k: v for k, v in labels.items() if k not in ("run_id", "graph_id", "node_id", "project_id")}
         rec = Rec(artifact_id=art.artifact_id, seq=self.head, kind=kind, mime=mime, sha256=sha, size=size,
@@ -447,15 +447,27 @@ class FacadeMachine(RuleBasedStateMachine):
             self.check_same(ranked_kind, want)
             self.check_same([] if top is None else [top], want[:1])
 
-    @rule(ctx=contexts, artifact_id=artifacts, how=st.sampled_from(["uri", "blob", "id"]))
+    @rule(ctx=contexts, artifact_id=artifacts, metric=st.sampled_from([None] + METRIC_KEYS))
+    def get_and_count(self, ctx, artifact_id, metric):
+        """get() finds any artifact from any facade, whatever its scope; count() agrees with the model."""
+        facade = self.facades[ctx]
+        self.check_same([self.call(facade.get, artifact_id)], [self.by_id(artifact_id)])
+        for scope in (s for s in SCOPES if s != "project" or ctx[3] is not None):
+            mode = None if metric is None else "max"
+            want = self.expected(ctx, scope, None, None, None, metric, mode)
+            assert self.call(facade.count, scope=scope, metric=metric) == len(want)
+
+    @rule(ctx=contexts, artifact_id=artifacts, how=st.sampled_from(["uri", "file", "blob", "id"]))
     def load(self, ctx, artifact_id, how):
         facade = self.facades[ctx]
         rec = self.by_id(artifact_id)
         if how == "uri":
             uri = rec.uri  # names this very artifact
+        elif how == "file":
+            uri = f"{self.uri_of_sha[rec.sha256]}#{artifact_id}"  # the file form names it too
         elif how == "blob":
             # The bare blob URI names bytes, not one artifact: it resolves to the newest artifact over them.
-            uri = rec.uri.partition("#")[0]
+            uri = self.uri_of_sha[rec.sha256]
             rec = max((r for r in self.model if r.sha256 == rec.sha256), key=lambda r: r.seq)
         else:
             uri = f"artifact://{artifact_id}"

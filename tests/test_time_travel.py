@@ -366,19 +366,21 @@ def test_past_view_loads_same_bytes_and_hides_later_artifacts(tmp_path):
             a = await live.save(str(src / "gamma.json"), kind="json")
             b = await live.save(str(src / "beta.txt"), kind="text")
             await live.pin(a.artifact_id)
-            # Same bytes as ``a``: one blob, but each occurrence keeps its own URI (file URI + #id);
+            # Same bytes as ``a``: one blob, but each occurrence keeps its own URI (artifact://<id>, or file URI + #id);
             # the bare blob URI now resolves to ``c``, the newest artifact over it, in the live ledger.
             (src / "gamma.bin").write_bytes(FILES["gamma.json"])
             c = await live.save(str(src / "gamma.bin"), kind="blob", labels={"copy": True})
-            blob_uri = a.uri.split("#")[0]
-            assert c.uri.split("#")[0] == blob_uri and a.uri != c.uri
+            blob_uri = led.store.uri(a.sha256)
+            assert c.sha256 == a.sha256 and a.uri != c.uri
+            a_file, b_file, c_file = (f"{led.store.uri(x.sha256)}#{x.artifact_id}" for x in (a, b, c))
             v1 = await led.as_of(seq=1)
             ro = v1.artifacts(**ids_of(CTXS[0]))
             assert await ro.load_artifact_bytes(a.uri) == FILES["gamma.json"]
             assert await ro.load_artifact_bytes(f"artifact://{a.artifact_id}") == FILES["gamma.json"]
             assert await ro.load_artifact(a.uri) == {"x": 1}
+            assert await ro.load_artifact(a_file) == {"x": 1}
             assert await ro.load_artifact(f"artifact://{a.artifact_id}") == {"x": 1}
-            for uri in (f"artifact://{b.artifact_id}", f"artifact://{c.artifact_id}", b.uri, c.uri):
+            for uri in (f"artifact://{b.artifact_id}", f"artifact://{c.artifact_id}", b.uri, c.uri, b_file, c_file):
                 with pytest.raises(FileNotFoundError):
                     await ro.load_artifact_bytes(uri)
                 with pytest.raises(FileNotFoundError):
@@ -393,6 +395,7 @@ def test_past_view_loads_same_bytes_and_hides_later_artifacts(tmp_path):
             # The live ledger sees ``c`` over the shared blob (kind "blob", .bin name: raw bytes),
             # while at seq 1 the bare blob URI can only mean ``a`` (JSON).
             assert await live.load_artifact(c.uri) == FILES["gamma.json"]
+            assert await live.load_artifact(c_file) == FILES["gamma.json"]
             assert await live.load_artifact(blob_uri) == FILES["gamma.json"]
             assert await live.load_artifact(a.uri) == {"x": 1}
             assert await ro.load_artifact(blob_uri) == {"x": 1}
