@@ -1,8 +1,9 @@
 """Read an MLflow tracking store (through MLflow's own client) as a list of source artifacts.
 
 Every file in the artifact tree of every active run becomes one artifact; a
-folder holding an ``MLmodel`` file (a logged MLflow model) becomes one
-directory artifact of kind ``model``. The mapping is in the README ("Importing").
+folder holding an ``MLmodel`` file (a model logged the MLflow 2 way) becomes
+one directory artifact of kind ``model``, and so does every finalized MLflow 3
+logged model (stored outside the runs). The mapping is in the README ("Importing").
 Needs ``mlflow-skinny`` (plus ``sqlalchemy`` and ``alembic`` for SQL stores).
 """
 
@@ -15,11 +16,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from .importing import IMPORT_PREFIX, ImportSourceError, SourceArtifact, iso_time, kind_for_name, \
+from .importing import IMPORT_PREFIX, UNKNOWN_ID, ImportSourceError, SourceArtifact, iso_time, kind_for_name, \
     source_labels, split_metrics
 
 GRAPH_ID = "mlflow"  # MLflow has no graphs; every imported artifact is bound to this graph id
 ROOT_NODE = "."  # node_id of artifacts at the top of a run's artifact tree
+MODELS_NODE = "models"  # node_id of MLflow 3 logged models (kept outside the runs' trees)
 MODEL_MARKER = "MLmodel"
 _PAGE = 1000
 
@@ -151,18 +153,18 @@ def _experiments(client: Any, uri: str, name: str | None) -> list[Any]:
     return _pages(client.search_experiments, view_type=ViewType.ACTIVE_ONLY, max_results=_PAGE)
 
 
-def _walk(client: Any, run_id: str, path: str | None = None) -> list[tuple[str, bool, int | None]]:
-    """(path, is_model_dir, size) of every artifact in a run's tree below ``path``."""
-    out: list[tuple[str, bool, int | None]] = []
-    for info in client.list_artifacts(run_id, path):
+def _walk(client: Any, run_id: str, entries: list[Any] | None = None) -> list[tuple[str, bool]]:
+    """(path, is_model_dir) of every artifact in a run's tree (below ``entries``, a listing)."""
+    out: list[tuple[str, bool]] = []
+    for info in client.list_artifacts(run_id) if entries is None else entries:
         if not info.is_dir:
-            out.append((info.path, False, info.file_size))
+            out.append((info.path, False))
             continue
         children = client.list_artifacts(run_id, info.path)
         if any(not c.is_dir and PurePosixPath(c.path).name == MODEL_MARKER for c in children):
-            out.append((info.path, True, None))
+            out.append((info.path, True))
         else:
-            out.extend(_walk(client, run_id, info.path))
+            out.extend(_walk(client, run_id, children))
     return out
 
 
@@ -184,6 +186,66 @@ def _fetcher(client: Any, artifact_uri: str, run_id: str, rel: str) -> Any:
     return download
 
 
+def _local_dir(location: str) -> Path | None:
+    parsed = urlparse(location)
+    if parsed.scheme not in ("", "file"):
+        return None
+    return Path(unquote(parsed.path) if parsed.scheme == "file" else location)
+
+
+def _model_fetcher(uri: str, location: str) -> Any:
+    def fetch(scratch: Path) -> Path:
+        local = _local_dir(location)
+        if local is not None:
+            if not local.is_dir():
+                raise FileNotFoundError(f"the model's artifact directory {local} is missing")
+            return local
+        from mlflow.artifacts import download_artifacts
+
+        return Path(download_artifacts(artifact_uri=location, dst_path=str(scratch), tracking_uri=uri))
+    return fetch
+
+
+def _latest(metrics: list[Any] | None) -> dict[str, Any]:
+    """The latest value of each metric of a history (highest step, then newest)."""
+    best: dict[str, Any] = {}
+    for m in metrics or ():
+        if m.key not in best or (m.step, m.timestamp) >= (best[m.key].step, best[m.key].timestamp):
+            best[m.key] = m
+    return {k: m.value for k, m in best.items()}
+
+
+def _model_items(client: Any, uri: str, exp: Any) -> list[SourceArtifact]:
+    """MLflow 3 logged models (kept outside runs): each finalized one is a directory artifact."""
+    search = getattr(client, "search_logged_models", None)
+    if search is None:
+        return []  # an MLflow before logged models
+    items = []
+    for model in _pages(search, experiment_ids=[exp.experiment_id], max_results=_PAGE):
+        if str(getattr(model.status, "name", model.status)) != "READY":
+            continue  # pending or failed: MLflow itself treats it as not there
+        run_id = model.source_run_id or UNKNOWN_ID
+        binding: dict[str, str | None] = {"run_id": run_id, "graph_id": GRAPH_ID, "node_id": MODELS_NODE,
+                                          "project_id": exp.name}
+        labels: dict[str, Any] = source_labels(model.tags, binding)
+        labels.update({f"param.{k}": v for k, v in (model.params or {}).items()})
+        metrics, metric_labels = split_metrics(_latest(model.metrics))
+        labels.update(metric_labels)
+        facts = {
+            "model_id": model.model_id, "model_name": model.name, "model_type": model.model_type,
+            "run_id": model.source_run_id, "experiment_id": exp.experiment_id, "experiment": exp.name,
+            "status": "READY", "created_at": iso_time(_ms(model.creation_timestamp)),
+            "uri": f"models:/{model.model_id}",
+        }
+        labels.update({IMPORT_PREFIX + k: v for k, v in facts.items() if v is not None})
+        items.append(SourceArtifact(
+            key=f"models/{model.model_id}", run_id=run_id, graph_id=GRAPH_ID, node_id=MODELS_NODE,
+            project_id=exp.name, kind="model", labels=labels, metrics=metrics,
+            fetch=_model_fetcher(uri, model.artifact_location), is_dir=True,
+        ))
+    return items
+
+
 def _run_items(client: Any, exp: Any, run: Any) -> list[SourceArtifact]:
     info, data = run.info, run.data
     binding: dict[str, str | None] = {"run_id": info.run_id, "graph_id": GRAPH_ID, "project_id": exp.name}
@@ -198,7 +260,7 @@ def _run_items(client: Any, exp: Any, run: Any) -> list[SourceArtifact]:
     }
     common.update({IMPORT_PREFIX + k: v for k, v in facts.items() if v is not None})
     items = []
-    for rel, is_model, _size in _walk(client, info.run_id):
+    for rel, is_model in _walk(client, info.run_id):
         parent = str(PurePosixPath(rel).parent)
         labels = dict(common)
         labels[IMPORT_PREFIX + "path"] = rel
@@ -224,6 +286,7 @@ def list_artifacts(uri: str, experiment: str | None = None) -> list[SourceArtifa
             for run in _pages(client.search_runs, experiment_ids=[exp.experiment_id],
                               run_view_type=ViewType.ACTIVE_ONLY, max_results=_PAGE):
                 items.extend(_run_items(client, exp, run))
+            items.extend(_model_items(client, uri, exp))
         return items
     except ImportSourceError:
         raise

@@ -341,3 +341,27 @@ def test_missing_unreadable_or_unknown_workspaces_fail_before_writing(workspace,
     (jsonl / "artifacts").mkdir(parents=True)
     (jsonl / "artifacts" / "index.jsonl").write_text("{}\n")
     _refused(cli, root, jsonl, "JSONL artifact index")
+
+
+def test_an_interrupted_import_resumes_without_duplicates(workspace, tmp_path, cli, monkeypatch):
+    """Stopped midway (Ctrl-C while reading the third artifact), a re-run brings the rest and nothing twice."""
+    import artifact_ledger.facade.import_aethergraph as ag
+
+    real = ag._link_or_copy
+    calls = []
+
+    def interrupt_third(src: Path, dst: Path) -> None:
+        calls.append(dst)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(ag, "_link_or_copy", interrupt_third)
+    root = tmp_path / "ledger"
+    res = cli("-C", str(root), "import", "aethergraph", str(workspace.path), "--create")
+    assert res.returncode == 130
+    assert len(imported(root)) == 2  # the two recorded before the interruption are durable
+    monkeypatch.setattr(ag, "_link_or_copy", real)
+    doc = import_json(cli, root, workspace.path)
+    assert (doc["imported"], doc["skipped"], doc["failed"]) == (len(workspace.expect) - 2, 2, 0)
+    assert set(imported(root)) == {e.occurrence_id for e in workspace.expect}

@@ -23,6 +23,9 @@ pytest.importorskip("sqlalchemy")
 from artifact_ledger.facade.cli import main  # noqa: E402
 from artifact_ledger.sync import open_ledger  # noqa: E402
 
+# MLflow 3.17 on SQLAlchemy 2.1 warns about its own ORM options; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
+
 
 @dataclass
 class Store:
@@ -34,6 +37,12 @@ class Store:
     # (run_id, path) -> expected bytes (files) or {relative path: bytes} (model folders)
     files: dict[tuple[str, str], bytes | dict[str, bytes]] = field(default_factory=dict)
     runs: dict[str, dict] = field(default_factory=dict)  # run_id -> {experiment, params, tags, metrics}
+    models: dict[str, dict] = field(default_factory=dict)  # MLflow 3 logged model id -> what went into it
+
+    @property
+    def total(self) -> int:
+        """How many artifacts the whole store holds."""
+        return len(self.files) + len(self.models)
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -82,6 +91,22 @@ def store(tmp_path_factory) -> Store:
             _write(model / "weights.bin", b"W" * 1000)
             _write(model / "sub" / "conf.yaml", b"k: v\n")
             mlflow.log_artifacts(str(model), artifact_path="model")
+            # An MLflow 3 logged model: kept under the experiment, outside the run's tree.
+            client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+            lm = client.create_logged_model(experiment_id=exp_a, name="clf", source_run_id=rid,
+                                            tags={"framework": "toy"}, params={"depth": "4"})
+            lm_dir = src / "r1" / "logged"
+            _write(lm_dir / "MLmodel", b"artifact_path: clf\n")
+            _write(lm_dir / "data" / "model.pkl", b"pickle-ish")
+            client.log_model_artifacts(lm.model_id, str(lm_dir))
+            mlflow.log_metric("val_acc", 0.6, step=0, model_id=lm.model_id)
+            mlflow.log_metric("val_acc", 0.7, step=1, model_id=lm.model_id)
+            client.finalize_logged_model(lm.model_id, mlflow.entities.LoggedModelStatus.READY)
+            # A model whose logging never finished is not there for MLflow either.
+            client.create_logged_model(experiment_id=exp_a, name="pending", source_run_id=rid)
+        st.models[lm.model_id] = {"run_id": rid, "content": {"MLmodel": b"artifact_path: clf\n",
+                                                             "data/model.pkl": b"pickle-ish"},
+                                  "metrics": {"val_acc": 0.7}, "labels": {"framework": "toy", "param.depth": "4"}}
         st.files.update({
             (rid, "notes.txt"): b"first run notes\n",
             (rid, "eval/metrics.json"): b'{"acc": 0.75}',
@@ -90,7 +115,7 @@ def store(tmp_path_factory) -> Store:
             (rid, "model"): {"MLmodel": b"flavors: {}\n", "weights.bin": b"W" * 1000, "sub/conf.yaml": b"k: v\n"},
         })
         st.runs[rid] = {"experiment": "exp-a", "name": "first", "params": {"lr": "0.01", "layers": "3"},
-                        "tags": {"team": "vision"}, "metrics": {"loss": 0.4, "acc": 0.75}}
+                        "tags": {"team": "vision"}, "metrics": {"loss": 0.4, "acc": 0.75, "val_acc": 0.7}}
 
         with mlflow.start_run(experiment_id=exp_a, run_name="second") as run:
             rid = run.info.run_id
@@ -158,12 +183,12 @@ def test_every_artifact_arrives_with_bytes_labels_and_metrics(store, tmp_path, c
     root = tmp_path / "ledger"
     db_before = _digest(store.db)
     doc = import_json(capsys, monkeypatch, root, store, "--create")
-    assert doc["imported"] == len(store.files) and doc["skipped"] == 0 and doc["failed"] == 0
+    assert doc["imported"] == store.total and doc["skipped"] == 0 and doc["failed"] == 0
     assert doc["source"] == "mlflow" and doc["failures"] == []
     assert _digest(store.db) == db_before  # the source is only read
 
     arts = by_source_id(root)
-    assert set(arts) == {f"{rid}/{path}" for rid, path in store.files}
+    assert set(arts) == {f"{rid}/{path}" for rid, path in store.files} | {f"models/{m}" for m in store.models}
     client = mlflow.tracking.MlflowClient(tracking_uri=store.uri)
     with open_ledger(root, create=False) as led:
         facade = led.artifacts(run_id="-", graph_id="-", node_id="-")
@@ -193,6 +218,15 @@ def test_every_artifact_arrives_with_bytes_labels_and_metrics(store, tmp_path, c
             start = mlflow_time(info.start_time)
             assert art.labels["import.created_at"] == start
             assert art.labels["import.ended_at"] == mlflow_time(info.end_time)
+        for model_id, m in store.models.items():
+            art = arts[f"models/{model_id}"]
+            assert (art.kind, art.run_id, art.graph_id, art.node_id) == ("model", m["run_id"], "mlflow", "models")
+            assert art.project_id == "exp-a"
+            assert _tree(facade.load_artifact(art.uri)) == m["content"]
+            assert art.metrics == m["metrics"]
+            assert {k: art.labels[k] for k in m["labels"]} == m["labels"]
+            assert art.labels["import.model_id"] == model_id and art.labels["import.model_name"] == "clf"
+            assert art.labels["import.uri"] == f"models:/{model_id}"
     first = next(rid for rid, r in store.runs.items() if r["name"] == "first")
     notes = arts[f"{first}/notes.txt"]
     # A tag named like a ledger id key is kept under source.; a NaN metric as a label.
@@ -222,15 +256,15 @@ def test_a_rerun_imports_nothing_twice(store, tmp_path, capsys, monkeypatch):
         head_after_b = led.head
     # Everything: exp-b's artifact is already there and is skipped, the rest arrives.
     again = import_json(capsys, monkeypatch, root, store)
-    assert (again["imported"], again["skipped"], again["failed"]) == (len(store.files) - 1, 1, 0)
+    assert (again["imported"], again["skipped"], again["failed"]) == (store.total - 1, 1, 0)
     with open_ledger(root, create=False) as led:
         head = led.head
-        assert head[0] == head_after_b[0] + len(store.files) - 1
+        assert head[0] == head_after_b[0] + store.total - 1
     third = import_json(capsys, monkeypatch, root, store)
-    assert (third["imported"], third["skipped"], third["failed"]) == (0, len(store.files), 0)
+    assert (third["imported"], third["skipped"], third["failed"]) == (0, store.total, 0)
     with open_ledger(root, create=False) as led:
         assert led.head == head
-    assert len(by_source_id(root)) == len(store.files)
+    assert len(by_source_id(root)) == store.total
 
 
 def test_experiment_filter_and_text_summary(store, tmp_path, capsys, monkeypatch):
@@ -239,7 +273,7 @@ def test_experiment_filter_and_text_summary(store, tmp_path, capsys, monkeypatch
     code, out, err = run_import(capsys, monkeypatch, "-C", str(root), "import", "mlflow", "--tracking-uri",
                                 store.uri, "--experiment", "exp-a", "--create")
     assert code == 0 and err == ""
-    n = sum(1 for rid, _ in store.files if store.runs[rid]["experiment"] == "exp-a")
+    n = sum(1 for rid, _ in store.files if store.runs[rid]["experiment"] == "exp-a") + len(store.models)
     assert out.startswith(f"imported {n} artifacts from mlflow ({store.uri})")
     assert "skipped 0 already present; failed 0" in out
     assert {a.project_id for a in by_source_id(root).values()} == {"exp-a"}
@@ -250,7 +284,7 @@ def test_progress_bar_on_a_terminal_only(store, tmp_path, capsys, monkeypatch):
     code, out, err = run_import(capsys, monkeypatch, "-C", str(tmp_path / "l1"), "import", "mlflow",
                                 "--tracking-uri", store.uri, "--create", tty=True)
     assert code == 0
-    n = len(store.files)
+    n = store.total
     assert "importing from mlflow [" in err and f"{n} artifacts/{n} artifacts" in err and "100.0%" in err
     assert err.endswith("\r\x1b[K")
     assert out.startswith(f"imported {n} artifacts")
