@@ -235,6 +235,15 @@ def _item(ws: Path, key: str, occ: dict[str, Any], art: dict[str, Any] | None, l
                           sha256=None if is_dir else sha)
 
 
+def _natural_key(row: dict[str, Any]) -> str:
+    """An identity for a row without an occurrence id (older indexes): what the save was, and when.
+
+    A row number would collide across workspaces and skip another workspace's artifacts.
+    """
+    parts = [str(row.get(k) or "") for k in ("artifact_id", "created_at", "run_id", "graph_id", "node_id")]
+    return "save-" + hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
+
+
 def list_artifacts(workspace: str | os.PathLike[str]) -> list[SourceArtifact]:
     """Every artifact occurrence of the workspace's SQLite index, oldest first; writes nothing."""
     ws = Path(workspace)
@@ -252,12 +261,12 @@ def list_artifacts(workspace: str | os.PathLike[str]) -> list[SourceArtifact]:
     items = []
     try:
         for i, occ in enumerate(occs):
-            key = occ.get("occurrence_id") or f"occurrence-{occ['id']}"
+            key = occ.get("occurrence_id") or _natural_key(occ)
             items.append(_item(ws, str(key), occ, arts.get(occ["artifact_id"]), last[occ["artifact_id"]] == i))
         # Rows saved before aethergraph kept occurrences have only their artifacts row.
         for aid, art in arts.items():
             if aid not in last:
-                items.append(_item(ws, f"artifact-{aid}", art, art, True))
+                items.append(_item(ws, _natural_key(art), art, art, True))
     except ValueError as exc:
         raise ImportSourceError(f"cannot read the AetherGraph index {ws / INDEX}: {exc}") from None
     return items

@@ -169,6 +169,8 @@ def _walk(client: Any, run_id: str, entries: list[Any] | None = None) -> list[tu
 
 
 def _fetcher(client: Any, artifact_uri: str, run_id: str, rel: str) -> Any:
+    if PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts:
+        raise ImportSourceError(f"run {run_id} lists the artifact path {rel!r}, which leaves its artifact directory")
     parsed = urlparse(artifact_uri)
     if parsed.scheme in ("", "file"):
         base = Path(unquote(parsed.path) if parsed.scheme == "file" else artifact_uri)

@@ -243,8 +243,9 @@ def add_import_command(sub: Any, common: argparse.ArgumentParser, parser_class: 
     shared.add_argument("--create", action="store_true",
                         help="create the ledger directory if it is not a ledger yet (it must be absent or empty)")
     m = inner.add_parser("mlflow", parents=[common, shared], help="runs of an MLflow tracking store",
-                         description="Import the artifacts of every run of an MLflow tracking store "
-                                     "(or of one experiment) with the run's tags, params and metrics.")
+                         description="Import the artifacts of every run and every finalized logged model of "
+                                     "an MLflow tracking store (or of one experiment) with their tags, params "
+                                     "and metrics.")
     m.add_argument("--tracking-uri", metavar="URI", required=True,
                    help="the tracking store, e.g. sqlite:///mlflow.db (read only, never changed)")
     m.add_argument("--experiment", metavar="NAME", help="only this experiment (default: every active one)")

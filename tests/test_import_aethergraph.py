@@ -365,3 +365,30 @@ def test_an_interrupted_import_resumes_without_duplicates(workspace, tmp_path, c
     doc = import_json(cli, root, workspace.path)
     assert (doc["imported"], doc["skipped"], doc["failed"]) == (len(workspace.expect) - 2, 2, 0)
     assert set(imported(root)) == {e.occurrence_id for e in workspace.expect}
+
+
+def test_rows_without_occurrence_ids_are_told_apart_across_workspaces(tmp_path, cli):
+    """Older indexes have no occurrence ids: two such workspaces in one ledger both arrive, then skip."""
+    async def tiny(ws: Path, data: bytes) -> None:
+        (tmp_path / "f.txt").write_bytes(data)
+        f = _facade(ws, "r1")
+        await f.save_file(str(tmp_path / "f.txt"), kind="text", cleanup=False)
+        await f.save_file(str(tmp_path / "f.txt"), kind="text", labels={"again": True}, cleanup=False)
+
+    spaces = [tmp_path / "ws-a", tmp_path / "ws-b"]
+    for ws, data in zip(spaces, (b"from a", b"from b"), strict=True):
+        asyncio.run(tiny(ws, data))
+        con = sqlite3.connect(ws / INDEX)
+        con.execute("UPDATE artifact_occurrences SET occurrence_id = NULL")
+        con.commit()
+        con.close()
+    root = tmp_path / "ledger"
+    assert import_json(cli, root, spaces[0], "--create")["imported"] == 2
+    assert import_json(cli, root, spaces[1])["imported"] == 2  # row numbers 1, 2 again: not the same saves
+    with open_ledger(root, create=False) as led:
+        facade = led.artifacts(run_id="-", graph_id="-", node_id="-")
+        assert sorted(facade.load_artifact_bytes(a.uri) for a in facade.list(scope="all")) == [b"from a"] * 2 + [
+            b"from b"] * 2
+    for ws in spaces:
+        doc = import_json(cli, root, ws)
+        assert (doc["imported"], doc["skipped"]) == (0, 2)

@@ -19,6 +19,7 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow")
 pytest.importorskip("sqlalchemy")
+pytest.importorskip("alembic")
 
 from artifact_ledger.facade.cli import main  # noqa: E402
 from artifact_ledger.sync import open_ledger  # noqa: E402
