@@ -18,6 +18,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,8 +127,11 @@ class Ran:
 
 
 @pytest.fixture
-def cli(capsys):
+def cli(capsys, monkeypatch):
     """``artifact-ledger ARGS`` run in this process (a process per call would dominate the test's time)."""
+    # main() installs the tool's one-line warning printer; keep it out of later tests.
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+
     def run(*args: str) -> Ran:
         capsys.readouterr()
         code = main(list(args))

@@ -12,6 +12,7 @@ import io
 import json
 import shutil
 import sqlite3
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,6 +148,8 @@ class _Tty(io.StringIO):
 def run_import(capsys, monkeypatch, *args: str, tty: bool = False) -> tuple[int, str, str]:
     """``artifact-ledger ARGS`` in this process (MLflow is already imported), stdout/stderr captured."""
     err = _Tty() if tty else None
+    # main() installs the tool's one-line warning printer; keep it out of later tests.
+    monkeypatch.setattr("warnings.showwarning", warnings.showwarning)
     if err is not None:
         monkeypatch.setattr("sys.stderr", err)
     capsys.readouterr()
