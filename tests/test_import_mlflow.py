@@ -343,6 +343,10 @@ def test_missing_unreadable_or_unknown_sources_fail_before_writing(store, tmp_pa
     _refused(capsys, monkeypatch, root, f"sqlite:///{old}", "older schema version 451aebb31d03", "mlflow db upgrade")
     assert _digest(old) == before
     _refused(capsys, monkeypatch, root, str(tmp_path / "no-such-dir"), "no MLflow tracking store")
+    empty_dir = tmp_path / "empty-dir"
+    empty_dir.mkdir()
+    _refused(capsys, monkeypatch, root, empty_dir.as_uri(), "not an MLflow file tracking store")
+    assert list(empty_dir.iterdir()) == []  # MLflow's file store would have made a default experiment there
     _refused(capsys, monkeypatch, root, store.uri, "no active experiment named 'exp-z'", "'exp-a'",
              extra=("--experiment", "exp-z"))
 
