@@ -20,6 +20,7 @@ import anyio
 from ..ledger.errors import LedgerCorruption
 
 from . import cli_commands as cmd
+from . import importing
 from .cli_commands import EXIT_ENV, EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, Reader, Result
 from .cli_format import Progress, fmt_time
 from .ledger import open_ledger
@@ -29,12 +30,15 @@ PROG = "artifact-ledger"
 ROOT_ENV = "ARTIFACT_LEDGER_ROOT"
 OPEN_QUIET_SECONDS = 0.5  # a progress bar appears only when opening (log replay) takes longer
 
-DESCRIPTION = "Read, audit and export an artifact ledger directory (never creates or changes artifacts)."
+DESCRIPTION = ("Read, audit and export an artifact ledger directory (never creates or changes artifacts, "
+               "except `import`, which records those of an MLflow or AetherGraph store).")
 
 EPILOG = f"""\
 The ledger directory is given by --root DIR (or -C DIR), or else by the
 environment variable {ROOT_ENV}. --root/-C and --json may be written
-before or after the command. The tool never creates a ledger.
+before or after the command. The tool never creates a ledger (except
+`import --create`) and never records, except `import mlflow` and
+`import aethergraph`.
 
 Positions (--since, --until, diff A B, as-of --time) are a seq number or an
 ISO 8601 time (2024-05-01T12:00:00Z; a time without a zone is UTC). A time
@@ -52,7 +56,8 @@ export always writes JSON lines (one event per line).
 
 Exit status:
   0  success
-  1  verification failed, or the ledger is damaged
+  1  verification failed, the ledger is damaged, or some artifacts of an
+     import failed (the others are imported)
   2  usage error: bad arguments, no ledger at the directory, or a value the
      library rejects (unknown id, seq out of range, ...)
   3  the system refused: permission denied, disk full, I/O error, ...
@@ -231,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--maximize", action="append", metavar="METRIC", help="rank this metric highest-first")
     p.set_defaults(run_cmd=cmd.cmd_report)
 
+    importing.add_import_command(sub, common, _Parser)
     return parser
 
 
@@ -239,12 +245,12 @@ def _add_range_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--until", metavar="POS", help="up to this seq or time (inclusive)")
 
 
-def _root(args: argparse.Namespace) -> Path:
+def _root(args: argparse.Namespace, *, must_exist: bool = True) -> Path:
     given = getattr(args, "root", None) or os.environ.get(ROOT_ENV)
     if not given:
         raise CliError(f"no ledger directory given: use --root DIR (or -C DIR) or set {ROOT_ENV}")
     root = Path(given)
-    if not root.is_dir():
+    if must_exist and not root.is_dir():
         raise CliError(f"no ledger at {root}: no such directory")
     return root
 
@@ -266,8 +272,13 @@ async def _open(root: Path, read_only: bool = True) -> Any:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    root = _root(args)
     json_mode = bool(getattr(args, "json", False))
+    if args.command == "import":
+        # The one command that records; with --create the ledger directory may not exist yet.
+        doc, text, code = await importing.cmd_import(_root(args, must_exist=False), args)
+        _emit(Result(doc, text, code), json_mode)
+        return code
+    root = _root(args)
     if args.command == "repair":
         return await _repair(root, json_mode)
     try:
