@@ -53,12 +53,17 @@ class GroupCommitLog:
         self._pending: list[_Pending] = []
         self._lock = anyio.Lock()
         self._poisoned: BaseException | None = None
+        self._damaged: LedgerCorruption | None = None  # found while reading what others appended
         self._closed = False
 
     def _check(self) -> None:
         self.log.check_process()
         if self._closed:
             raise LedgerClosed("the ledger is closed")
+        if self._damaged is not None:
+            # The log moved past a record the catalogue could not take in: every later read
+            # would quietly answer from a stale state, so this process refuses them all.
+            raise self._damaged
         if self._poisoned is not None:
             raise LedgerPoisoned(
                 f"an earlier write failed ({self._poisoned!r}); reopen the ledger to recover"
@@ -168,6 +173,9 @@ class GroupCommitLog:
         try:
             if records:
                 self._on_records(records)
+        except LedgerCorruption as exc:
+            self._damaged = exc
+            raise
         finally:
             for r in batch:
                 r.done.set()
@@ -193,10 +201,14 @@ class GroupCommitLog:
                 return
             seen: list[Record] = []
             try:
-                await anyio.to_thread.run_sync(self.log.catch_up, seen.append)
-            finally:
-                if seen:
-                    self._on_records(seen)
+                try:
+                    await anyio.to_thread.run_sync(self.log.catch_up, seen.append)
+                finally:
+                    if seen:
+                        self._on_records(seen)
+            except LedgerCorruption as exc:
+                self._damaged = exc
+                raise
 
     async def aclose(self) -> None:
         """Wait for in-flight writes, then release the log's files."""

@@ -558,3 +558,26 @@ def test_verify_fails_on_a_well_framed_record_with_an_undecodable_payload(root, 
                 await led.verify()
 
     anyio.run(main)
+
+
+def test_a_damaged_record_found_while_catching_up_stops_every_later_call(root, tmp_path):
+    """Another process's well-framed record with an undecodable payload: the catch-up that meets it raises,
+    and so does every later read and write of this process (the log moved past it, the catalogue did not)."""
+
+    async def main():
+        async with open_ledger(root) as led:
+            arts = led.artifacts(run_id="r", graph_id="g", node_id="n")
+            await save_one(led, tmp_path / "p", 0)
+            log = SegmentLog(str(root / "log"))
+            try:
+                log.recover(lambda r: None)
+                (bad,) = log.append_batch([b"\xc1 not msgpack"], lambda r: None)
+            finally:
+                log.close()
+            for _ in range(2):
+                with pytest.raises(LedgerCorruption, match=f"seq {bad.seq}"):
+                    await arts.list(scope="all")
+            with pytest.raises(LedgerCorruption, match=f"seq {bad.seq}"):
+                await save_one(led, tmp_path / "q", 1)
+
+    anyio.run(main)
