@@ -168,7 +168,7 @@ class Ledger:
         self._log.check_process()  # a fork child must not checkpoint or close the parent's ledger
         try:
             await self._join_checkpoint()
-            if self.catalog.head_seq > self._ckpt_seq and self._gc._poisoned is None and not self.read_only:
+            if self.catalog.head_seq > self._ckpt_seq and not self._gc.failed and not self.read_only:
                 try:
                     await self.checkpoint()
                 except Exception as exc:

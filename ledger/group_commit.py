@@ -56,6 +56,11 @@ class GroupCommitLog:
         self._damaged: LedgerCorruption | None = None  # found while reading what others appended
         self._closed = False
 
+    @property
+    def failed(self) -> bool:
+        """Whether a write failed or a damaged record was met: nothing more is written (not even a checkpoint)."""
+        return self._poisoned is not None or self._damaged is not None
+
     def _check(self) -> None:
         self.log.check_process()
         if self._closed:
