@@ -300,6 +300,7 @@ class SyncLedger(_Bound):
     history = _blocking(Ledger.history)
     diff = _blocking(Ledger.diff)
     verify = _blocking(Ledger.verify)
+    sweep = _blocking(Ledger.sweep)
     runs = _blocking(Ledger.runs)
     export_files = _blocking(Ledger.export_files)
 

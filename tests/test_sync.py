@@ -154,3 +154,21 @@ def test_a_program_that_never_closes_still_exits_and_leaves_a_sound_ledger(root,
     assert list((root / "checkpoints").glob("*.ckpt")), "the exit hook closes the ledger, writing its checkpoint"
     with open_sync(root) as led:
         assert [a.artifact_id for a in led.artifacts(run_id="r", graph_id="g", node_id="n").list()] == [aid]
+
+
+def test_the_blocking_ledger_offers_every_public_method_of_the_async_one():
+    """Nothing a user can await is missing without await (aclose is close; upto/materialized are internals)."""
+    import inspect
+
+    from artifact_ledger import ArtifactFacade, Ledger
+    from artifact_ledger.sync import SyncFacade
+
+    for a, s, internal in ((Ledger, SyncLedger, {"aclose", "upto", "materialized"}), (ArtifactFacade, SyncFacade, set())):
+        public = {n for n, _ in inspect.getmembers(a) if not n.startswith("_")}
+        assert public - internal - set(dir(s)) == set()
+
+
+def test_sweep_without_await(root, src):
+    with open_sync(root) as led:
+        led.artifacts(**BIND).save(src, kind="text")
+        assert led.sweep() == []
