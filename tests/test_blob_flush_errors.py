@@ -14,12 +14,9 @@ import pytest
 import artifact_ledger.store.durable as durable
 import artifact_ledger.store.local as local
 from artifact_ledger import LedgerPoisoned, open_ledger
+from fdtools import fd_path
 
 POISON = b"POISON"
-
-
-def _fd_path(fd: int) -> str:
-    return os.readlink(f"/proc/self/fd/{fd}")
 
 
 @pytest.fixture
@@ -31,7 +28,7 @@ def eio_on_writing_fd(monkeypatch):
     real_write, real_fsync, real_close = os.write, os.fsync, os.close
 
     def write(fd, data):
-        if POISON in bytes(data) and "/blobs/tmp/" in _fd_path(fd):
+        if POISON in bytes(data) and "/blobs/tmp/" in fd_path(fd):
             bad.add(fd)
         return real_write(fd, data)
 
@@ -132,7 +129,7 @@ def os_order(monkeypatch):
 
     def fsync(fd):
         real_fsync(fd)
-        events.append(("fsync", _fd_path(fd)))
+        events.append(("fsync", fd_path(fd)))
 
     def rename(src, dst):
         real_rename(src, dst)
@@ -175,7 +172,7 @@ def test_ledger_blobs_are_fsynced_through_their_writing_fd(root, tmp_path, monke
     real_write, real_fsync, real_close = os.write, os.fsync, os.close
 
     def write(fd, data):
-        path = _fd_path(fd)
+        path = fd_path(fd)
         if "/blobs/tmp/" in path:
             writing[fd] = path
             written.add(path)

@@ -15,10 +15,7 @@ import pytest
 
 import artifact_ledger.facade.repair as repair
 from artifact_ledger import LedgerNeedsRepair, open_ledger, repair_ledger
-
-
-def _fd_path(fd: int) -> str:
-    return os.readlink(f"/proc/self/fd/{fd}")
+from fdtools import fd_path
 
 
 @pytest.fixture
@@ -29,7 +26,7 @@ def os_trace(monkeypatch):
 
     def fsync(fd):
         real_fsync(fd)
-        events.append(("fsync", _fd_path(fd)))
+        events.append(("fsync", fd_path(fd)))
 
     def mkdir(path, *a, **kw):
         real_mkdir(path, *a, **kw)
@@ -191,7 +188,7 @@ def test_full_disk_during_the_marker_write_leaves_nothing_and_a_retry_succeeds(t
     real_write = os.write
 
     def write(fd, data):
-        if os.path.basename(_fd_path(fd)).startswith(".ARTIFACT-LEDGER"):
+        if os.path.basename(fd_path(fd)).startswith(".ARTIFACT-LEDGER"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_write(fd, data)
 

@@ -539,18 +539,24 @@ def test_reader_sees_another_process_commit_that_starts_a_new_segment(root, tmp_
     anyio.run(main)
 
 
+def append_undecodable_record(root: Path):
+    """Append, as another process would, a record with valid framing, CRC and chain but a garbage payload."""
+    log = SegmentLog(str(root / "log"))
+    try:
+        log.recover(lambda r: None)
+        (bad,) = log.append_batch([b"\xc1 not msgpack"], lambda r: None)
+    finally:
+        log.close()
+    return bad
+
+
 def test_verify_fails_on_a_well_framed_record_with_an_undecodable_payload(root, tmp_path):
     """A record with valid framing, CRC and chain whose payload is not an event fails verify, naming its seq."""
 
     async def main():
         async with open_ledger(root) as led:
             await save_one(led, tmp_path / "p", 0)
-            log = SegmentLog(str(root / "log"))
-            try:
-                log.recover(lambda r: None)
-                (bad,) = log.append_batch([b"\xc1 not msgpack"], lambda r: None)
-            finally:
-                log.close()
+            bad = append_undecodable_record(root)
             store = LocalBlobStore(root / "blobs")
             res = await anyio.to_thread.run_sync(lambda: audit.verify(str(root / "log"), store, []))
             assert not res.ok and f"seq {bad.seq}" in res.problem and "undecodable" in res.problem
@@ -568,12 +574,7 @@ def test_a_damaged_record_found_while_catching_up_stops_every_later_call(root, t
         async with open_ledger(root) as led:
             arts = led.artifacts(run_id="r", graph_id="g", node_id="n")
             await save_one(led, tmp_path / "p", 0)
-            log = SegmentLog(str(root / "log"))
-            try:
-                log.recover(lambda r: None)
-                (bad,) = log.append_batch([b"\xc1 not msgpack"], lambda r: None)
-            finally:
-                log.close()
+            bad = append_undecodable_record(root)
             for _ in range(2):
                 with pytest.raises(LedgerCorruption, match=f"seq {bad.seq}"):
                     await arts.list(scope="all")

@@ -20,24 +20,12 @@ from artifact_ledger.ledger.errors import LedgerPoisoned, LedgerWriteError
 from artifact_ledger.ledger.filelog import POISON_MARK, SegmentLog, repair_log, segment_name
 from artifact_ledger.ledger.framing import SEGMENT_HEADER_SIZE
 from artifact_ledger.ledger.group_commit import GroupCommitLog
+from fdtools import fd_path, is_segment
 from logcheck import check_chain, recorded_ids, seg_files
 
 SPAWN = multiprocessing.get_context("spawn")
 RUN = dict(run_id="r", graph_id="g", node_id="n")
 TIMEOUT = 60
-
-
-def fd_path(fd: int) -> str:
-    """The path an open fd refers to ('' if unknown)."""
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return ""
-
-
-def is_segment(fd: int) -> bool:
-    """Whether ``fd`` is an open log segment (not its temp file, not a blob)."""
-    return fd_path(fd).endswith(".seg")
 
 
 class Faults:

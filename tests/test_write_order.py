@@ -17,18 +17,11 @@ import pytest
 from artifact_ledger.facade import open_ledger
 from artifact_ledger.ledger import filelog
 from artifact_ledger.ledger.framing import encode_record
+from fdtools import fd_path
 from logcheck import seg_files
 
 RUN = dict(run_id="r", graph_id="g", node_id="n")
 TIMEOUT = 60
-
-
-def fd_path(fd: int) -> str:
-    """The path an open fd refers to ('' if unknown)."""
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return ""
 
 
 def src(d: Path, name: str, size: int = 10) -> str:
