@@ -374,7 +374,7 @@ async def build_ledger(root: Path, runs: int, per_run: int) -> None:
             async with anyio.create_task_group() as tg:
                 for k in range(CONCURRENCY):
                     async def push(k: int = k) -> None:
-                        for ev in events[k::CONCURRENCY]:
+                        for ev in events[k::CONCURRENCY]:  # noqa: B023  (awaited in this iteration)
                             await led._append(ev)
                     tg.start_soon(push)
         assert len(led.catalog.rows) == runs * per_run
@@ -553,7 +553,8 @@ def bench_big_ledger(cfg: dict, rebuild: bool, rng: random.Random) -> tuple[Path
     opens = [open_in_child(root) for _ in range(cfg["opens"])]
     assert all(o["artifacts"] == n for o in opens + replays), opens
     r_s = statistics.median(o["open_s"] for o in replays)
-    print(f"open, full replay     {r_s * 1000:8.1f} ms median of {len(replays)} fresh processes, checkpoints moved aside "
+    print(f"open, full replay     {r_s * 1000:8.1f} ms median of {len(replays)} fresh processes, "
+          "checkpoints moved aside "
           f"(each: " + ", ".join(f"{o['open_s'] * 1000:.0f}" for o in replays) + " ms)   "
           f"target {TARGETS['open']}: {verdict(r_s < 1.0)}")
     o_s = statistics.median(o["open_s"] for o in opens)
@@ -593,8 +594,8 @@ def print_profile(title: str, prof: cProfile.Profile, top: int) -> None:
     st.strip_dirs().sort_stats("tottime").print_stats(top)
     print(f"---- profile: {title} (top {top} by tottime)")
     lines = buf.getvalue().splitlines()
-    start = next((i for i, l in enumerate(lines) if "ncalls" in l), 0)
-    total = next((l for l in lines if "function calls" in l), "")
+    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+    total = next((line for line in lines if "function calls" in line), "")
     print(total.strip())
     print("\n".join(lines[start:]).rstrip())
     print()

@@ -466,7 +466,7 @@ def child_verify(root: str, blob_root: str, reps: int) -> dict:
             calls = []
             expect = led.head if (first_expect_head and r == 0) else None
             t = time.perf_counter()
-            res = await led.verify(expect_head=expect, progress=lambda d, tot: calls.append((d, tot)))
+            res = await led.verify(expect_head=expect, progress=lambda d, tot: calls.append((d, tot)))  # noqa: B023
             dt = time.perf_counter() - t
             dest.append({"s": dt, "ok": res.ok, "records": res.records, "blobs": res.blobs, "bytes": res.bytes,
                          "problem": res.problem, "n_problems": len(res.problems), "progress_calls": len(calls),
@@ -617,7 +617,8 @@ def main() -> None:
           f"checkpoint loaded at seq {opens[0]['ckpt']})   target {TARGETS['open']}: {verdict(open_s < 1.0)}")
     print(f"              CPU time of the open {ms(statistics.median(o['open_cpu_s'] for o in opens))} median")
     print(f"              whole child process {statistics.median(o['process_s'] for o in opens) * 1000:.0f} ms "
-          f"(interpreter start, imports, open, close, exit); close {ms(statistics.median(o['close_s'] for o in opens))}")
+          "(interpreter start, imports, open, close, exit); "
+          f"close {ms(statistics.median(o['close_s'] for o in opens))}")
     print(f"peak RSS      {hwm_open / 1024:.1f} MiB VmHWM after open ({hwm_imp / 1024:.1f} MiB after imports, "
           f"so ~{(hwm_open - hwm_imp) * 1024 / expect['artifacts']:.0f} B/artifact); "
           f"{statistics.median(o['hwm_end_kb'] for o in opens) / 1024:.1f} MiB at exit")

@@ -8,18 +8,19 @@ import shutil
 import stat
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, AsyncIterator, BinaryIO, Literal, cast
 from urllib.parse import unquote, urlparse
 
 import anyio
 import anyio.to_thread
 
-from ..ledger.errors import ReadOnlyError
+from ..ledger.errors import ReadOnlyError as ReadOnlyError  # re-exported by facade/__init__
 from ..ledger.events import ArtifactRecorded, PinChanged
 from ..projections.catalog import Catalog, Row
 from ..projections.query import Filter, best as best_row, by_blob, rank, select
 from ..projections.query import count as count_rows
 from ..store.durable import unique_hex, unshare
+from ..store.base import BlobInfo
 from ..store.local import BlobCorrupted, check_sha
 
 from . import content, exporting
@@ -46,6 +47,10 @@ _PROBE_ID = "0" * 32
 _PROBE_SHA = "0" * 64
 _PROBE_SIZE = 2**64 - 1
 
+if TYPE_CHECKING:
+    from .ledger import Ledger
+    from .view import LedgerView
+
 
 def _not_regular(mode: int) -> str:
     """What a non-regular, non-directory file is, for error messages."""
@@ -70,7 +75,7 @@ class ArtifactCorrupted(BlobCorrupted):
                      f"(the bytes hash to {cause.actual}); restore the file from a backup",)
 
     def __str__(self) -> str:
-        return self.args[0]
+        return str(self.args[0])
 
 
 class ArtifactDecodeError(ValueError):
@@ -88,7 +93,7 @@ class ArtifactFacade:
 
     def __init__(self, source: Any, *, run_id: str, graph_id: str, node_id: str,
                  project_id: str | None = None, read_only: bool = False):
-        self._src = source
+        self._src: Ledger | LedgerView = source
         self.run_id = run_id
         self.graph_id = graph_id
         self.node_id = node_id
@@ -101,19 +106,21 @@ class ArtifactFacade:
                 f"node_id={self.node_id!r}, project_id={self.project_id!r})")
 
     # ------------------------------------------------------------ staging
-    def _writable(self, what: str) -> None:
+    def _writable(self, what: str) -> Ledger:
         if self._read_only:
             raise ReadOnlyError(f"{what}() is not allowed on a read-only past view of the ledger")
         if getattr(self._src, "read_only", False):
             raise ReadOnlyError(f"{what}() is not allowed: the ledger at {self._src.root} is open read-only "
                                 "(open_ledger(root, read_only=True)); nothing was written")
         self._src._check_open()
+        # Past views are read-only (raised above), so a writable source is the Ledger itself.
+        return cast("Ledger", self._src)
 
     async def stage(self, ext: str = "") -> str:
         """Reserve a fresh staging file path (the file is created empty)."""
-        self._writable("stage")
+        ledger = self._writable("stage")
         suffix = check_suffix("ext", ext)
-        path = self._src._new_staging_name(suffix)
+        path = ledger._new_staging_name(suffix)
         # O_EXCL reserves the name, so two calls can never hand out one path.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         os.close(fd)
@@ -125,9 +132,9 @@ class ArtifactFacade:
 
     async def stage_dir(self, suffix: str = "") -> str:
         """Create a fresh staging directory for a multi-file artifact."""
-        self._writable("stage_dir")
+        ledger = self._writable("stage_dir")
         sfx = check_suffix("suffix", suffix)
-        path = self._src._new_staging_name(sfx)
+        path = ledger._new_staging_name(sfx)
         path.mkdir()
         return str(path)
 
@@ -199,7 +206,8 @@ class ArtifactFacade:
         self.last_artifact = art
         return art
 
-    async def save(self, path: str, *, kind: str, labels: dict | None = None, metrics: dict | None = None,
+    async def save(self, path: str, *, kind: str, labels: dict[str, Any] | None = None,
+                   metrics: dict[str, Any] | None = None,
                    suggested_uri: str | None = None, pin: bool = False) -> Artifact:
         """Copy an existing file into the store and record it; the caller's file stays."""
         self._writable("save")
@@ -213,7 +221,7 @@ class ArtifactFacade:
         self._check_fits(meta, origin="save", mime=content.guess_mime(p.name), name=p.name)
         store = self._src.store
 
-        def put():
+        def put() -> BlobInfo:
             # Checked in the worker thread: stat calls would otherwise stall the event loop.
             # stat, never open: opening a FIFO would block until a writer appears.
             try:
@@ -232,7 +240,8 @@ class ArtifactFacade:
         return await self._record(origin="save", sha256=info.sha256, size=info.size,
                                   mime=content.guess_mime(p.name), name=p.name, meta=meta)
 
-    async def ingest(self, staged_path: str, *, kind: str, labels: dict | None = None, metrics: dict | None = None,
+    async def ingest(self, staged_path: str, *, kind: str, labels: dict[str, Any] | None = None,
+                     metrics: dict[str, Any] | None = None,
                      suggested_uri: str | None = None, pin: bool = False) -> Artifact:
         """Move a staged file into the store and record it; nothing is left in staging."""
         self._writable("ingest")
@@ -260,7 +269,7 @@ class ArtifactFacade:
 
     @asynccontextmanager
     async def writer(self, *, kind: str, planned_ext: str | None = None, pin: bool = False,
-                     labels: dict | None = None, metrics: dict | None = None,
+                     labels: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
                      suggested_uri: str | None = None) -> AsyncIterator[BinaryIO]:
         """Yield a real binary file; on clean exit its bytes are recorded as an artifact.
 
@@ -320,7 +329,7 @@ class ArtifactFacade:
                                      name=p.name, meta=meta)
         except BaseException:
             # As for ingest(): the staged files stay for a retry, detached from the blobs.
-            await anyio.to_thread.run_sync(lambda: [unshare(f) for f in linked])
+            await anyio.to_thread.run_sync(lambda: list(map(unshare, linked)))
             raise
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(p, ignore_errors=True))
         return art
@@ -370,7 +379,8 @@ class ArtifactFacade:
         """The exact bytes of an artifact, checked against its SHA-256 (``IsADirectoryError`` for directories)."""
         _, row = await self._resolve(uri)
         if row.ev.mime == content.DIR_MIME:
-            raise IsADirectoryError(f"artifact {row.ev.artifact_id} is a directory; use load_artifact() to get its path")
+            raise IsADirectoryError(
+                f"artifact {row.ev.artifact_id} is a directory; use load_artifact() to get its path")
         return await anyio.to_thread.run_sync(self._read_checked, row.ev)
 
     def _read_checked(self, ev: ArtifactRecorded, sha256: str | None = None) -> bytes:
@@ -439,9 +449,10 @@ class ArtifactFacade:
         cat = await self._src._refresh()
         return self._out(cat, select(cat, f, upto=self._src.upto))
 
-    async def search(self, *, kind: str | None = None, labels: dict | None = None, metric: str | None = None,
+    async def search(self, *, kind: str | None = None, labels: dict[str, Any] | None = None, metric: str | None = None,
                      mode: Literal["max", "min"] | None = None, scope: Scope = "run",
-                     extra_scope_labels: dict | None = None, limit: int | None = None) -> builtins.list[Artifact]:
+                     extra_scope_labels: dict[str, Any] | None = None,
+                     limit: int | None = None) -> builtins.list[Artifact]:
         """Artifacts matching kind and labels in the scope; ranked by metric when given, else newest first."""
         check_ranking(metric, mode, required=False)
         limit = check_limit(limit)
@@ -452,7 +463,7 @@ class ArtifactFacade:
         return self._out(cat, select(cat, f, limit, upto=self._src.upto))
 
     async def best(self, *, kind: str, metric: str, mode: Literal["max", "min"], scope: Scope = "run",
-                   filters: dict | None = None) -> Artifact | None:
+                   filters: dict[str, Any] | None = None) -> Artifact | None:
         """The best artifact of a kind by a metric in the scope, or None."""
         check_kind(kind)
         check_ranking(metric, mode, required=True)
@@ -476,8 +487,8 @@ class ArtifactFacade:
             raise KeyError(f"artifact_id {artifact_id!r} was recorded at seq {row.seq}, after this view's seq {upto}")
         return self._src._to_artifact(row, cat)
 
-    async def count(self, *, kind: str | None = None, labels: dict | None = None, metric: str | None = None,
-                    scope: Scope = "run", extra_scope_labels: dict | None = None) -> int:
+    async def count(self, *, kind: str | None = None, labels: dict[str, Any] | None = None, metric: str | None = None,
+                    scope: Scope = "run", extra_scope_labels: dict[str, Any] | None = None) -> int:
         """How many artifacts ``search()`` with these arguments finds (those having ``metric``, when given)."""
         if metric is not None and (not isinstance(metric, str) or not metric):
             raise TypeError(f"metric must be a non-empty string, got {metric!r}")
@@ -501,9 +512,9 @@ class ArtifactFacade:
         return path
 
     async def export_files(self, directory: str | os.PathLike[str], *, kind: str | None = None,
-                           labels: dict | None = None, metric: str | None = None,
+                           labels: dict[str, Any] | None = None, metric: str | None = None,
                            mode: Literal["max", "min"] | None = None, scope: Scope = "run",
-                           extra_scope_labels: dict | None = None, limit: int | None = None,
+                           extra_scope_labels: dict[str, Any] | None = None, limit: int | None = None,
                            overwrite: bool = False) -> dict[str, Path]:
         """Copy the files of the artifacts ``search()`` finds into ``directory`` with a ``manifest.jsonl``;
         returns each artifact's path by id. Existing files are refused unless ``overwrite``."""

@@ -91,7 +91,8 @@ class Diff:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict of the whole diff."""
-        art = lambda x: None if x is None else x.model_dump(mode="json")  # noqa: E731
+        def art(x: Artifact | None) -> dict[str, Any] | None:
+            return None if x is None else x.model_dump(mode="json")
         return {
             "a": self.a,
             "b": self.b,

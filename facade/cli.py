@@ -80,10 +80,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{PROG}: error: {message}\n")
 
 
-def _common() -> argparse.ArgumentParser:
+def _common() -> _Parser:
     # SUPPRESS defaults let the same options appear before or after a command
     # without the subcommand's default overwriting a value given earlier.
-    p = argparse.ArgumentParser(add_help=False)
+    p = _Parser(add_help=False)
     p.add_argument("-C", "--root", metavar="DIR", default=argparse.SUPPRESS,
                    help=f"the ledger directory (default: ${ROOT_ENV})")
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,

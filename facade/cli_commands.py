@@ -129,6 +129,7 @@ def event_rows(events: list[Any], lookup: dict[str, ArtifactRecorded]) -> str:
     rows = []
     for e in events:
         ev = e.event
+        rec: ArtifactRecorded | None
         if isinstance(ev, ArtifactRecorded):
             what = "recorded"
             detail = f"{ev.origin} {fmt.fmt_bytes(ev.size)} {ev.mime}" + (" pinned" if ev.pinned else "")
@@ -294,7 +295,7 @@ async def _selected_events(reader: Reader, args: Any) -> AsyncIterator[Any]:
 async def cmd_log(reader: Reader, args: Any) -> Result:
     """Recorded events in order, filtered by run, kind and seq/time range."""
     limit = _row_limit(args)
-    events = []
+    events: list[Any] = []
     total = 0
     async for e in _selected_events(reader, args):
         total += 1  # the rest are only counted, for the line saying how many were left out

@@ -149,7 +149,8 @@ def export(directory: Path, arts: list[Artifact], recorded_names: dict[str, str 
     targets = [directory / names[a.artifact_id] for a in arts] + [manifest]
     existing = [t.name for t in targets if os.path.lexists(t)]
     if existing and not overwrite:
-        shown = ", ".join(repr(n) for n in existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
+        shown = (", ".join(repr(n) for n in existing[:5])
+                 + (f" and {len(existing) - 5} more" if len(existing) > 5 else ""))
         raise FileExistsError(f"cannot export into {str(directory)!r}: {shown} already exist(s); "
                               "pass overwrite=True (--overwrite) to replace them")
     directory.mkdir(parents=True, exist_ok=True)

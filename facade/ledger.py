@@ -10,7 +10,7 @@ import warnings
 from datetime import datetime, timedelta, timezone
 from itertools import islice
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Generator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Generator
 
 import anyio
 import anyio.to_thread
@@ -36,6 +36,9 @@ from .model import Artifact, RunSummary, artifact_uri, build_artifact, utc_from_
 from .validation import check_event_size, check_id
 from .view import LedgerView
 
+if TYPE_CHECKING:
+    from .artifacts import ArtifactFacade
+
 DEFAULT_CHECKPOINT_EVERY = 10_000
 REPLAY_BATCH = 4096
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -46,10 +49,10 @@ MAX_SEGMENT_BYTES = 1 << 40
 class Context:
     """What a graph node sees: ``context.artifacts()`` gives its bound facade."""
 
-    def __init__(self, facade: "Any"):
+    def __init__(self, facade: ArtifactFacade):
         self._facade = facade
 
-    def artifacts(self):
+    def artifacts(self) -> ArtifactFacade:
         """The ArtifactFacade bound to this context's run, graph, node and project."""
         return self._facade
 
@@ -209,7 +212,7 @@ class Ledger:
         if project_id is not None:
             check_id("project_id", project_id)
 
-    def artifacts(self, *, run_id: str, graph_id: str, node_id: str, project_id: str | None = None):
+    def artifacts(self, *, run_id: str, graph_id: str, node_id: str, project_id: str | None = None) -> ArtifactFacade:
         """An ArtifactFacade bound to (run, graph, node, project)."""
         from .artifacts import ArtifactFacade
 
@@ -376,7 +379,7 @@ class Ledger:
 
     async def export_files(self, directory: str | os.PathLike[str], *, run_id: str | None = None,
                            graph_id: str | None = None, node_id: str | None = None, project_id: str | None = None,
-                           kind: str | None = None, labels: dict | None = None, metric: str | None = None,
+                           kind: str | None = None, labels: dict[str, Any] | None = None, metric: str | None = None,
                            mode: str | None = None, limit: int | None = None,
                            overwrite: bool = False) -> dict[str, Path]:
         """Copy the files of the artifacts matching the ids and filters given into ``directory``, with a
@@ -618,7 +621,8 @@ def _check_options(root: Any, *, create: Any, segment_bytes: Any, fsync: Any, ch
     _check_int("segment_bytes", segment_bytes, SEGMENT_HEADER_SIZE + 64, MAX_SEGMENT_BYTES)
     _check_int("checkpoint_every", checkpoint_every, 1, 2**63 - 1)
     if progress is not None and not callable(progress):
-        raise OptionTypeError(f"progress must be a callable progress(done_bytes, total_bytes) or None, got {progress!r}")
+        raise OptionTypeError(
+            f"progress must be a callable progress(done_bytes, total_bytes) or None, got {progress!r}")
 
 
 class _Opener:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -69,7 +69,7 @@ def _build_checked(fields: dict[str, Any]) -> Artifact:
     return Artifact.model_construct(**fields)
 
 
-def _pick_builder():
+def _pick_builder() -> Callable[[dict[str, Any]], Artifact]:
     sample = {
         "artifact_id": "0" * 32, "uri": "file:///x#0", "kind": "k", "sha256": "0" * 64, "bytes": 1, "mime": "m",
         "labels": {"a": 1}, "metrics": {"m": 1.0}, "pinned": False, "run_id": "r", "graph_id": "g", "node_id": "n",
@@ -89,7 +89,8 @@ build_artifact = _pick_builder()
 
 
 class RunSummary(BaseModel):
-    """One run as ``runs()`` reports it: its id, how many artifacts it has, and when the first and last were recorded."""
+    """One run as ``runs()`` reports it: its id, how many artifacts it has, and when the first and last
+    were recorded."""
 
     model_config = ConfigDict(frozen=True)
 

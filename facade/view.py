@@ -13,7 +13,8 @@ from ..projections.query import pinned_at
 from .model import Artifact, RunSummary, utc_from_us
 
 if TYPE_CHECKING:
-    from .ledger import Ledger
+    from .artifacts import ArtifactFacade
+    from .ledger import Context, Ledger
 
 
 class LedgerView:
@@ -31,7 +32,7 @@ class LedgerView:
         return f"LedgerView(root={str(self.root)!r}, seq={self.seq})"
 
     @property
-    def materialized(self):
+    def materialized(self) -> Path:
         """Where directory artifacts are built: the ledger's (made on first use when read-only)."""
         return self._ledger.materialized
 
@@ -45,7 +46,7 @@ class LedgerView:
         """Commit time of event ``seq``."""
         return utc_from_us(self.catalog.times[self.seq - 1])
 
-    def artifacts(self, *, run_id: str, graph_id: str, node_id: str, project_id: str | None = None):
+    def artifacts(self, *, run_id: str, graph_id: str, node_id: str, project_id: str | None = None) -> ArtifactFacade:
         """A read-only ArtifactFacade bound to these ids, answering as of ``seq``."""
         from .artifacts import ArtifactFacade
 
@@ -53,7 +54,7 @@ class LedgerView:
         return ArtifactFacade(self, run_id=run_id, graph_id=graph_id, node_id=node_id,
                               project_id=project_id, read_only=True)
 
-    def context(self, *, run_id: str, graph_id: str, node_id: str, project_id: str | None = None):
+    def context(self, *, run_id: str, graph_id: str, node_id: str, project_id: str | None = None) -> Context:
         """A context whose ``.artifacts()`` is the read-only facade."""
         from .ledger import Context
 
@@ -68,7 +69,7 @@ class LedgerView:
 
     async def export_files(self, directory: str | os.PathLike[str], *, run_id: str | None = None,
                            graph_id: str | None = None, node_id: str | None = None, project_id: str | None = None,
-                           kind: str | None = None, labels: dict | None = None, metric: str | None = None,
+                           kind: str | None = None, labels: dict[str, Any] | None = None, metric: str | None = None,
                            mode: str | None = None, limit: int | None = None,
                            overwrite: bool = False) -> dict[str, Path]:
         """``Ledger.export_files()`` as of ``seq``: only artifacts recorded by then, as they were then."""
@@ -92,6 +93,6 @@ class LedgerView:
         return row_to_artifact(row, pinned_at(self.catalog, row, self.seq), self.store.uri)
 
     async def _append(self, event: Any) -> NoReturn:
-        from .artifacts import ReadOnlyError
+        from ..ledger.errors import ReadOnlyError
 
         raise ReadOnlyError("a past view of the ledger cannot record events")

@@ -114,7 +114,7 @@ class CheckpointError(ValueError):
     """A checkpoint file is damaged or unreadable."""
 
 
-def read(path: str) -> tuple[CheckpointInfo, bytes]:
+def read(path: str) -> tuple[CheckpointInfo, memoryview]:
     """Read and checksum a checkpoint file; returns (info, snapshot payload)."""
     with open(path, "rb") as f:
         data = f.read()
@@ -133,7 +133,7 @@ def read(path: str) -> tuple[CheckpointInfo, bytes]:
         digest = [tuple(x) for x in msgspec.msgpack.decode(payload[4 : 4 + dlen])]
     except (msgspec.DecodeError, TypeError) as exc:
         raise CheckpointError(f"undecodable log digest: {exc}") from exc
-    info = CheckpointInfo(schema, Position(seq, rhash, ts, seg, noff), roff, path, digest)  # type: ignore[arg-type]
+    info = CheckpointInfo(schema, Position(seq, rhash, ts, seg, noff), roff, path, digest)
     return info, payload[4 + dlen :]
 
 

@@ -66,7 +66,7 @@ class EventDecodeError(ValueError):
 # into the raw map of a version v+1 one. Version 1 is the first, so there are none yet;
 # a change to an event's fields bumps SCHEMA_VERSION and adds one here.
 UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
-_TAGS = {cls.__struct_config__.tag: cls for cls in (ArtifactRecorded, PinChanged)}
+_TAGS: dict[Any, type[Event]] = {cls.__struct_config__.tag: cls for cls in (ArtifactRecorded, PinChanged)}
 
 
 def decode_event(payload: bytes) -> Event:
@@ -99,6 +99,7 @@ def upcast_raw(raw: Any) -> Event:
             f"event {tag} has schema version {v}, newer than this library's {SCHEMA_VERSION}; "
             "upgrade artifact-ledger to read this ledger"
         )
+    assert isinstance(tag, str)  # every key of _TAGS is one
     while v < SCHEMA_VERSION:
         step = UPCASTERS.get((tag, v))
         if step is None:

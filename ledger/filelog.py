@@ -430,11 +430,12 @@ class SegmentLog:
         try:
             seg_first, prev_hash, version = read_segment_header(header)
         except HeaderError as exc:
-            if is_last and len(header) < SEGMENT_HEADER_SIZE or (is_last and os.path.getsize(path) <= SEGMENT_HEADER_SIZE):
+            if (is_last and len(header) < SEGMENT_HEADER_SIZE
+                    or (is_last and os.path.getsize(path) <= SEGMENT_HEADER_SIZE)):
                 # A crash while creating the segment: nothing in it was acknowledged.
                 if repair and first <= self.must_reach:
                     raise RecordsLost(self.head_seq, self.must_reach, self.must_reach_evidence,
-                                      segment=segment_name(first), offset=0)
+                                      segment=segment_name(first), offset=0) from exc
                 if self._report_torn:
                     warnings.warn(f"ignored half-created segment {segment_name(first)} ({exc}); not removed "
                                   "(read-only)", TornTailWarning, stacklevel=4)
@@ -467,6 +468,7 @@ class SegmentLog:
         pos = 0
         n = len(buf)
         stop = self._stop
+        rec: Record | None  # bound by the chunk loop and by read_record below
         while pos < n:
             if stop is not None and self.head_seq >= stop:
                 return
@@ -516,7 +518,8 @@ class SegmentLog:
             self._handle_bad_tail(buf, pos, base, name, status, reason, repair)
             return
 
-    def _handle_bad_tail(self, buf: bytes, pos: int, base: int, name: str, status: int, reason: str, repair: bool) -> None:
+    def _handle_bad_tail(self, buf: bytes, pos: int, base: int, name: str, status: int, reason: str,
+                         repair: bool) -> None:
         seq = self.head_seq + 1
         is_last = not any(s > self._seg_first for s in self.segments())
         if not is_last:

@@ -120,8 +120,8 @@ class LogLock:
             except BaseException:
                 os.close(self._dir_fd)
                 raise
-        self._ids = [(st.st_dev, st.st_ino) if fd >= 0 else None
-                     for fd, st in ((fd, os.fstat(fd) if fd >= 0 else None) for fd in (self._dir_fd, self._file_fd))]
+        self._ids = [(st.st_dev, st.st_ino) if st is not None else None
+                     for st in (os.fstat(fd) if fd >= 0 else None for fd in (self._dir_fd, self._file_fd))]
         _live.add(self)
 
     @property

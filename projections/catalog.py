@@ -279,7 +279,7 @@ class _RowsInOrder(Sequence):
     def __init__(self, cat: Catalog):
         self.cat = cat
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i):
         if isinstance(i, slice):
             return [Row(self.cat, j) for j in range(*i.indices(len(self.cat.ids)))]
         if i < 0:
@@ -455,7 +455,9 @@ def _add_run(state: Catalog, seqs: Sequence[int], tss: Sequence[int], evs: Seque
     strs = state.strs
     for col, attr in (("run_s", "run_id"), ("graph_s", "graph_id"), ("node_s", "node_id"),
                       ("project_s", "project_id")):
-        _group_codes(by_label, getattr(state, col)[base:], lambda c, a=attr: (a, strs[c]), rows)
+        def key_of(c: int, a: str = attr) -> tuple[str, Any]:
+            return a, strs[c]
+        _group_codes(by_label, getattr(state, col)[base:], key_of, rows)
     label_rows = [base + j for j, c in enumerate(counts) for _ in range(c)]
     # Group by canonical value (1 and 1.0 share an index entry) so rows stay ascending.
     _group_codes(by_label, list(map(state.pair_rep.__getitem__, pids)), state.pair_canon.__getitem__, label_rows)

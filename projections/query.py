@@ -86,11 +86,11 @@ class _Plan:
             self.pairs.append(item)
             lists.append(state.by_label.get(item))
         if f.kind is not None:
-            k = str_ids.get(f.kind, -1)
-            if k < 0:
+            kind_id = str_ids.get(f.kind, -1)
+            if kind_id < 0:
                 self.empty = True
                 return
-            self.kind = k
+            self.kind = kind_id
             lists.append(state.by_kind.get(f.kind))
         if any(x is None for x in lists):
             self.empty = True

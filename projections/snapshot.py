@@ -96,7 +96,7 @@ def _tupled(key: Any) -> Any:
     return tuple(_tupled(x) for x in key) if isinstance(key, list) else key
 
 
-def _parts(data: bytes) -> Iterator[memoryview]:
+def _parts(data: bytes | memoryview) -> Iterator[memoryview]:
     view = memoryview(data)
     pos = 0
     while pos < len(view):
@@ -110,7 +110,7 @@ def _parts(data: bytes) -> Iterator[memoryview]:
         pos += n
 
 
-def decode(data: bytes) -> Catalog:
+def decode(data: bytes | memoryview) -> Catalog:
     """Rebuild a Catalog from snapshot bytes, checking that its parts agree."""
     try:
         return _decode(data)
@@ -120,7 +120,7 @@ def decode(data: bytes) -> Catalog:
         raise SnapshotError(f"undecodable snapshot: {exc!r}") from exc
 
 
-def _decode(data: bytes) -> Catalog:
+def _decode(data: bytes | memoryview) -> Catalog:
     parts = _parts(data)
     schema, head_seq, lens, pairs, pin_events = _dec.decode(next(parts))
     if schema != SNAPSHOT_SCHEMA:

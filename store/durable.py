@@ -10,7 +10,7 @@ import re
 import shutil
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 
 def fsync_dir(path: str) -> None:
@@ -67,7 +67,7 @@ def makedirs_durable(path: str) -> list[str]:
     return created
 
 
-def _replace_with(path: str, fill: Callable[[str], None]) -> None:
+def _replace_with(path: str, fill: Callable[[str], object]) -> None:
     """Build a temp file next to ``path`` with ``fill``, then rename it over ``path``."""
     tmp = f"{path}.{owner_tag()}.{unique_hex()}.tmp"
     try:
@@ -101,7 +101,7 @@ def unshare(path: str) -> None:
     _replace_with(path, lambda tmp: shutil.copyfile(path, tmp))
 
 
-def _load_syncfs():
+def _load_syncfs() -> Any:
     try:
         fn = ctypes.CDLL(None, use_errno=True).syncfs
     except (OSError, AttributeError):

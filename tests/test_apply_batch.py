@@ -88,7 +88,8 @@ def test_column_path_on_plain_events_equals_one_at_a_time():
         evs.append(ArtifactRecorded(
             artifact_id=f"{i:032x}", origin="save", kind=rnd.choice(["model", "image", "table"]),
             sha256=f"{rnd.randrange(40):064x}", size=i, mime="text/plain",
-            labels={"split": rnd.choice(["train", "val"]), "seed": rnd.randrange(3), "x": rnd.choice([1, 1.0, 2.5, None])},
+            labels={"split": rnd.choice(["train", "val"]), "seed": rnd.randrange(3),
+                    "x": rnd.choice([1, 1.0, 2.5, None])},
             metrics={"acc": rnd.random(), "n": rnd.randrange(5)} if i % 3 else {},
             pinned=rnd.random() < 0.1, run_id=f"r{i % 4}", graph_id=rnd.choice(["g1", "g2"]),
             node_id=rnd.choice(["n1", "n2"]), project_id=rnd.choice([None, "p"]),

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from artifact_ledger.facade import content, open_ledger
 from artifact_ledger.facade.audit import LedgerEvent
-from artifact_ledger.ledger import checkpoints
 from artifact_ledger.ledger.events import ArtifactRecorded, PinChanged, decode_event
 from artifact_ledger.ledger.filelog import TornTailWarning
 from artifact_ledger.ledger.framing import FRAME_SIZE
@@ -178,7 +177,7 @@ def test_history_lists_recording_and_pins(tmp_path):
             evs = {e.seq: e for e in await collect(led.events())}
             h0 = await led.history(arts[0].artifact_id)
             assert [type(e.event) for e in h0] == [ArtifactRecorded, PinChanged, PinChanged]
-            assert [getattr(e.event, "pinned") for e in h0] == [False, True, False]
+            assert [e.event.pinned for e in h0] == [False, True, False]
             assert all(e.event.artifact_id == arts[0].artifact_id for e in h0)
             assert h0[0].seq == arts[0].seq
             assert [e.seq for e in h0] == sorted(e.seq for e in h0)

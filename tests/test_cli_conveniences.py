@@ -158,7 +158,8 @@ def test_export_files_of_a_run(big, tmp_path):
 
 
 def test_export_files_takes_the_query_options(big, tmp_path):
-    """export-files filters like list/search (--kind, --label, --metric/--mode, --limit, --project) and runs under as-of."""
+    """export-files filters like list/search (--kind, --label, --metric/--mode, --limit, --project) and runs
+    under as-of."""
     root = big["root"]
     doc = ok_json("export-files", "--kind", "model", "--metric", "acc", "--mode", "max", "--limit", "1",
                   str(tmp_path / "best"), root=root)

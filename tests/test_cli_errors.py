@@ -19,7 +19,8 @@ IDS = ["abcd1111" + "0" * 24, "abcd2222" + "0" * 24, "ffff0000" + "0" * 24]
 
 def run_cli(*args: str, root: Path, pre: str = "") -> subprocess.CompletedProcess:
     """``python -m artifact_ledger -C root args...``, after running ``pre`` in the same interpreter."""
-    code = textwrap.dedent(pre) + "\nimport sys\nfrom artifact_ledger.facade.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    code = (textwrap.dedent(pre)
+            + "\nimport sys\nfrom artifact_ledger.facade.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     env = {k: v for k, v in os.environ.items() if k != "ARTIFACT_LEDGER_ROOT"}
     return subprocess.run([sys.executable, "-c", code, "-C", str(root), *args], capture_output=True, text=True,
                           timeout=120, env=env)

@@ -267,7 +267,8 @@ BURSTS, BURST = 4, 16
 
 
 def _writer_removing_lock(root: str, worker: int, rounds: int, barrier, results) -> None:
-    """Spawned child: in each round open the ledger, save, and (worker 0) delete and re-create log/LOCK between saves."""
+    """Spawned child: in each round open the ledger, save, and (worker 0) delete and re-create log/LOCK between
+    saves."""
 
     async def main():
         acked = []
@@ -320,7 +321,8 @@ def test_two_writers_with_the_lock_file_removed_between_appends(root, tmp_path):
 
 # --------------------------------------------------------------------------- case 8: stopped holders, timeouts
 def test_fail_after_fires_around_a_save_blocked_by_a_stopped_holder(root, tmp_path):
-    """A save waiting for a SIGSTOPped process's lock is cancellable; it leaves nothing behind and the ledger works on."""
+    """A save waiting for a SIGSTOPped process's lock is cancellable; it leaves nothing behind and the ledger
+    works on."""
 
     async def main():
         async with open_ledger(root) as led:  # the default lock_timeout is far longer than this test waits
@@ -461,7 +463,8 @@ def _paused_child(root: str, what: str, paused, go, results) -> None:
 
 @pytest.mark.parametrize("what", ["replay", "verify"])
 def test_full_replay_or_verify_does_not_hold_the_lock(root, tmp_path, what):
-    """While another process is in the middle of a full replay (or a verify), a writer takes the exclusive lock and saves."""
+    """While another process is in the middle of a full replay (or a verify), a writer takes the exclusive lock
+    and saves."""
     head = anyio.run(bulk_ledger, root, 5000)
     paused, go, results = SPAWN.Event(), SPAWN.Event(), SPAWN.Queue()
     p = SPAWN.Process(target=_paused_child, args=(str(root), what, paused, go, results))

@@ -44,7 +44,8 @@ SMALL_SEGMENTS = 1024
 
 
 # --------------------------------------------------------------------------- helpers
-def build(root: Path, scratch: Path, saves: int, *, segment_bytes: int | None = None, pin_last: bool = False) -> list[DiskRecord]:
+def build(root: Path, scratch: Path, saves: int, *, segment_bytes: int | None = None,
+          pin_last: bool = False) -> list[DiskRecord]:
     """Create a ledger with ``saves`` saves (pinning the first after the second); return its records."""
     kw = {} if segment_bytes is None else {"segment_bytes": segment_bytes}
     scratch.mkdir(parents=True, exist_ok=True)
@@ -277,7 +278,8 @@ def _cut_and_check(tpl: Path, recs: list[DiskRecord], seg_index: int, cut: int, 
             # Not even a whole header: the segment was never usable, so it is removed.
             assert not seg.exists()
         else:
-            assert seg.stat().st_size == max([SEGMENT_HEADER_SIZE] + [r.offset + r.length for r in kept if r.segment == seg.name])
+            assert seg.stat().st_size == max([SEGMENT_HEADER_SIZE]
+                                             + [r.offset + r.length for r in kept if r.segment == seg.name])
         assert_appends_continue(work, scratch, kept)
 
 

@@ -23,7 +23,6 @@ from artifact_ledger import (CheckpointWarning, LedgerCorruption, LostRecordsWar
 from artifact_ledger.ledger import checkpoints
 from artifact_ledger.ledger.framing import SEGMENT_HEADER_SIZE
 from logcheck import check_chain, seg_files
-from logcheck import read_log as disk_records
 
 RUN = dict(run_id="r", graph_id="g", node_id="n")
 SEGMENT = 1100  # a few records per segment

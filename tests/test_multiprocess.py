@@ -1,4 +1,5 @@
-"""Several processes share one ledger root: serialized appends, gap-free seq, unbroken chain, fresh reads; group commit."""
+"""Several processes share one ledger root: serialized appends, gap-free seq, unbroken chain, fresh reads; group
+commit."""
 
 from __future__ import annotations
 
@@ -210,7 +211,8 @@ async def _create(root: Path) -> None:
 
 
 def test_reader_process_sees_commits_made_after_it_opened(root, tmp_path):
-    """A process that opened the ledger earlier sees later commits of another process on its next read, and vice versa."""
+    """A process that opened the ledger earlier sees later commits of another process on its next read, and vice
+    versa."""
     first = tmp_path / "first.txt"
     first.write_bytes(b"before the reader opened")
 
@@ -228,7 +230,8 @@ def test_reader_process_sees_commits_made_after_it_opened(root, tmp_path):
                 for i in range(12):
                     src = tmp_path / f"later{i}.txt"
                     src.write_bytes(f"later {i} ".encode() * 50)
-                    later.append(await fa.save(str(src), kind="blob", labels={"phase": "later"}, metrics={"score": i % 5 + i / 100}))
+                    later.append(await fa.save(str(src), kind="blob", labels={"phase": "later"},
+                                               metrics={"score": i % 5 + i / 100}))
                 written.set()
                 report = await anyio.to_thread.run_sync(lambda: _collect(results, 1, [proc])[0])
             finally:

@@ -16,7 +16,6 @@ import sys
 import tempfile
 import textwrap
 import threading
-import warnings
 from pathlib import Path
 
 import anyio
@@ -65,7 +64,7 @@ def build(root: Path, scratch: Path, *, saves: int = 6, segment_bytes: int = 120
 
 def readable_by_all(root: Path) -> None:
     """Group/world may read and enter everything, write nothing (a team's shared ledger)."""
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         os.chmod(dirpath, 0o755)
         for name in filenames:
             p = os.path.join(dirpath, name)
@@ -73,7 +72,8 @@ def readable_by_all(root: Path) -> None:
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
-    """Every entry under root: kind, size, mtime, mode and (files) content; dirs' mtimes show entries added or removed."""
+    """Every entry under root: kind, size, mtime, mode and (files) content; dirs' mtimes show entries added or
+    removed."""
     out = {".": ("dir", os.stat(root).st_mtime_ns, os.stat(root).st_mode)}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -317,7 +317,7 @@ def test_read_only_open_reads_and_cli_change_nothing_even_with_a_torn_tail(tmp_p
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     argvs = cli_read_commands(root, info, out_dir)
-    for argv, (code, out, err) in zip(argvs, run_cli_batch(argvs, nobody=False), strict=True):
+    for argv, (code, _out, err) in zip(argvs, run_cli_batch(argvs, nobody=False), strict=True):
         assert code == (1 if "verify" in argv else 0), (argv, err)
         assert "ignored torn tail" in err and "not truncated" in err, (argv, err)
     assert snapshot(root) == before
@@ -347,7 +347,8 @@ def test_read_only_never_creates_a_ledger(tmp_path):
 
 
 def test_read_only_without_a_lock_file_reads_and_warns(tmp_path):
-    """If log/LOCK cannot be opened, a read-only open still reads (unlocked, with a warning) and does not recreate it."""
+    """If log/LOCK cannot be opened, a read-only open still reads (unlocked, with a warning) and does not
+    recreate it."""
     root = tmp_path / "ledger"
     info = build(root, tmp_path / "src")
     os.unlink(root / "log" / "LOCK")
@@ -460,7 +461,8 @@ anyio.run(main)
 
 
 def test_read_only_open_waits_for_a_batch_whose_fsync_has_not_returned(tmp_path):
-    """While a writer sits in fdatasync under the lock, a read-only open blocks; it returns once the batch is durable."""
+    """While a writer sits in fdatasync under the lock, a read-only open blocks; it returns once the batch is
+    durable."""
     root = tmp_path / "ledger"
     build(root, tmp_path / "src", saves=2)
     head0 = disk_records(root)[-1].seq
@@ -511,7 +513,7 @@ def test_every_write_on_a_read_only_ledger_raises_before_writing(tmp_path):
                 "pin": lambda: fac.pin(info["ids"][1]),
                 "checkpoint": lambda: led.checkpoint(),
             }
-            for name, call in calls.items():
+            for _name, call in calls.items():
                 with pytest.raises(ReadOnlyError, match="read-only"):
                     await call()
             with pytest.raises(ReadOnlyError, match="read-only"):
@@ -542,7 +544,8 @@ UNREADABLE_LOCK_READER = """
 
 @needs_root
 def test_unprivileged_reader_with_an_unreadable_lock_file(shared_dir):
-    """A LOCK the auditor may not read (a writer's umask 077): the read-only open still works, and says it reads unlocked."""
+    """A LOCK the auditor may not read (a writer's umask 077): the read-only open still works, and says it reads
+    unlocked."""
     root = shared_dir / "ledger"
     info = build(root, shared_dir / "src")
     readable_by_all(root)

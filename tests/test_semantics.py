@@ -1002,7 +1002,8 @@ def test_rule8_ranking_best_first_ties_newest_first(root, tmp_path):
 
 
 def test_rule8_best_none_and_bad_ranking_arguments(root, tmp_path):
-    """Rule 8: best is None when nothing ranks; metric without mode, mode without metric or a bad mode raise ValueError."""
+    """Rule 8: best is None when nothing ranks; metric without mode, mode without metric or a bad mode raise
+    ValueError."""
 
     async def body(ledger):
         arts = facade(ledger)
@@ -1106,7 +1107,8 @@ def test_rule9_pin_is_an_event_reflected_by_every_read(root, tmp_path):
 
 
 def test_rule9_pin_unknown_id_and_bad_arguments(root, tmp_path):
-    """Rule 9: an unknown id raises KeyError naming it; non-str ids and non-bool pinned raise TypeError; nothing appended."""
+    """Rule 9: an unknown id raises KeyError naming it; non-str ids and non-bool pinned raise TypeError; nothing
+    appended."""
 
     async def body(ledger):
         arts = facade(ledger)
@@ -1240,13 +1242,15 @@ def test_rule11_suggested_uri_recorded_on_every_write_path(root, tmp_path):
     run_with_ledger(root, body)
 
 
-BAD_SUGGESTED = ["a\ud800", "/etc/passwd", "/tmp/x", "../escape", "a/../../b", "a/..", "..", "a\\..\\b", "\\\\server\\share",
-                 "s3://bucket/key", "file:///tmp/x", "http://host/x", "C:\\Windows\\x", "c:relative", "", "a\x00b"]
+BAD_SUGGESTED = ["a\ud800", "/etc/passwd", "/tmp/x", "../escape", "a/../../b", "a/..", "..", "a\\..\\b",
+                 "\\\\server\\share", "s3://bucket/key", "file:///tmp/x", "http://host/x",
+                 "C:\\Windows\\x", "c:relative", "", "a\x00b"]
 
 
 @pytest.mark.parametrize("hint", BAD_SUGGESTED)
 def test_rule11_absolute_dotdot_and_scheme_suggested_uri_refused(root, tmp_path, hint):
-    """Rule 11: absolute paths, '..', URI schemes (and empty/NUL) raise ValueError on every write path, nothing written."""
+    """Rule 11: absolute paths, '..', URI schemes (and empty/NUL) raise ValueError on every write path, nothing
+    written."""
 
     async def body(ledger):
         arts = facade(ledger)
