@@ -163,7 +163,8 @@ def test_the_blocking_ledger_offers_every_public_method_of_the_async_one():
     from artifact_ledger import ArtifactFacade, Ledger
     from artifact_ledger.sync import SyncFacade
 
-    for a, s, internal in ((Ledger, SyncLedger, {"aclose", "upto", "materialized"}), (ArtifactFacade, SyncFacade, set())):
+    pairs = ((Ledger, SyncLedger, {"aclose", "upto", "materialized"}), (ArtifactFacade, SyncFacade, set()))
+    for a, s, internal in pairs:
         public = {n for n, _ in inspect.getmembers(a) if not n.startswith("_")}
         assert public - internal - set(dir(s)) == set()
 
