@@ -8,6 +8,7 @@ file, the ``_last_checkpoint`` pointer, this process's own head), opening and
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import subprocess
@@ -241,3 +242,33 @@ def test_cli_reports_lost_records(tmp_path):
         assert res.returncode == 1, (cmd, res.stdout, res.stderr)
         assert f"seqs {log_head + 1}..{len(recs)}" in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert tree_bytes(root) == before
+
+
+@pytest.mark.parametrize("pointed", [9, 3])
+def test_accepting_a_loss_makes_the_removals_durable_before_returning(tmp_path, monkeypatch, pointed):
+    """accept_loss removes the checkpoints past the log's end and repoints the pointer; only a
+    directory fsync after those changes keeps a power cut from bringing the evidence back."""
+    import artifact_ledger.ledger.checkpoints as ckpts
+
+    d = tmp_path / "checkpoints"
+    d.mkdir()
+    for seq in (3, 8, 9):
+        (d / f"{seq:020d}.ckpt").write_bytes(b"x")
+    (d / ckpts.POINTER).write_text(json.dumps({"seq": pointed, "file": f"{pointed:020d}.ckpt"}))
+    order: list[str] = []
+    real_unlink, real_replace, real_fsync = os.unlink, os.replace, os.fsync
+    monkeypatch.setattr(ckpts.os, "unlink", lambda p, *a, **k: (order.append("unlink"), real_unlink(p, *a, **k))[1])
+    monkeypatch.setattr(ckpts.os, "replace", lambda a, b: (order.append("replace"), real_replace(a, b))[1])
+
+    def fsync(fd):
+        if os.path.realpath(f"/proc/self/fd/{fd}") == os.path.realpath(d):
+            order.append("fsync dir")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(ckpts.os, "fsync", fsync)
+    removed = ckpts.discard_beyond(str(d), 5)
+    repointed = [ckpts.POINTER] if pointed > 5 else []
+    assert sorted(removed) == sorted([f"{8:020d}.ckpt", f"{9:020d}.ckpt", *repointed])
+    assert ckpts.known_seq(str(d))[0] == 3
+    last_change = max(i for i, op in enumerate(order) if op in ("unlink", "replace"))
+    assert "fsync dir" in order[last_change + 1:], order

@@ -381,3 +381,63 @@ def test_segment_whose_directory_fsync_fails_is_removed_again(tmp_path, monkeypa
         assert (log_dir / segment_name(3)).exists()
     finally:
         again.close()
+
+
+def test_the_mark_is_durable_before_the_failed_call_returns_and_goes_only_after_the_cut(root, tmp_path,
+                                                                                      monkeypatch):
+    """Order, not just outcome: the mark's bytes are fsynced, then log/ is, before the failed save returns;
+    repair_log makes the cut durable (ftruncate, fsync) before it unlinks the mark, then fsyncs log/."""
+    faults = Faults()
+    faults.install(monkeypatch)
+    log_dir = ""  # known once the ledger exists
+    order: list[str] = []
+    wrapped = dict(faults.wrappers)
+    real_unlink = os.unlink
+
+    def where(fd: int) -> str:
+        p = fd_path(fd)
+        if p.endswith("/" + POISON_MARK):
+            return "mark"
+        if p.endswith(".seg"):
+            return "segment"
+        return "log/" if p == log_dir else "other"
+
+    def fsync(fd):
+        order.append(f"fsync {where(fd)}")
+        return wrapped["fsync"](fd)
+
+    def ftruncate(fd, length):
+        order.append(f"ftruncate {where(fd)}")
+        return wrapped["ftruncate"](fd, length)
+
+    def unlink(path, *a, **k):
+        if os.path.basename(path) == POISON_MARK:
+            order.append("unlink mark")
+        return real_unlink(path, *a, **k)
+
+    monkeypatch.setattr(filelog.os, "fsync", fsync)
+    monkeypatch.setattr(filelog.os, "ftruncate", ftruncate)
+    monkeypatch.setattr(filelog.os, "unlink", unlink)
+
+    async def main():
+        nonlocal log_dir
+        async with open_ledger(root) as led:
+            log_dir = os.path.realpath(root / "log")
+            fa = led.artifacts(**RUN)
+            await fa.save(src_file(tmp_path, "a"), kind="blob")
+            faults.armed |= {"fdatasync", "ftruncate"}
+            order.clear()
+            with pytest.raises(LedgerWriteError):
+                await fa.save(src_file(tmp_path, "b"), kind="blob")
+            faults.armed.clear()
+            return list(order)
+
+    at_return = anyio.run(main)
+    assert "fsync mark" in at_return, at_return
+    assert "fsync log/" in at_return[at_return.index("fsync mark") + 1:], at_return
+    order.clear()
+    repair_log(root / "log")
+    cut, synced = order.index("ftruncate segment"), order.index("fsync segment")
+    gone = order.index("unlink mark")
+    assert cut < synced < gone, order
+    assert "fsync log/" in order[gone + 1:], order
