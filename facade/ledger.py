@@ -246,10 +246,10 @@ class Ledger:
         return self.catalog
 
     def _to_artifact(self, row: Row, catalog: Catalog | None = None) -> Artifact:
-        return row_to_artifact(row, bool(row.cat.pin_now[row.i]), self.store.uri)
+        return row_to_artifact(row, bool(row.cat.pin_now[row.i]))
 
     def _artifact_at(self, row: Row, seq: int) -> Artifact:
-        return row_to_artifact(row, pinned_at(self.catalog, row, seq), self.store.uri)
+        return row_to_artifact(row, pinned_at(self.catalog, row, seq))
 
     # ------------------------------------------------------------ time travel and audit
     def _seq_of(self, name: str, value: Any, *, upper: bool) -> int:
@@ -392,11 +392,8 @@ class Ledger:
         return self.staging / f"{unique_hex()}{suffix}"
 
 
-def row_to_artifact(row: Row, pinned: bool, blob_uri: Callable[[str], str]) -> Artifact:
-    """Build the user-facing Artifact straight from the catalogue's columns.
-
-    ``blob_uri`` is no longer part of the URI (``artifact://<id>``); it stays for existing callers.
-    """
+def row_to_artifact(row: Row, pinned: bool) -> Artifact:
+    """Build the user-facing Artifact straight from the catalogue's columns."""
     c, i = row.cat, row.i
     s = c.strs
     sha = c.sha_hex(i)
@@ -404,7 +401,7 @@ def row_to_artifact(row: Row, pinned: bool, blob_uri: Callable[[str], str]) -> A
     return build_artifact(dict(
         artifact_id=aid,
         # The stable form: it names the occurrence, so it survives moving or copying the ledger
-        # (the file form, blob_uri(sha) + "#" + id, is still accepted by every load function).
+        # (the file form, the blob's file URI + "#" + id, is still accepted by every load function).
         uri=artifact_uri(aid),
         kind=s[c.kind_s[i]],
         sha256=sha,

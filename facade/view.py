@@ -90,7 +90,7 @@ class LedgerView:
     def _to_artifact(self, row: Row, catalog: Catalog | None = None) -> Artifact:
         from .ledger import row_to_artifact
 
-        return row_to_artifact(row, pinned_at(self.catalog, row, self.seq), self.store.uri)
+        return row_to_artifact(row, pinned_at(self.catalog, row, self.seq))
 
     async def _append(self, event: Any) -> NoReturn:
         from ..ledger.errors import ReadOnlyError

@@ -22,15 +22,6 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def fsync_path(path: str) -> None:
-    """Make a file's data durable, given only its name."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_fd(fd: int) -> None:
     """Flush a file's data through the descriptor that wrote it.
 

@@ -127,7 +127,7 @@ def make_sources(tmp: Path) -> Path:
 
 def ref_art(ref: Catalog, store, row):
     """The Artifact a ledger holding exactly ``ref``'s events would return for ``row``."""
-    return row_to_artifact(row, ref.pinned[row.ev.artifact_id], store.uri)
+    return row_to_artifact(row, ref.pinned[row.ev.artifact_id])
 
 
 async def compare_view(view, ref: Catalog, store) -> int:
