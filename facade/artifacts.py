@@ -440,6 +440,9 @@ class ArtifactFacade:
         return Filter.build(constraints, check_label_map(labels_name, labels), kind)
 
     def _out(self, cat: Catalog, rows: builtins.list[Row]) -> builtins.list[Artifact]:
+        many = getattr(self._src, "_to_artifacts", None)
+        if many is not None:
+            return many(rows, cat)  # type: ignore[no-any-return]
         to = self._src._to_artifact
         return [to(r, cat) for r in rows]
 

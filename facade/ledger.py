@@ -10,7 +10,7 @@ import warnings
 from datetime import datetime, timedelta, timezone
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Generator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Generator, Iterable
 
 import anyio
 import anyio.to_thread
@@ -32,7 +32,8 @@ from ..store.local import LocalBlobStore
 from . import audit, content, exporting
 from .repair import MARKER, MARKER_TEXT, prepare_root  # noqa: F401  (MARKER names are re-exported)
 from .sweep import STAGING_MAX_AGE, sweep_root
-from .model import Artifact, RunSummary, artifact_uri, build_artifact, utc_from_us
+from .model import (ARTIFACT_URI_SCHEME, Artifact, ReadOnlyDict, ReadOnlyList, RunSummary, build_artifact,
+                    utc_from_us)
 from .validation import check_event_size, check_id
 from .view import LedgerView
 
@@ -246,7 +247,10 @@ class Ledger:
         return self.catalog
 
     def _to_artifact(self, row: Row, catalog: Catalog | None = None) -> Artifact:
-        return row_to_artifact(row, bool(row.cat.pin_now[row.i]))
+        return current_artifact(row.cat, row.i)
+
+    def _to_artifacts(self, rows: list[Row], catalog: Catalog) -> list[Artifact]:
+        return current_artifacts(catalog, [r.i for r in rows])
 
     def _artifact_at(self, row: Row, seq: int) -> Artifact:
         return row_to_artifact(row, pinned_at(self.catalog, row, seq))
@@ -393,31 +397,58 @@ class Ledger:
 
 
 def row_to_artifact(row: Row, pinned: bool) -> Artifact:
-    """Build the user-facing Artifact straight from the catalogue's columns."""
-    c, i = row.cat, row.i
+    """Build the user-facing Artifact straight from the catalogue's columns (a new one, never cached)."""
+    return _build_row(row.cat, row.i, pinned)
+
+
+def _build_row(c: Catalog, i: int, pinned: bool) -> Artifact:
     s = c.strs
-    sha = c.sha_hex(i)
     aid = c.ids[i]
-    return build_artifact(dict(
-        artifact_id=aid,
+    pairs = c.pairs
+    a, b = c.label_off[i], c.label_off[i + 1]
+    labels = ReadOnlyDict([(k, ReadOnlyList(v) if type(v) is tuple else v)
+                           for k, v in map(pairs.__getitem__, c.label_pair[a:b])])
+    a, b = c.metric_off[i], c.metric_off[i + 1]
+    metrics = ReadOnlyDict(zip([s[k] for k in c.metric_name[a:b]], c.metric_val[a:b]))  # type: ignore[misc]
+    return build_artifact({
+        "artifact_id": aid,
         # The stable form: it names the occurrence, so it survives moving or copying the ledger
         # (the file form, the blob's file URI + "#" + id, is still accepted by every load function).
-        uri=artifact_uri(aid),
-        kind=s[c.kind_s[i]],
-        sha256=sha,
-        bytes=c.size[i],
-        mime=s[c.mime_s[i]],
-        labels=c.labels(i),
-        metrics=c.metrics(i),
-        pinned=pinned,
-        run_id=s[c.run_s[i]],
-        graph_id=s[c.graph_s[i]],
-        node_id=s[c.node_s[i]],
-        project_id=s[c.project_s[i]],
-        created_at=utc_from_us(c.ts[i]),
-        seq=c.seq[i],
-        suggested_uri=s[c.suggested_s[i]],
-    ))
+        "uri": ARTIFACT_URI_SCHEME + aid,
+        "kind": s[c.kind_s[i]],
+        "sha256": c.sha[i * 32: i * 32 + 32].hex(),
+        "bytes": c.size[i],
+        "mime": s[c.mime_s[i]],
+        "labels": labels,
+        "metrics": metrics,
+        "pinned": pinned,
+        "run_id": s[c.run_s[i]],
+        "graph_id": s[c.graph_s[i]],
+        "node_id": s[c.node_s[i]],
+        "project_id": s[c.project_s[i]],
+        "created_at": _EPOCH + timedelta(microseconds=c.ts[i]),
+        "seq": c.seq[i],
+        "suggested_uri": s[c.suggested_s[i]],
+    })
+
+
+def current_artifact(cat: Catalog, i: int) -> Artifact:
+    """Row ``i``'s Artifact as of the catalogue's head, shared through its row cache.
+
+    Artifacts are frozen and their labels/metrics read-only, so one instance can
+    serve every caller; the catalogue drops the entry whenever the row changes.
+    """
+    art = cat.row_cache.get(i)
+    if art is None:
+        art = _build_row(cat, i, bool(cat.pin_now[i]))
+        cat.cache_row(i, art)
+    return art
+
+
+def current_artifacts(cat: Catalog, rows: Iterable[int]) -> list[Artifact]:
+    """``current_artifact`` of many rows (one lookup each when they are cached)."""
+    get = cat.row_cache.get
+    return [get(i) or current_artifact(cat, i) for i in rows]
 
 
 def run_summaries(cat: Catalog, upto: int | None, project_id: str | None) -> list[RunSummary]:

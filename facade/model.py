@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
@@ -47,6 +48,51 @@ class Artifact(BaseModel):
     def id(self) -> str:
         """Alias of ``artifact_id`` (the reference's pin example uses ``art.id``)."""
         return self.artifact_id
+
+
+class ReadOnlyDict(dict[str, Any]):
+    """A dict that refuses mutation: the labels and metrics of an Artifact, which the ledger shares
+    between calls. Copy it (``dict(art.labels)``) to get one you can change."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("an Artifact's labels and metrics are read-only (shared between calls); "
+                        "copy them with dict(...) to change them")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    update = pop = popitem = clear = setdefault = _refuse
+
+    def __reduce__(self) -> Any:
+        # Copies and pickles become plain dicts: only the ledger's shared instances need protecting.
+        return (dict, (dict(self),))
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return copy.deepcopy(dict(self), memo)
+
+
+class ReadOnlyList(list[Any]):
+    """A list that refuses mutation: a list-valued label of a shared Artifact."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("an Artifact's label lists are read-only (shared between calls); copy with list(...)")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+
+    def __reduce__(self) -> Any:
+        return (list, (list(self),))
+
+    def __copy__(self) -> list[Any]:
+        return list(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return copy.deepcopy(list(self), memo)
 
 
 _FIELDS = frozenset(Artifact.model_fields)

@@ -88,9 +88,12 @@ class LedgerView:
         return self._ledger.catalog
 
     def _to_artifact(self, row: Row, catalog: Catalog | None = None) -> Artifact:
-        from .ledger import row_to_artifact
+        from .ledger import current_artifact, row_to_artifact
 
-        return row_to_artifact(row, pinned_at(self.catalog, row, self.seq))
+        pinned = pinned_at(self.catalog, row, self.seq)
+        art = current_artifact(row.cat, row.i)
+        # The shared head-state Artifact is right unless the pin changed since this view's seq.
+        return art if art.pinned == pinned else row_to_artifact(row, pinned)
 
     async def _append(self, event: Any) -> NoReturn:
         from ..ledger.errors import ReadOnlyError

@@ -25,6 +25,8 @@ from ..ledger.events import ArtifactRecorded, Event, PinChanged
 from .labels import RESERVED, canon, strict
 
 SCOPES = ("node", "graph", "run", "project", "all")
+# Rows whose built results (Artifacts, ~2 KiB each) are kept at most: ~130 MiB.
+ROW_CACHE_LIMIT = 65536
 
 
 class Logged(NamedTuple):
@@ -86,6 +88,11 @@ class Catalog:
         # Best-by-metric tables: (kind, metric) -> {(scope, key): [max row, min row]} (-1: none).
         # Filled on first query of a scope key, then kept current by apply().
         self.best: dict[tuple[str, str], dict[tuple[str, Any], list[int]]] = {}
+        # Immutable per-row results the facade hands out (its Artifacts), shared between calls.
+        # Bounded; an entry is dropped whenever its row changes (forget_row), never kept stale.
+        self.row_cache: dict[int, Any] = {}
+        # metric name id -> (rows covered, rows having it, their values): grows with the rows (query.py)
+        self.metric_cols: dict[int, tuple[int, array, list[Any]]] = {}
 
     # ------------------------------------------------------------ reading rows
     @property
@@ -188,6 +195,17 @@ class Catalog:
             suggested_uri=s[self.suggested_s[i]],
             name=s[self.name_s[i]],
         )
+
+    def cache_row(self, i: int, value: Any) -> None:
+        """Keep an immutable result built from row ``i`` for later calls (dropped by ``forget_row``)."""
+        cache = self.row_cache
+        if len(cache) >= ROW_CACHE_LIMIT:
+            cache.clear()  # bounded memory; a full clear costs one rebuild per row, never a wrong answer
+        cache[i] = value
+
+    def forget_row(self, i: int) -> None:
+        """Drop row ``i``'s cached result: call it whenever anything the row shows changes (pin, ...)."""
+        self.row_cache.pop(i, None)
 
     # ------------------------------------------------------------ equality
     def __eq__(self, other: object) -> bool:
@@ -490,6 +508,7 @@ def apply_pin(state: Catalog, seq: int, aid: str, pinned: bool) -> None:
     if i is None:
         return
     state.pin_now[i] = pinned
+    state.forget_row(i)
     hist = state.pin_history.get(aid)
     if hist is None:
         state.pin_history[aid] = [(seq, pinned)]
@@ -592,7 +611,8 @@ def _update_best(state: Catalog, i: int, ev: ArtifactRecorded) -> None:
                 entry[1] = i
 
 
-__all__ = ["Catalog", "Logged", "Row", "RESERVED", "SCOPES", "add_artifact", "apply", "apply_batch", "apply_decoded",
+__all__ = ["Catalog", "Logged", "ROW_CACHE_LIMIT", "Row", "RESERVED", "SCOPES", "add_artifact", "apply", "apply_batch",
+           "apply_decoded",
            "apply_pin",
            "replay",
            "scope_keys_of"]

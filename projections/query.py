@@ -9,6 +9,8 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
+import heapq
+from itertools import compress
 from typing import Any
 
 from .catalog import Catalog, Row
@@ -50,9 +52,14 @@ def visible(state: Catalog, upto: int | None) -> int | None:
 
 
 class _Plan:
-    """A filter resolved against one catalogue: column ids to compare, candidates to scan."""
+    """A filter resolved against one catalogue: column ids to compare, candidates to scan.
 
-    __slots__ = ("cand", "checks", "pairs", "kind", "empty")
+    The candidates are the shortest index list of any constraint; constraints
+    that list already guarantees are dropped from the per-row checks, so a
+    plan whose ``trivial`` is set needs no check at all (its result is a cut).
+    """
+
+    __slots__ = ("cand", "checks", "pairs", "kind", "empty", "trivial")
 
     def __init__(self, state: Catalog, f: Filter):
         self.empty = f.impossible
@@ -60,11 +67,14 @@ class _Plan:
         self.pairs: list[tuple[str, Any]] = []  # (key, canonical value) every row must carry
         self.kind = -1
         self.cand: array | range | None = None
+        self.trivial = False
         if self.empty:
             return
         str_ids = state.str_ids
-        lists: list[Any] = []
+        # (index list, what it guarantees: checks, pairs, kind) per constraint
+        lists: list[tuple[Any, list[tuple[array, int]], list[tuple[str, Any]], bool]] = []
         ids = dict(f.ids)
+        by_id: dict[str, tuple[array, int]] = {}
         for k, c in f.ids:
             # Id columns hold strings (project_id may be None); any other JSON value never matches.
             if not (c is None or type(c) is str) or (c is None and k != "project_id"):
@@ -74,28 +84,40 @@ class _Plan:
             if sid < 0:
                 self.empty = True
                 return
-            self.checks.append((getattr(state, _COLUMNS[k]), sid))
-            lists.append(state.by_label.get((k, c)))
+            by_id[k] = (getattr(state, _COLUMNS[k]), sid)
+            self.checks.append(by_id[k])
+            lists.append((state.by_label.get((k, c)), [by_id[k]], [], False))
         run, graph, node = ids.get("run_id"), ids.get("graph_id"), ids.get("node_id")
         if type(run) is str and type(graph) is str:
             if type(node) is str:
-                lists.append(state.by_node.get((run, graph, node)))
+                lists.append((state.by_node.get((run, graph, node)),
+                              [by_id["run_id"], by_id["graph_id"], by_id["node_id"]], [], False))
             else:
-                lists.append(state.by_graph.get((run, graph)))
+                lists.append((state.by_graph.get((run, graph)), [by_id["run_id"], by_id["graph_id"]], [], False))
         for item in f.labels:
             self.pairs.append(item)
-            lists.append(state.by_label.get(item))
+            lists.append((state.by_label.get(item), [], [item], False))
         if f.kind is not None:
             kind_id = str_ids.get(f.kind, -1)
             if kind_id < 0:
                 self.empty = True
                 return
             self.kind = kind_id
-            lists.append(state.by_kind.get(f.kind))
-        if any(x is None for x in lists):
+            lists.append((state.by_kind.get(f.kind), [], [], True))
+        if any(x[0] is None for x in lists):
             self.empty = True
             return
-        self.cand = min(lists, key=len) if lists else range(len(state.ids))
+        if not lists:
+            self.cand = range(len(state.ids))
+            self.trivial = True
+            return
+        cand, checks, pairs, kind = min(lists, key=lambda x: len(x[0]))
+        self.cand = cand
+        self.checks = [c for c in self.checks if c not in checks]
+        self.pairs = [p for p in self.pairs if p not in pairs]
+        if kind:
+            self.kind = -1
+        self.trivial = not self.checks and not self.pairs and self.kind < 0
 
     def bound(self, state: Catalog, upto: int | None) -> int:
         """How many candidates existed after event ``upto``."""
@@ -129,8 +151,12 @@ def select(state: Catalog, f: Filter, limit: int | None = None, upto: int | None
         return []
     cand = plan.cand
     assert cand is not None
+    b = plan.bound(state, visible(state, upto))
+    if plan.trivial:
+        # Every candidate matches: the answer is a cut of the index, newest first.
+        return [Row(state, i) for i in reversed(cand[0 if limit is None else max(0, b - limit):b])]
     out: list[Row] = []
-    for j in range(plan.bound(state, visible(state, upto)) - 1, -1, -1):
+    for j in range(b - 1, -1, -1):
         i = cand[j]
         if plan.matches(state, i):
             out.append(Row(state, i))
@@ -139,37 +165,79 @@ def select(state: Catalog, f: Filter, limit: int | None = None, upto: int | None
     return out
 
 
-def _metric_rows(state: Catalog, plan: _Plan, metric: str, upto: int | None) -> list[tuple[Any, int]]:
-    """(value, row) for every candidate that matches and has ``metric``, in seq order."""
+def _metric_column(state: Catalog, name_id: int) -> tuple[array, list[Any]]:
+    """(rows, values) of every row having the metric, in seq order; kept and extended as rows are added.
+
+    Rows never change their metrics once recorded, so the column only grows.
+    """
+    n = len(state.ids)
+    col = state.metric_cols.get(name_id)
+    if col is None:
+        col = state.metric_cols[name_id] = (0, array("i"), [])
+    done, rows, vals = col
+    if done < n:
+        off, names = state.metric_off, state.metric_name
+        lo, hi = off[done], off[n]
+        pos = list(compress(range(lo, hi), map(name_id.__eq__, names[lo:hi])))
+        # A row holds a metric at most once, so the rows found ascend.
+        rows.extend([bisect_right(off, p) - 1 for p in pos])
+        vals.extend(map(state.metric_val.__getitem__, pos))
+        state.metric_cols[name_id] = (n, rows, vals)
+    return rows, vals
+
+
+def _metric_found(state: Catalog, plan: _Plan, metric: str, upto: int | None) -> tuple[Any, list[Any]]:
+    """(rows, values) of every candidate that matches and has ``metric``, in seq order."""
     name_id = state.str_ids.get(metric, -1)
     if plan.empty or name_id < 0:
-        return []
+        return [], []
     cand = plan.cand
     assert cand is not None
-    off, names, vals = state.metric_off, state.metric_name, state.metric_val
-    out = []
-    for j in range(plan.bound(state, upto)):
-        i = cand[j]
-        for m in range(off[i], off[i + 1]):
-            if names[m] == name_id:
-                if plan.matches(state, i):
-                    out.append((vals[m], i))
-                break
-    return out
+    nb = plan.bound(state, upto)
+    rows, vals = _metric_column(state, name_id)
+    k = bisect_left(rows, state.rows_at(upto))
+    if plan.trivial and type(cand) is range:
+        return rows[:k], vals[:k]
+    if nb * 8 < k:
+        # Few candidates: look each one up in the metric's column.
+        found_r, found_v = [], []
+        for j in range(nb):
+            i = cand[j]
+            m = bisect_left(rows, i, 0, k)
+            if m < k and rows[m] == i and plan.matches(state, i):
+                found_r.append(i)
+                found_v.append(vals[m])
+        return found_r, found_v
+    keep = set(cand[:nb])
+    if plan.trivial:
+        picked = [m for m in range(k) if rows[m] in keep]
+    else:
+        picked = [m for m in range(k) if rows[m] in keep and plan.matches(state, rows[m])]
+    return list(map(rows.__getitem__, picked)), list(map(vals.__getitem__, picked))
+
+
+def _metric_rows(state: Catalog, plan: _Plan, metric: str, upto: int | None) -> list[tuple[Any, int]]:
+    """(value, row) for every candidate that matches and has ``metric``, in seq order."""
+    rows, vals = _metric_found(state, plan, metric, upto)
+    return list(zip(vals, rows))
 
 
 def rank(state: Catalog, f: Filter, metric: str, mode: str, limit: int | None = None,
          upto: int | None = None) -> list[Row]:
     """Rows having ``metric``, best first; ties broken newest first."""
-    found = _metric_rows(state, _Plan(state, f), metric, visible(state, upto))
-    # Rows are in seq order, so the row number breaks ties exactly as seq does.
-    if mode == "max":
-        found.sort(reverse=True)
+    rows, vals = _metric_found(state, _Plan(state, f), metric, visible(state, upto))
+    # Sorting positions newest first by value alone keeps ties newest first: the
+    # sort is stable, also with reverse=True (and nlargest/nsmallest equal sorted()[:limit]).
+    newest_first = range(len(rows) - 1, -1, -1)
+    key = vals.__getitem__
+    if limit is not None and limit * 16 < len(rows):
+        pick = heapq.nlargest if mode == "max" else heapq.nsmallest
+        order = pick(limit, newest_first, key=key)
     else:
-        found.sort(key=lambda vr: (-vr[0], vr[1]), reverse=True)
-    if limit is not None:
-        found = found[:limit]
-    return [Row(state, i) for _, i in found]
+        order = sorted(newest_first, key=key, reverse=mode == "max")
+        if limit is not None:
+            del order[limit:]
+    return [Row(state, rows[m]) for m in order]
 
 
 def _table_key(f: Filter) -> tuple[str, Any] | None:
