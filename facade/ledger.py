@@ -589,10 +589,13 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
                         progress(min(done, total), total)
                     pending.clear()
 
+            # Indexes are built once, after the last record, instead of extended batch by batch.
+            cat.defer_indexes()
             log.recover(on_record, start=start, start_record_offset=0 if loaded is None else loaded.record_offset)
             if log.head_seq < known:
                 _lost(led, log, known, evidence, accept_loss)
             apply_records(cat, pending)
+            cat.build_indexes()
             led._head = (log.head_seq, log.head_hash.hex())
             if progress is not None:
                 progress(total, total)

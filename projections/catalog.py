@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
-from itertools import accumulate, groupby
+from itertools import accumulate
 from operator import attrgetter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Iterable, NamedTuple
@@ -93,6 +93,8 @@ class Catalog:
         self.row_cache: dict[int, Any] = {}
         # metric name id -> (rows covered, rows having it, their values): grows with the rows (query.py)
         self.metric_cols: dict[int, tuple[int, array, list[Any]]] = {}
+        # First row not yet in the indexes while a full replay defers them (None: all indexed).
+        self.unindexed: int | None = None
 
     # ------------------------------------------------------------ reading rows
     @property
@@ -195,6 +197,23 @@ class Catalog:
             suggested_uri=s[self.suggested_s[i]],
             name=s[self.name_s[i]],
         )
+
+    def defer_indexes(self) -> None:
+        """Stop maintaining the indexes until ``build_indexes``: rows are only appended to the columns.
+
+        For a full replay, where building each index once at the end is far
+        cheaper than extending it batch by batch. Queries must wait for
+        ``build_indexes``; the columns, ids and pins stay current meanwhile.
+        """
+        if self.unindexed is None:
+            self.unindexed = len(self.ids)
+
+    def build_indexes(self) -> None:
+        """Index every row appended since ``defer_indexes`` (in row order) and resume maintaining them."""
+        base = self.unindexed
+        self.unindexed = None
+        if base is not None and base < len(self.ids):
+            _index_rows(self, base)
 
     def cache_row(self, i: int, value: Any) -> None:
         """Keep an immutable result built from row ``i`` for later calls (dropped by ``forget_row``)."""
@@ -372,6 +391,10 @@ def apply_batch(state: Catalog, events: Sequence[Logged]) -> Catalog:
 
 def apply_decoded(state: Catalog, seqs: Sequence[int], tss: Sequence[int], events: Sequence[Event]) -> Catalog:
     """``apply_batch`` on parallel lists (seq, commit time, event): what replay has in hand."""
+    if state.unindexed is not None and events:
+        if _append_deferred(state, seqs, tss, events):
+            return state
+        state.build_indexes()  # the one-event path below keeps indexes current: bring them up to date first
     start = 0
     for i, ev in enumerate(events):
         if type(ev) is ArtifactRecorded:
@@ -396,12 +419,20 @@ def _intern(state: Catalog, values: list[Any]) -> None:
 def _group_codes(index: dict, codes: Sequence[int], key_of: Callable[[int], Any], rows: Sequence[int]) -> None:
     """Append rows[j] to index[key_of(codes[j])] for every j (rows ascending), keeping order.
 
-    Grouping is by small integers (cheap to hash and sort, unlike tuples of
-    mixed types); the index key is built once per group.
+    Grouping is by small integers (cheap to hash, unlike tuples of mixed
+    types) in one pass, which beats sorting by code; the index key is built
+    once per group.
     """
-    order = sorted(range(len(codes)), key=codes.__getitem__)
-    for code, grp in groupby(order, key=codes.__getitem__):
-        add = array("i", map(rows.__getitem__, grp))
+    groups: dict[int, list[int]] = {}
+    get = groups.get
+    for r, c in zip(rows, codes):
+        grp = get(c)
+        if grp is None:
+            groups[c] = [r]
+        else:
+            grp.append(r)
+    for code, grp in groups.items():
+        add = array("i", grp)
         key = key_of(code)
         lst = index.get(key)
         if lst is None:
@@ -410,20 +441,55 @@ def _group_codes(index: dict, codes: Sequence[int], key_of: Callable[[int], Any]
             lst.extend(add)
 
 
+def _append_deferred(state: Catalog, seqs: Sequence[int], tss: Sequence[int], events: Sequence[Event]) -> bool:
+    """Fold a batch into the columns only (indexes deferred); False, with nothing changed, if it cannot.
+
+    All the batch's artifacts are appended first, then its pins in seq order; a
+    pin only counts for an artifact recorded before it (an earlier seq), exactly
+    as when the events are applied one by one.
+    """
+    arts = [j for j, ev in enumerate(events) if type(ev) is ArtifactRecorded]
+    evs: list[ArtifactRecorded] = [events[j] for j in arts]  # type: ignore[misc]
+    if arts and not _columns_only(state, [seqs[j] for j in arts], [tss[j] for j in arts], evs):
+        return False
+    if len(arts) < len(events):
+        id_rows, row_seq = state.id_rows, state.seq
+        for seq, ev in zip(seqs, events):
+            if type(ev) is PinChanged:
+                i = id_rows.get(ev.artifact_id)
+                if i is not None and row_seq[i] < seq:
+                    apply_pin(state, seq, ev.artifact_id, ev.pinned)
+    state.head_seq = seqs[-1]
+    state.times.extend(tss)
+    return True
+
+
 def _add_run(state: Catalog, seqs: Sequence[int], tss: Sequence[int], evs: Sequence[ArtifactRecorded]) -> None:
-    ids = [ev.artifact_id for ev in evs]
-    id_rows = state.id_rows
-    items = [it for ev in evs for it in ev.labels.items()]
-    value_types = set(map(type, [v for _, v in items]))
-    # The column-wise path needs fresh, distinct ids, plain labels and no live
-    # best tables; anything else goes through the one-event path.
-    if (state.best or bool in value_types or list in value_types or len(set(ids)) != len(ids)
-            or not id_rows.keys().isdisjoint(ids)):
+    base = len(state.ids)
+    if not _columns_only(state, seqs, tss, evs):
         for seq, ts, ev in zip(seqs, tss, evs):
             add_artifact(state, seq, ts, ev)
             state.head_seq = seq
             state.times.append(ts)
         return
+    _index_rows(state, base)
+    state.head_seq = seqs[-1]
+    state.times.extend(tss)
+
+
+def _columns_only(state: Catalog, seqs: Sequence[int], tss: Sequence[int], evs: Sequence[ArtifactRecorded]) -> bool:
+    """Append artifact rows to the columns, column by column, without indexing them.
+
+    Returns False, having changed nothing, unless the column-wise path applies:
+    fresh, distinct ids, plain labels and no live best tables.
+    """
+    ids = [ev.artifact_id for ev in evs]
+    id_rows = state.id_rows
+    items = [it for ev in evs for it in ev.labels.items()]
+    value_types = set(map(type, [v for _, v in items]))
+    if (state.best or bool in value_types or list in value_types or len(set(ids)) != len(ids)
+            or not id_rows.keys().isdisjoint(ids)):
+        return False
     base = len(state.ids)
     n = len(evs)
     state.ids.extend(ids)
@@ -468,6 +534,12 @@ def _add_run(state: Catalog, seqs: Sequence[int], tss: Sequence[int], evs: Seque
     state.metric_val.extend([v for ev in evs for v in ev.metrics.values()])
     state.metric_off.extend(accumulate(mcounts, initial=state.metric_off[-1]))
     del state.metric_off[-n - 1]
+    return True
+
+
+def _index_rows(state: Catalog, base: int) -> None:
+    """Add rows ``base..n`` (already in the columns) to every index, grouped by key, rows ascending."""
+    n = len(state.ids) - base
     by_label = state.by_label
     rows = range(base, base + n)
     strs = state.strs
@@ -476,7 +548,9 @@ def _add_run(state: Catalog, seqs: Sequence[int], tss: Sequence[int], evs: Seque
         def key_of(c: int, a: str = attr) -> tuple[str, Any]:
             return a, strs[c]
         _group_codes(by_label, getattr(state, col)[base:], key_of, rows)
-    label_rows = [base + j for j, c in enumerate(counts) for _ in range(c)]
+    off = state.label_off
+    pids = state.label_pair[off[base]:]
+    label_rows = [i for i in rows for _ in range(off[i + 1] - off[i])]
     # Group by canonical value (1 and 1.0 share an index entry) so rows stay ascending.
     _group_codes(by_label, list(map(state.pair_rep.__getitem__, pids)), state.pair_canon.__getitem__, label_rows)
     width = len(strs) + 1
@@ -487,8 +561,6 @@ def _add_run(state: Catalog, seqs: Sequence[int], tss: Sequence[int], evs: Seque
     _group_codes(state.by_node, rgn,
                  lambda c: (strs[c // width // width], strs[c // width % width], strs[c % width]), rows)
     _group_codes(state.by_kind, state.kind_s[base:], strs.__getitem__, rows)
-    state.head_seq = seqs[-1]
-    state.times.extend(tss)
 
 
 def _new_pair(state: Catalog, k: str, v: Any, recorded: tuple[str, Any]) -> None:
