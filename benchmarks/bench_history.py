@@ -343,8 +343,11 @@ def child_profile(root: str, top: int) -> dict:
     return out
 
 
-def phase_breakdown(root: str, drop_pins: bool) -> dict:
-    """Time the replay's parts in one pass: log scan (framing, CRC, SHA-256), decoding, apply_decoded."""
+def phase_breakdown(root: str, drop_pins: bool, defer: bool = True) -> dict:
+    """Time the replay's parts in one pass: log scan (framing, CRC, SHA-256), decoding, apply_decoded.
+
+    ``defer=False`` is the previous implementation: indexes extended batch by batch.
+    """
     import gc
 
     from artifact_ledger.facade.ledger import REPLAY_BATCH, _decode
@@ -376,7 +379,8 @@ def phase_breakdown(root: str, drop_pins: bool) -> dict:
     gc.disable()  # as open_ledger does during replay
     try:
         t0 = pc()
-        cat.defer_indexes()  # as open_ledger does: indexes built once at the end (counted in apply)
+        if defer:
+            cat.defer_indexes()  # as open_ledger does: indexes built once at the end (counted in apply)
         log.recover(on_record)
         flush()
         t2 = pc()
@@ -387,7 +391,7 @@ def phase_breakdown(root: str, drop_pins: bool) -> dict:
         gc.enable()
         log.close()
     return {"total": total, "scan": total - spent["decode"] - spent["apply"], **spent, "events": log.head_seq,
-            "drop_pins": drop_pins}
+            "drop_pins": drop_pins, "defer": defer}
 
 
 def expected_at(run: int, seq: int, kind: str, memo: dict) -> dict:
@@ -523,6 +527,13 @@ def child_main(mode: str, args: list[str]) -> None:
         res = child_profile(args[0], int(args[1]))
     elif mode == "asof":
         res = child_asof(args[0], int(args[1]))
+    elif mode == "phases":
+        # Alternate the two folds so that both see the same load.
+        runs = [phase_breakdown(args[0], False, defer) for _ in range(int(args[1])) for defer in (True, False)]
+        res = {name: {k: statistics.median(r[k] for r in runs if r["defer"] == d) for k in ("total", "scan",
+                                                                                         "decode", "apply")}
+               for name, d in (("now", True), ("previous", False))}
+        res["events"] = runs[0]["events"]
     elif mode == "verify":
         res = child_verify(args[0], args[1], int(args[2]))
     else:
@@ -659,6 +670,18 @@ def main() -> None:
           f"close, which joins that write: {ms(statistics.median(o['close_s'] for o in rebuilds))})")
     print(f"peak RSS      {hwm_reb / 1024:.1f} MiB VmHWM after the rebuild; {hwm_reb_end / 1024:.1f} MiB at exit "
           f"(after writing the checkpoint)")
+    print()
+
+    # ---- replay phases beside the previous implementation, same process, alternated
+    ph = in_child("phases", str(root), str(cfg["rebuilds"]))
+    print(f"== replay phases: medians of {cfg['rebuilds']} passes each, alternated in one process (gc off, as in "
+          f"open_ledger)")
+    for name, what in (("now", "indexes built once at the end"), ("previous", "previous: indexes per batch")):
+        p = ph[name]
+        print(f"  {what:32s} total {ms(p['total']):>10} = {ph['events'] / p['total']:>9,.0f} events/s: "
+              f"log scan {ms(p['scan'])}, decode {ms(p['decode'])}, fold {ms(p['apply'])}")
+    print(f"  fold speed-up {ph['previous']['apply'] / ph['now']['apply']:.2f}x, whole replay "
+          f"{ph['previous']['total'] / ph['now']['total']:.2f}x")
     print()
 
     # ---- as_of

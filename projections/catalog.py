@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
-from itertools import accumulate
+from itertools import accumulate, filterfalse
 from operator import attrgetter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Iterable, NamedTuple
@@ -410,10 +410,11 @@ def apply_decoded(state: Catalog, seqs: Sequence[int], tss: Sequence[int], event
 
 def _intern(state: Catalog, values: list[Any]) -> None:
     str_ids, strs = state.str_ids, state.strs
-    for v in dict.fromkeys(values):
-        if v not in str_ids:
-            str_ids[v] = len(strs)
-            strs.append(v)
+    # New strings in first-seen order (ids must not depend on hash order), found at C speed.
+    fresh = list(filterfalse(str_ids.__contains__, dict.fromkeys(values)))
+    if fresh:
+        str_ids.update(zip(fresh, range(len(strs), len(strs) + len(fresh))))
+        strs.extend(fresh)
 
 
 def _group_codes(index: dict, codes: Sequence[int], key_of: Callable[[int], Any], rows: Sequence[int]) -> None:
