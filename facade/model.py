@@ -96,6 +96,7 @@ class ReadOnlyList(list[Any]):
 
 
 _FIELDS = frozenset(Artifact.model_fields)
+_ALL_FIELDS_SET = set(_FIELDS)
 _new = object.__new__
 _set = object.__setattr__
 
@@ -105,7 +106,9 @@ def _build_fast(fields: dict[str, Any]) -> Artifact:
     # from the ledger's own columns, already of the declared types.
     art = _new(Artifact)
     _set(art, "__dict__", fields)
-    _set(art, "__pydantic_fields_set__", set(_FIELDS))
+    # One set shared by all (it is half an Artifact's memory): pydantic changes it only on
+    # attribute assignment, which the frozen model refuses, and model_copy copies it first.
+    _set(art, "__pydantic_fields_set__", _ALL_FIELDS_SET)
     _set(art, "__pydantic_extra__", None)
     _set(art, "__pydantic_private__", None)
     return art

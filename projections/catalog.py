@@ -25,7 +25,7 @@ from ..ledger.events import ArtifactRecorded, Event, PinChanged
 from .labels import RESERVED, canon, strict
 
 SCOPES = ("node", "graph", "run", "project", "all")
-# Rows whose built results (Artifacts, ~2 KiB each) are kept at most: ~130 MiB.
+# Rows whose built results (Artifacts, ~1.3 KiB each) are kept at most: ~85 MiB.
 ROW_CACHE_LIMIT = 65536
 
 

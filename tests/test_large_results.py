@@ -148,6 +148,10 @@ def test_artifacts_are_shared_and_read_only(root, tmp_path):
             dumped = art.model_dump()
             assert type(dumped["labels"]) is dict and type(dumped["labels"]["l"]) is list
             assert Artifact.model_validate_json(art.model_dump_json()) == art
+            # The fields-set is shared between Artifacts: copies must not reach it.
+            changed = art.model_copy(update={"pinned": True})
+            assert changed.pinned and not art.pinned and art.model_fields_set == set(Artifact.model_fields)
+            assert changed.model_fields_set is not art.model_fields_set
         finally:
             await led.aclose()
 
