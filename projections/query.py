@@ -113,7 +113,8 @@ class _Plan:
             return
         cand, checks, pairs, kind = min(lists, key=lambda x: len(x[0]))
         self.cand = cand
-        self.checks = [c for c in self.checks if c not in checks]
+        # By identity: comparing (column, id) tuples by value would compare whole columns.
+        self.checks = [c for c in self.checks if not any(c is g for g in checks)]
         self.pairs = [p for p in self.pairs if p not in pairs]
         if kind:
             self.kind = -1
