@@ -27,6 +27,8 @@ from .labels import RESERVED, canon, strict
 SCOPES = ("node", "graph", "run", "project", "all")
 # Rows whose built results (Artifacts, ~1.3 KiB each) are kept at most: ~85 MiB.
 ROW_CACHE_LIMIT = 65536
+# Rows indexed per step when a deferred index build catches up.
+INDEX_CHUNK_ROWS = 16384
 
 
 class Logged(NamedTuple):
@@ -212,8 +214,12 @@ class Catalog:
         """Index every row appended since ``defer_indexes`` (in row order) and resume maintaining them."""
         base = self.unindexed
         self.unindexed = None
-        if base is not None and base < len(self.ids):
-            _index_rows(self, base)
+        if base is None:
+            return
+        # In chunks: grouping a million rows at once is slower than in cache-sized pieces.
+        n = len(self.ids)
+        for lo in range(base, n, INDEX_CHUNK_ROWS):
+            _index_rows(self, lo, min(lo + INDEX_CHUNK_ROWS, n))
 
     def cache_row(self, i: int, value: Any) -> None:
         """Keep an immutable result built from row ``i`` for later calls (dropped by ``forget_row``)."""
@@ -538,9 +544,10 @@ def _columns_only(state: Catalog, seqs: Sequence[int], tss: Sequence[int], evs: 
     return True
 
 
-def _index_rows(state: Catalog, base: int) -> None:
-    """Add rows ``base..n`` (already in the columns) to every index, grouped by key, rows ascending."""
-    n = len(state.ids) - base
+def _index_rows(state: Catalog, base: int, end: int | None = None) -> None:
+    """Add rows ``base..end`` (already in the columns; default: to the last) to every index, rows ascending."""
+    stop = len(state.ids) if end is None else end
+    n = stop - base
     by_label = state.by_label
     rows = range(base, base + n)
     strs = state.strs
@@ -548,20 +555,20 @@ def _index_rows(state: Catalog, base: int) -> None:
                       ("project_s", "project_id")):
         def key_of(c: int, a: str = attr) -> tuple[str, Any]:
             return a, strs[c]
-        _group_codes(by_label, getattr(state, col)[base:], key_of, rows)
+        _group_codes(by_label, getattr(state, col)[base:stop], key_of, rows)
     off = state.label_off
-    pids = state.label_pair[off[base]:]
+    pids = state.label_pair[off[base]:off[stop]]
     label_rows = [i for i in rows for _ in range(off[i + 1] - off[i])]
     # Group by canonical value (1 and 1.0 share an index entry) so rows stay ascending.
     _group_codes(by_label, list(map(state.pair_rep.__getitem__, pids)), state.pair_canon.__getitem__, label_rows)
     width = len(strs) + 1
-    run_c, graph_c, node_c = state.run_s[base:], state.graph_s[base:], state.node_s[base:]
+    run_c, graph_c, node_c = state.run_s[base:stop], state.graph_s[base:stop], state.node_s[base:stop]
     rg = [r * width + g for r, g in zip(run_c, graph_c)]
     _group_codes(state.by_graph, rg, lambda c: (strs[c // width], strs[c % width]), rows)
     rgn = [x * width + nd for x, nd in zip(rg, node_c)]
     _group_codes(state.by_node, rgn,
                  lambda c: (strs[c // width // width], strs[c // width % width], strs[c % width]), rows)
-    _group_codes(state.by_kind, state.kind_s[base:], strs.__getitem__, rows)
+    _group_codes(state.by_kind, state.kind_s[base:stop], strs.__getitem__, rows)
 
 
 def _new_pair(state: Catalog, k: str, v: Any, recorded: tuple[str, Any]) -> None:

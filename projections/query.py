@@ -195,6 +195,19 @@ def _metric_found(state: Catalog, plan: _Plan, metric: str, upto: int | None) ->
     cand = plan.cand
     assert cand is not None
     nb = plan.bound(state, upto)
+    if name_id not in state.metric_cols and nb * 8 < len(state.ids):
+        # Few candidates and no column yet: scan them, rather than build a column over every row.
+        off, names, mvals = state.metric_off, state.metric_name, state.metric_val
+        found_r, found_v = [], []
+        for j in range(nb):
+            i = cand[j]
+            for m in range(off[i], off[i + 1]):
+                if names[m] == name_id:
+                    if plan.matches(state, i):
+                        found_r.append(i)
+                        found_v.append(mvals[m])
+                    break
+        return found_r, found_v
     rows, vals = _metric_column(state, name_id)
     k = bisect_left(rows, state.rows_at(upto))
     if plan.trivial and type(cand) is range:

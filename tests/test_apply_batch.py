@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -73,11 +74,8 @@ def test_batch_after_best_tables_are_live(first, second):
         assert (a and a.seq) == (b[0].seq if b else None)
 
 
-def test_column_path_on_plain_events_equals_one_at_a_time():
-    """Distinct ids and plain labels take the column-wise path; it must still equal apply()."""
+def _plain_events():
     import random
-
-    import artifact_ledger.projections.catalog as catalog
 
     rnd = random.Random(7)
     evs = []
@@ -95,7 +93,14 @@ def test_column_path_on_plain_events_equals_one_at_a_time():
             node_id=rnd.choice(["n1", "n2"]), project_id=rnd.choice([None, "p"]),
             name=rnd.choice([None, "a.txt"]), suggested_uri=None,
         ))
-    logged = _logged(evs)
+    return _logged(evs)
+
+
+def test_column_path_on_plain_events_equals_one_at_a_time():
+    """Distinct ids and plain labels take the column-wise path; it must still equal apply()."""
+    import artifact_ledger.projections.catalog as catalog
+
+    logged = _plain_events()
     one = Catalog()
     for lg in logged:
         apply(one, lg)
@@ -126,9 +131,20 @@ def test_apply_decoded_equals_apply_batch(evs):
     assert a == b
 
 
-@given(events, st.lists(st.integers(1, 8), max_size=10), st.integers(0, 40))
-def test_deferred_indexes_equal_one_at_a_time(evs, cuts, indexed):
-    """A full replay's fold (indexes deferred, then built once) equals apply() per event, from any prefix state."""
+@given(events, st.lists(st.integers(1, 8), max_size=10), st.integers(0, 40), st.sampled_from([1, 3, 16384]))
+def test_deferred_indexes_equal_one_at_a_time(evs, cuts, indexed, chunk):
+    """A full replay's fold (indexes deferred, then built once, in chunks of any size) equals apply() per event,
+    from any prefix state."""
+    import artifact_ledger.projections.catalog as catalog
+
+    catalog.INDEX_CHUNK_ROWS, saved = chunk, catalog.INDEX_CHUNK_ROWS
+    try:
+        check_deferred(evs, cuts, indexed)
+    finally:
+        catalog.INDEX_CHUNK_ROWS = saved
+
+
+def check_deferred(evs, cuts, indexed):
     logged = _logged(evs)
     one = Catalog()
     for lg in logged:
@@ -187,3 +203,23 @@ def test_deferred_batch_takes_the_column_path_and_orders_pins_by_seq():
     assert many == one
     assert dict(many.pinned) == {IDS[0]: True, IDS[1]: False, IDS[2]: False, IDS[3]: False}
     assert many.pin_history == one.pin_history and IDS[1] not in many.pin_history
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 100, 16384])
+def test_deferred_build_in_chunks_on_plain_events_equals_one_at_a_time(chunk, monkeypatch):
+    """600 plain events folded with indexes deferred (batches of 128), then indexed in chunks, equal apply()."""
+    import artifact_ledger.projections.catalog as catalog
+
+    monkeypatch.setattr(catalog, "INDEX_CHUNK_ROWS", chunk)
+    logged = _plain_events()
+    one = Catalog()
+    for lg in logged:
+        apply(one, lg)
+    many = Catalog()
+    apply_batch(many, logged[:50])
+    many.defer_indexes()
+    for k in range(50, len(logged), 128):
+        apply_batch(many, logged[k : k + 128])
+    assert many.unindexed == 49 and not many.by_kind.keys() - one.by_kind.keys()
+    many.build_indexes()
+    assert many == one

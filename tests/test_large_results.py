@@ -198,3 +198,17 @@ def test_row_cache_stays_bounded(root, tmp_path, monkeypatch):
             await led.aclose()
 
     anyio.run(main)
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_few_candidates_before_any_column_equal_brute_force(seed):
+    """A narrow ranked query on a fresh catalogue scans its candidates (no column yet); it must agree too."""
+    events = big_events(400, seed)
+    for labels in ({"rare": 1}, {"rare": 1, "a": 1.0}, {"run_id": "r2", "rare": 1}):
+        for metric in ("m", "n"):
+            for mode in ("max", "min"):
+                state = replay(events)
+                f = Filter.build({}, labels, None)
+                got = [r.seq for r in rank(state, f, metric, mode)]
+                assert not state.metric_cols, "the narrow query must not build a column"
+                assert got == naive_rank(events, labels, None, metric, mode)
