@@ -17,7 +17,7 @@ import anyio.to_thread
 from ..ledger.errors import ReadOnlyError as ReadOnlyError  # re-exported by facade/__init__
 from ..ledger.events import ArtifactRecorded, PinChanged
 from ..projections.catalog import Catalog, Row
-from ..projections.query import Filter, best as best_row, by_blob, rank, select
+from ..projections.query import Filter, best as best_row, by_blob, rank_rows, select_rows
 from ..projections.query import count as count_rows
 from ..store.durable import unique_hex, unshare
 from ..store.base import BlobInfo
@@ -439,18 +439,18 @@ class ArtifactFacade:
             check_kind(kind)
         return Filter.build(constraints, check_label_map(labels_name, labels), kind)
 
-    def _out(self, cat: Catalog, rows: builtins.list[Row]) -> builtins.list[Artifact]:
+    def _out(self, cat: Catalog, rows: builtins.list[int]) -> builtins.list[Artifact]:
         many = getattr(self._src, "_to_artifacts", None)
         if many is not None:
             return many(rows, cat)  # type: ignore[no-any-return]
         to = self._src._to_artifact
-        return [to(r, cat) for r in rows]
+        return [to(Row(cat, i), cat) for i in rows]
 
     async def list(self, *, scope: Scope = "run") -> builtins.list[Artifact]:
         """Artifacts in the scope, newest first."""
         f = self._filter(scope, None, None, None)
         cat = await self._src._refresh()
-        return self._out(cat, select(cat, f, upto=self._src.upto))
+        return self._out(cat, select_rows(cat, f, upto=self._src.upto))
 
     async def search(self, *, kind: str | None = None, labels: dict[str, Any] | None = None, metric: str | None = None,
                      mode: Literal["max", "min"] | None = None, scope: Scope = "run",
@@ -462,8 +462,9 @@ class ArtifactFacade:
         f = self._filter(scope, kind, labels, extra_scope_labels)
         cat = await self._src._refresh()
         if metric is not None:
-            return self._out(cat, rank(cat, f, metric, mode, limit, upto=self._src.upto))  # type: ignore[arg-type]
-        return self._out(cat, select(cat, f, limit, upto=self._src.upto))
+            return self._out(cat, rank_rows(cat, f, metric, mode, limit,  # type: ignore[arg-type]
+                                            upto=self._src.upto))
+        return self._out(cat, select_rows(cat, f, limit, upto=self._src.upto))
 
     async def best(self, *, kind: str, metric: str, mode: Literal["max", "min"], scope: Scope = "run",
                    filters: dict[str, Any] | None = None) -> Artifact | None:

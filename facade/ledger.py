@@ -249,8 +249,8 @@ class Ledger:
     def _to_artifact(self, row: Row, catalog: Catalog | None = None) -> Artifact:
         return current_artifact(row.cat, row.i)
 
-    def _to_artifacts(self, rows: list[Row], catalog: Catalog) -> list[Artifact]:
-        return current_artifacts(catalog, [r.i for r in rows])
+    def _to_artifacts(self, rows: list[int], catalog: Catalog) -> list[Artifact]:
+        return current_artifacts(catalog, rows)
 
     def _artifact_at(self, row: Row, seq: int) -> Artifact:
         return row_to_artifact(row, pinned_at(self.catalog, row, seq))

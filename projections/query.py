@@ -147,6 +147,11 @@ class _Plan:
 
 def select(state: Catalog, f: Filter, limit: int | None = None, upto: int | None = None) -> list[Row]:
     """Matching rows, newest first (highest seq first)."""
+    return [Row(state, i) for i in select_rows(state, f, limit, upto)]
+
+
+def select_rows(state: Catalog, f: Filter, limit: int | None = None, upto: int | None = None) -> list[int]:
+    """``select`` as row numbers (no Row handles: what large results need)."""
     plan = _Plan(state, f)
     if plan.empty or limit == 0:
         return []
@@ -155,12 +160,12 @@ def select(state: Catalog, f: Filter, limit: int | None = None, upto: int | None
     b = plan.bound(state, visible(state, upto))
     if plan.trivial:
         # Every candidate matches: the answer is a cut of the index, newest first.
-        return [Row(state, i) for i in reversed(cand[0 if limit is None else max(0, b - limit):b])]
-    out: list[Row] = []
+        return list(reversed(cand[0 if limit is None else max(0, b - limit):b]))
+    out: list[int] = []
     for j in range(b - 1, -1, -1):
         i = cand[j]
         if plan.matches(state, i):
-            out.append(Row(state, i))
+            out.append(i)
             if limit is not None and len(out) >= limit:
                 break
     return out
@@ -239,6 +244,12 @@ def _metric_rows(state: Catalog, plan: _Plan, metric: str, upto: int | None) -> 
 def rank(state: Catalog, f: Filter, metric: str, mode: str, limit: int | None = None,
          upto: int | None = None) -> list[Row]:
     """Rows having ``metric``, best first; ties broken newest first."""
+    return [Row(state, i) for i in rank_rows(state, f, metric, mode, limit, upto)]
+
+
+def rank_rows(state: Catalog, f: Filter, metric: str, mode: str, limit: int | None = None,
+              upto: int | None = None) -> list[int]:
+    """``rank`` as row numbers."""
     rows, vals = _metric_found(state, _Plan(state, f), metric, visible(state, upto))
     # Sorting positions newest first by value alone keeps ties newest first: the
     # sort is stable, also with reverse=True (and nlargest/nsmallest equal sorted()[:limit]).
@@ -251,7 +262,7 @@ def rank(state: Catalog, f: Filter, metric: str, mode: str, limit: int | None = 
         order = sorted(newest_first, key=key, reverse=mode == "max")
         if limit is not None:
             del order[limit:]
-    return [Row(state, rows[m]) for m in order]
+    return list(map(rows.__getitem__, order))
 
 
 def _table_key(f: Filter) -> tuple[str, Any] | None:
