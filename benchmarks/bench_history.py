@@ -53,7 +53,8 @@ from artifact_ledger.store.local import LocalBlobStore  # noqa: E402
 
 # Bump when the synthetic ledgers' contents change; the format versions are part
 # of the key so a change to the log, events or snapshots rebuilds the cache.
-RECIPE = 1
+# 2: the recorded state digest sorts index keys (older caches recorded an unsorted one).
+RECIPE = 2
 CACHE_KEY = f"h{RECIPE}-fmt{FORMAT_VERSION}-ev{SCHEMA_VERSION}-snap{SNAPSHOT_SCHEMA}-ck{CHECKPOINT_MAGIC[-1]}"
 
 EVENTS_PER_RUN = 1000
