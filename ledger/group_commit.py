@@ -21,11 +21,8 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from .errors import LedgerClosed, LedgerCorruption, LedgerPoisoned, LedgerWriteError, LockTimeout
-from .filelog import BatchFailed, SegmentLog
+from .base import BatchFailed, EventLog
 from .framing import Record
-
-
-UNLOCKED_CATCH_UP_BYTES = 256 * 1024
 
 
 class _Pending:
@@ -43,7 +40,7 @@ class _Pending:
 class GroupCommitLog:
     """Serialises all log I/O of one process and batches appends."""
 
-    def __init__(self, log: SegmentLog, on_records: Callable[[list[Record]], None],
+    def __init__(self, log: EventLog, on_records: Callable[[list[Record]], None],
                  before_write: Callable[[], None] | None = None):
         self.log = log
         self._on_records = on_records
@@ -188,10 +185,9 @@ class GroupCommitLog:
     def _write(self, payloads: list[bytes], on_record: Callable[[Record], None]) -> list[Record]:
         if self._before_write is not None:
             self._before_write()
-        # Much news from other processes is read without the lock first, so that the
-        # exclusive hold of append_batch covers a short tail and this batch only.
-        if self.log.unread_bytes() > UNLOCKED_CATCH_UP_BYTES:
-            self.log.catch_up(on_record)
+        # Much news from other processes is read without the write lock first, so that
+        # the exclusive hold of append_batch covers a short tail and this batch only.
+        self.log.prefetch(on_record)
         return self.log.append_batch(payloads, on_record)
 
     async def refresh(self) -> None:
