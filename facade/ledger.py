@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import tempfile
 import threading
@@ -16,7 +17,7 @@ import anyio
 import anyio.to_thread
 
 from ..ledger import checkpoints
-from ..ledger.backends import DEFAULT_SEGMENT_BYTES, MIN_SEGMENT_BYTES, open_file_log
+from ..ledger.backends import DEFAULT_SEGMENT_BYTES, MIN_SEGMENT_BYTES, is_log_url, open_file_log, open_log_url
 from ..ledger.base import EventLog
 from ..ledger.errors import LedgerClosed, LedgerCorruption, ReadOnlyError, RecordsLost
 from ..ledger.events import Event, EventDecodeError, decode_event, decode_events
@@ -455,13 +456,30 @@ def _prepare_root(root: Path, create: bool, read_only: bool = False) -> None:
 async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: int, fsync: bool,
                 checkpoint_every: int, progress: Callable[[int, int], None] | None = None,
                 read_only: bool = False, accept_loss: bool = False,
-                lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> Ledger:
+                lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+                cache_dir: str | os.PathLike[str] | None = None, blobs: str | os.PathLike[str] | None = None,
+                connect_timeout: int | None = None) -> Ledger:
     _check_options(root, create=create, segment_bytes=segment_bytes, fsync=fsync,
                    checkpoint_every=checkpoint_every, progress=progress)
     for name, value in (("read_only", read_only), ("accept_loss", accept_loss)):
         if not isinstance(value, bool):
             raise OptionTypeError(f"{name} must be True or False, got {value!r}")
     lock_timeout = check_lock_timeout(lock_timeout)
+    for name, where in (("cache_dir", cache_dir), ("blobs", blobs)):
+        if where is not None and (not isinstance(where, (str, os.PathLike)) or not os.fspath(where)):
+            raise OptionTypeError(f"{name} must name a directory (a str or path), got {where!r}")
+    if connect_timeout is not None and (isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int)
+                                        or connect_timeout < 1):
+        raise OptionTypeError(f"connect_timeout must be a whole number of seconds >= 1 or None, "
+                              f"got {connect_timeout!r}")
+    if is_log_url(root):
+        return await _open_url(str(root), create=create, fsync=fsync, checkpoint_every=checkpoint_every,
+                               progress=progress, read_only=read_only, accept_loss=accept_loss,
+                               lock_timeout=lock_timeout, cache_dir=cache_dir, blobs=blobs,
+                               connect_timeout=connect_timeout)
+    if cache_dir is not None or connect_timeout is not None:
+        raise ValueError("cache_dir= and connect_timeout= apply to a log opened by URL (postgresql://...); "
+                         f"{os.fspath(root)!r} is a ledger directory, which holds its own local state")
     path = Path(root).resolve()
 
     def blocking_open() -> Ledger:
@@ -474,11 +492,50 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
         log = open_file_log(path, segment_bytes=segment_bytes, fsync=fsync, read_only=read_only,
                             lock_timeout=lock_timeout)
         try:
-            store = LocalBlobStore(path / "blobs", fsync=fsync, deferred=True, read_only=read_only)
+            store = LocalBlobStore(path / "blobs" if blobs is None else Path(blobs).resolve(), fsync=fsync,
+                                   deferred=True, read_only=read_only)
         except BaseException:
             log.close()
             raise
         led = Ledger(path, log, store, checkpoint_every=checkpoint_every, fsync=fsync, read_only=read_only)
+        return _replay(led, accept_loss=accept_loss, progress=progress)
+
+    return await anyio.to_thread.run_sync(blocking_open)
+
+
+def default_cache_dir(location: str) -> Path:
+    """Where a ledger opened by URL keeps its local state when no ``cache_dir`` is given:
+    ``$XDG_CACHE_HOME/artifact-ledger/<16 hex of SHA-256 of the URL without password>`` (``~/.cache``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "artifact-ledger" / hashlib.sha256(location.encode()).hexdigest()[:16]
+
+
+async def _open_url(url: str, *, create: bool, fsync: bool, checkpoint_every: int,
+                    progress: Callable[[int, int], None] | None, read_only: bool, accept_loss: bool,
+                    lock_timeout: float | None, cache_dir: str | os.PathLike[str] | None,
+                    blobs: str | os.PathLike[str] | None, connect_timeout: int | None) -> Ledger:
+    """Open a ledger whose log a URL names; its local state (blobs by default, staging, materialised
+    copies) lives in ``cache_dir``. The log is reached first, so a bad URL creates nothing locally."""
+
+    def blocking_open() -> Ledger:
+        log = open_log_url(url, create=create, fsync=fsync, read_only=read_only, lock_timeout=lock_timeout,
+                           connect_timeout=connect_timeout)
+        try:
+            cache = default_cache_dir(log.location) if cache_dir is None else Path(cache_dir).resolve()
+            # The cache is this machine's scratch space, not the ledger: made even for read-only opens.
+            for sub in ("", "blobs", "staging", "materialized"):
+                (cache / sub).mkdir(parents=True, exist_ok=True)
+            if not read_only:
+                try:
+                    sweep_root(cache)
+                except OSError as exc:  # leftovers cost space, never correctness: opening goes on
+                    warnings.warn(f"sweeping leftovers of {cache} failed: {exc}", RuntimeWarning, stacklevel=2)
+            store = LocalBlobStore(cache / "blobs" if blobs is None else Path(blobs).resolve(), fsync=fsync,
+                                   deferred=True, read_only=read_only)
+        except BaseException:
+            log.close()
+            raise
+        led = Ledger(cache, log, store, checkpoint_every=checkpoint_every, fsync=fsync, read_only=read_only)
         return _replay(led, accept_loss=accept_loss, progress=progress)
 
     return await anyio.to_thread.run_sync(blocking_open)
@@ -584,6 +641,9 @@ def open_ledger(
     read_only: bool = False,
     accept_loss: bool = False,
     lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+    cache_dir: str | os.PathLike[str] | None = None,
+    blobs: str | os.PathLike[str] | None = None,
+    connect_timeout: int | None = None,
 ) -> _Opener:
     """Open (or create) the embedded ledger in directory ``root``; await it or use ``async with``.
 
@@ -593,7 +653,12 @@ def open_ledger(
     ``read_only=True`` opens an existing ledger without writing a byte (never creates one);
     ``accept_loss=True`` opens a log that lost committed records instead of raising RecordsLost;
     ``lock_timeout`` bounds every wait for the log lock (seconds; None waits until cancelled).
+    ``root`` may instead be a log URL, ``postgresql://user@host:5432/db?schema=NAME``: the log lives in
+    PostgreSQL and this machine's local state in ``cache_dir`` (default: see ``default_cache_dir``);
+    ``connect_timeout`` (seconds, default 10) bounds reaching the server. ``blobs`` is the blob
+    directory (default: ``blobs/`` of the ledger directory or of ``cache_dir``).
     """
     return _Opener(root, {"create": create, "segment_bytes": segment_bytes, "fsync": fsync,
                           "checkpoint_every": checkpoint_every, "progress": progress,
-                          "read_only": read_only, "accept_loss": accept_loss, "lock_timeout": lock_timeout})
+                          "read_only": read_only, "accept_loss": accept_loss, "lock_timeout": lock_timeout,
+                          "cache_dir": cache_dir, "blobs": blobs, "connect_timeout": connect_timeout})

@@ -16,7 +16,7 @@ from .lockfile import DEFAULT_LOCK_TIMEOUT
 # The smallest segment holds its header and one small record.
 MIN_SEGMENT_BYTES = SEGMENT_HEADER_SIZE + 64
 
-__all__ = ["DEFAULT_SEGMENT_BYTES", "MIN_SEGMENT_BYTES", "open_file_log"]
+__all__ = ["DEFAULT_SEGMENT_BYTES", "MIN_SEGMENT_BYTES", "is_log_url", "open_file_log", "open_log_url"]
 
 
 def open_file_log(root: Path, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES, fsync: bool = True,
@@ -33,3 +33,28 @@ def open_file_log(root: Path, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES, fsy
         warnings.warn(f"{log.lock_problem}: reading without the log lock file; {consequence}",
                       UserWarning, stacklevel=4)
     return log
+
+
+URL_SCHEMES = ("postgresql", "postgres")
+
+
+def is_log_url(root: object) -> bool:
+    """Whether ``root`` names a log by URL (``scheme://...``) rather than a ledger directory."""
+    return isinstance(root, str) and "://" in root
+
+
+def open_log_url(url: str, *, create: bool = True, fsync: bool = True, read_only: bool = False,
+                 lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT, connect_timeout: int | None = None) -> EventLog:
+    """The log a URL names: ``postgresql://user@host:5432/db?schema=NAME`` (see README).
+
+    Raises ValueError for an unsupported scheme or a malformed URL, LedgerUnreachable when the
+    server cannot be reached within ``connect_timeout`` seconds, SchemaTooNew for a newer schema.
+    """
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in URL_SCHEMES:
+        raise ValueError(f"unsupported log URL scheme {scheme!r} in {url!r}: the log is a ledger directory "
+                         "(a path) or postgresql://user@host:5432/db?schema=NAME")
+    from .postgres import PostgresEventLog
+
+    return PostgresEventLog(url, create=create, fsync=fsync, read_only=read_only, lock_timeout=lock_timeout,
+                            connect_timeout=connect_timeout)

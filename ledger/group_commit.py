@@ -20,7 +20,8 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from .errors import LedgerClosed, LedgerCorruption, LedgerPoisoned, LedgerWriteError, LockTimeout
+from .errors import (AppendNotRecorded, LedgerClosed, LedgerCorruption, LedgerPoisoned, LedgerWriteError,
+                     LockTimeout)
 from .base import BatchFailed, EventLog
 from .framing import Record
 
@@ -141,6 +142,13 @@ class GroupCommitLog:
                                            "again", cause.filename)
                 r.error.__cause__ = cause
             self._finish(batch, seen + exc.durable)
+            return
+        except AppendNotRecorded as exc:
+            # Nothing of the batch was recorded and the log is not broken: later appends may succeed.
+            for r in batch:
+                r.error = AppendNotRecorded(str(exc))
+                r.error.__cause__ = exc.__cause__
+            self._finish(batch, seen)
             return
         except LedgerPoisoned as exc:
             # The log is marked by a failed write elsewhere; nothing was written, this process is fine.
