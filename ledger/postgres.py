@@ -388,6 +388,8 @@ class PostgresEventLog:
                 if row is not None and row[0] is not None:
                     first, n = int(row[0]), int(row[1])
                     self._catch_up_on(cur, on_record, until=first - 1)
+                    if self.head_seq >= first:  # already read as news (never, unless read concurrently)
+                        return list(self.read_range(first, first + n - 1))
                     mine: list[Record] = []
                     self._catch_up_on(cur, mine.append, until=first + n - 1)
                     return mine
