@@ -366,9 +366,9 @@ class PostgresEventLog:
                 # The connection dropped: the COMMIT may or may not have happened. Reconnect and look.
                 resolving, cause = True, exc
         raise LedgerUnreachable(
-            f"the connection to the PostgreSQL log at {self._safe_url} was lost during an append and could not be "
-            f"re-established to learn its outcome ({cause}); the batch may or may not be recorded: reopen the "
-            "ledger and look for the artifact by id before saving it again") from cause
+            f"the connection to the PostgreSQL log at {self._safe_url} was lost during an append, and again on "
+            f"each of {RECONNECTS} attempts to learn its outcome (last: {cause}); the batch may or may not be "
+            "recorded: reopen the ledger and look for the artifact by id before saving it again") from cause
 
     def _append_once(self, payloads: list[bytes], ids: list[str | None], token: uuid.UUID, on_record: OnRecord,
                      resolving: bool) -> list[Record]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import random
 import signal
 import struct
 import threading
@@ -20,8 +21,8 @@ import backends
 import pg_workers
 from artifact_ledger import open_ledger
 from artifact_ledger.ledger import postgres
-from artifact_ledger.ledger.errors import (LedgerCorruption, LedgerNotFound, LedgerUnreachable, LockTimeout,
-                                           SchemaTooNew)
+from artifact_ledger.ledger.errors import (LedgerCorruption, LedgerNotFound, LedgerPoisoned, LedgerUnreachable,
+                                           LockTimeout, SchemaTooNew)
 
 SPAWN = multiprocessing.get_context("spawn")
 GENESIS = "0" * 64
@@ -324,46 +325,49 @@ def test_terminating_the_writers_backend_mid_append_never_duplicates(schema, tmp
 
 
 def test_killing_the_session_at_random_moments_records_each_save_once(schema, tmp_path):
-    """A killer thread terminates the writer's session over and over while it saves: every save that
-    returned is recorded exactly once, none that raised is recorded, and the chain verifies."""
+    """A killer thread terminates the writer's session at random moments while it saves: every save that
+    returned is recorded exactly once, the table has no gap or duplicate, and the chain verifies. (A call
+    whose every retry was killed too says its outcome is unknown; it is then recorded at most once.)"""
     url, name = schema
     ok_ids: list[str] = []
-    failed = 0
+    kills = []
 
     async def main():
-        nonlocal failed
         async with open_ledger(url, cache_dir=tmp_path / "c") as led:
             stop = threading.Event()
+            rnd = random.Random(8)
 
             def killer():
-                while not stop.is_set():
+                while not stop.is_set() and len(kills) < 12:
+                    time.sleep(rnd.uniform(0.005, 0.04))
                     conn = led._log._conn
-                    if conn is not None:
-                        sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s",
-                            (conn.info.backend_pid,))
-                    time.sleep(0.013)
+                    try:
+                        pid = None if conn is None else conn.info.backend_pid
+                    except psycopg.Error:  # closed at this very moment: try the next one
+                        continue
+                    if pid is not None and sql("SELECT pg_terminate_backend(%s)", (pid,)) == [(True,)]:
+                        kills.append(pid)
 
             t = threading.Thread(target=killer)
             t.start()
             try:
-                for i in range(60):
+                for i in range(80):
                     try:
                         art = await save(led, tmp_path, b"k%d" % i)
-                    except (LedgerUnreachable, psycopg.Error) as exc:  # outcome unknown or refused
-                        failed += 1
-                        assert "nothing" in str(exc) or "may or may not" in str(exc)
+                    except LedgerPoisoned as exc:  # every retry killed as well: the outcome is unknown
+                        assert "may or may not be recorded" in str(exc)
                         break
-                    else:
-                        ok_ids.append(art.artifact_id)
+                    ok_ids.append(art.artifact_id)
             finally:
                 stop.set()
                 await anyio.to_thread.run_sync(t.join)
 
     anyio.run(main)
+    assert len(kills) >= 3 and len(ok_ids) >= 10
     rows = backends.pg_rows(name)
     ids = [r[0] for r in sql(f'SELECT artifact_id FROM "{name}".events ORDER BY seq')]
     assert len(ids) == len(set(ids))
-    assert set(ok_ids) <= set(ids)
+    assert set(ok_ids) <= set(ids) and len(ids) - len(ok_ids) <= 1
     assert [r.seq for r in rows] == list(range(1, len(rows) + 1))
 
     async def again():
