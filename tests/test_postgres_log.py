@@ -530,3 +530,42 @@ def test_read_only_and_create_false_never_create_a_schema(pg_url, tmp_path):
 
     anyio.run(main)
     assert backends.pg_rows(name) == []
+
+
+# ---------------------------------------------------------------- the command-line tool
+def _cli(*args: str, env_extra: dict[str, str] | None = None):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARTIFACT_LEDGER_")}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "artifact_ledger", *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+def test_cli_reads_a_postgres_ledger_by_log_url_or_environment(schema, tmp_path):
+    """--log URL --cache-dir DIR and $ARTIFACT_LEDGER_LOG / $ARTIFACT_LEDGER_CACHE_DIR open the ledger;
+    --root with --log, a closed port and a missing schema fail with one clear line and their exit codes."""
+    import json
+
+    url, _ = schema
+    cache = tmp_path / "c"
+
+    async def build():
+        async with open_ledger(url, cache_dir=cache) as led:
+            return (await save(led, tmp_path, b"cli")).artifact_id
+
+    aid = anyio.run(build)
+    res = _cli("--log", url, "--cache-dir", str(cache), "list", "--all", "--json")
+    assert res.returncode == 0, res.stderr
+    assert [a["artifact_id"] for a in json.loads(res.stdout)] == [aid]
+    res = _cli("verify", "--json", env_extra={"ARTIFACT_LEDGER_LOG": url, "ARTIFACT_LEDGER_CACHE_DIR": str(cache)})
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["ok"] is True
+    res = _cli("--log", url, "-C", str(tmp_path), "list")
+    assert res.returncode == 2 and "not both" in res.stderr
+    with socket_closed_port() as port:
+        res = _cli("--log", f"postgresql://postgres@127.0.0.1:{port}/test?connect_timeout=2", "list")
+    assert res.returncode == 3 and "cannot open the PostgreSQL log" in res.stderr and "Traceback" not in res.stderr
+    res = _cli("--log", backends.url_for("t_never_made_here"), "list")
+    assert res.returncode == 2 and "no ledger at" in res.stderr and "Traceback" not in res.stderr
