@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 import uuid
 from typing import Any, Callable, Iterable, Iterator
@@ -147,6 +148,10 @@ class PostgresEventLog:
         self.head_ts = 0
         self._head_batch = 0
         self._conn: psycopg.Connection[Any] | None = None
+        # Reads outside the group committer (events(), history(), verify()) run in other threads
+        # while an append may hold a transaction open on _conn: they get a connection of their own.
+        self._reader: psycopg.Connection[Any] | None = None
+        self._reader_lock = threading.Lock()
         self._conn = self._connect()
         try:
             self._prepare(create)
@@ -177,8 +182,10 @@ class PostgresEventLog:
         """A new autocommit connection; LedgerUnreachable naming the URL and the server's reason."""
         options = "-c default_transaction_read_only=on" if self.read_only else ""
         try:
+            # TCP keepalives: a server that vanished without a FIN is noticed in about 20 s, not never.
             return psycopg.connect(self._conninfo, autocommit=True, connect_timeout=self.connect_timeout,
-                                   application_name="artifact-ledger", options=options)
+                                   application_name="artifact-ledger", options=options, keepalives=1,
+                                   keepalives_idle=10, keepalives_interval=3, keepalives_count=3)
         except psycopg.Error as exc:
             reason = str(exc).strip().replace("\n", "; ")
             raise LedgerUnreachable(
@@ -193,6 +200,17 @@ class PostgresEventLog:
                 self._conn.close()
             self._conn = self._connect()
         return self._conn
+
+    def _read_cursor(self) -> psycopg.Cursor[Any]:
+        """A cursor on the reader connection (autocommit, never inside an append's transaction)."""
+        self.check_process()
+        with self._reader_lock:
+            r = self._reader
+            if r is None or r.closed or r.broken:
+                if r is not None:
+                    r.close()
+                r = self._reader = self._connect()
+            return r.cursor()
 
     def _q(self, text: str) -> sql.Composed:
         return sql.SQL(text).format(s=self._s)
@@ -296,10 +314,9 @@ class PostgresEventLog:
         return 0
 
     def has_news(self) -> bool:
-        """One index lookup: is there a row after our head?"""
-        with self._live().cursor() as cur:
-            cur.execute(self._q("SELECT 1 FROM {s}.events WHERE seq > %s LIMIT 1"), (self.head_seq,))
-            return cur.fetchone() is not None
+        """Always True: this is called on the event loop, where no network round trip may run; the
+        catch-up that follows (in a worker thread) is the one index lookup that finds out."""
+        return True
 
     def catch_up(self, on_record: OnRecord) -> None:
         """Read the rows other processes committed since we last looked."""
@@ -316,7 +333,7 @@ class PostgresEventLog:
         if since > last:
             return
         # The chain is checked from the row before ``since``: its hash is the first one's previous hash.
-        with self._live().cursor() as cur:
+        with self._read_cursor() as cur:
             prev, prev_batch = GENESIS_HASH, 0
             if since > 1:
                 cur.execute(self._q("SELECT hash, batch_first FROM {s}.events WHERE seq = %s"), (since - 1,))
@@ -433,7 +450,7 @@ class PostgresEventLog:
 
     def size_bytes(self) -> int:
         """The events table's size on the server."""
-        with self._live().cursor() as cur:
+        with self._read_cursor() as cur:
             cur.execute("SELECT pg_total_relation_size(%s::regclass)", (f"{self.schema}.events",))
             row = cur.fetchone()
             return int(row[0]) if row else 0
@@ -451,7 +468,7 @@ class PostgresEventLog:
             records += 1
 
         try:
-            with self._live().cursor() as cur:
+            with self._read_cursor() as cur:
                 walker.walk(cur, counted)
         except LedgerCorruption as exc:
             problems.append(f"record: {exc}")
@@ -464,9 +481,10 @@ class PostgresEventLog:
 
     def close(self) -> None:
         """Close the connection (in a fork child, leave the parent's socket alone)."""
-        conn, self._conn = self._conn, None
-        if conn is not None and os.getpid() == self._pid:
-            conn.close()
+        for conn in (self._conn, self._reader):
+            if conn is not None and os.getpid() == self._pid:
+                conn.close()
+        self._conn = self._reader = None
 
 
 class _Walker:
