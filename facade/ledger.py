@@ -176,7 +176,9 @@ class Ledger:
         self._log.check_process()  # a fork child must not checkpoint or close the parent's ledger
         try:
             await self._join_checkpoint()
-            if self.catalog.head_seq > self._ckpt_seq and not self._gc.failed and not self.read_only:
+            # Shared checkpoints (PostgreSQL) cost every process a snapshot upload: only when due.
+            due = self.checkpoint_every if self._log.shared_checkpoints else 1
+            if self.catalog.head_seq - self._ckpt_seq >= due and not self._gc.failed and not self.read_only:
                 try:
                     await self.checkpoint()
                 except Exception as exc:

@@ -105,6 +105,12 @@ class EventLog(Protocol):
         """Committed records with ``since <= seq <= until`` in seq order (until: the head)."""
         ...
 
+    @property
+    def shared_checkpoints(self) -> bool:
+        """Whether checkpoints are shared by every process of the log (then closing writes one only once
+        ``checkpoint_every`` events are due, rather than whenever the log moved)."""
+        ...
+
     def checkpoint_cut(self) -> Any:
         """An opaque token naming the head record, for ``write_checkpoint`` (None: no checkpoints)."""
         ...

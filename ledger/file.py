@@ -181,6 +181,11 @@ class FileEventLog:
         return self.segments.read_range(since, until)
 
     # ----------------------------------------------------------------- checkpoints
+    @property
+    def shared_checkpoints(self) -> bool:
+        """Checkpoint files are this directory's: one is written on every close that has news."""
+        return False
+
     def checkpoint_cut(self) -> Any:
         """The head record's location (position after it, its offset)."""
         return self.segments.head_location()

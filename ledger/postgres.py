@@ -19,6 +19,7 @@ import re
 import threading
 import time
 import uuid
+import warnings
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -27,13 +28,15 @@ import psycopg
 from psycopg import sql
 
 from .base import LogCheck, OnRecord, Restore
+from .checkpoints import CheckpointWarning
 from .errors import (AppendNotRecorded, LedgerCorruption, LedgerForked, LedgerNotFound, LedgerUnreachable,
                      LockTimeout, ReadOnlyError, SchemaTooNew)
 from .framing import GENESIS_HASH, Record, record_hash
 from .lockfile import DEFAULT_LOCK_TIMEOUT
 
 # The version of the tables this library writes; MIGRATIONS[v] takes a schema from v-1 to v.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+KEEP_CHECKPOINTS = 2  # newest snapshots kept in the checkpoints table
 DEFAULT_SCHEMA = "artifact_ledger"
 DEFAULT_CONNECT_TIMEOUT = 10  # seconds; a URL's own connect_timeout=... wins
 RECONNECTS = 3  # attempts to resolve an unknown outcome (each bounded by connect_timeout)
@@ -55,6 +58,16 @@ MIGRATIONS: dict[int, list[str]] = {
         )""",
         "CREATE UNIQUE INDEX events_artifact_id ON {s}.events (artifact_id) WHERE artifact_id IS NOT NULL",
         "CREATE INDEX events_batch_token ON {s}.events (batch_token)",
+    ],
+    # 2: projection snapshots shared by every process of the ledger (a cache, like checkpoint files).
+    2: [
+        """CREATE TABLE {s}.checkpoints (
+            seq bigint PRIMARY KEY CHECK (seq >= 1),
+            hash bytea NOT NULL CHECK (length(hash) = 32),
+            snapshot_schema integer NOT NULL,
+            snapshot bytea NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now()
+        )""",
     ],
 }
 
@@ -296,7 +309,8 @@ class PostgresEventLog:
 
     def open(self, on_record: OnRecord, restore: Restore | None, *, accept_loss: bool = False,
              progress: Callable[[int, int], None] | None = None) -> int:
-        """Read every row from seq 1 (this backend keeps no checkpoints)."""
+        """Load the newest shared checkpoint whose seq and hash match the table, then read the rows after it."""
+        loaded = self._load_checkpoint(restore) if restore is not None else 0
         total = self.size_bytes() if progress is not None else 0
         done = 0
 
@@ -311,6 +325,33 @@ class PostgresEventLog:
             self._catch_up_on(cur, counted)
         if progress is not None:
             progress(max(total, done), max(total, done))
+        return loaded
+
+    def _load_checkpoint(self, restore: Restore) -> int:
+        """Try the checkpoints newest first; the first that matches its events row and restores wins."""
+        with self._live().cursor() as cur:
+            cur.execute(self._q("SELECT c.seq, c.hash, c.snapshot_schema, e.hash, e.ts_us, e.batch_first "
+                                "FROM {s}.checkpoints c LEFT JOIN {s}.events e ON e.seq = c.seq "
+                                "ORDER BY c.seq DESC"))
+            candidates = cur.fetchall()
+            for seq, h, schema, row_hash, ts, batch_first in candidates:
+                where = f"checkpoint seq {seq} in {self.schema}.checkpoints"
+                if row_hash is None or bytes(row_hash) != bytes(h):
+                    # The log wins: a snapshot of a history the table no longer holds is not used.
+                    warn_checkpoint(where, f"it does not match the events row at seq {seq}")
+                    continue
+                cur.execute(self._q("SELECT snapshot FROM {s}.checkpoints WHERE seq = %s"), (seq,))
+                row = cur.fetchone()
+                if row is None:
+                    continue  # pruned by another process meanwhile
+                try:
+                    restore(int(schema), memoryview(bytes(row[0])), int(seq))
+                except ValueError as exc:
+                    warn_checkpoint(where, str(exc))
+                    continue
+                self.head_seq, self.head_hash, self.head_ts, self._head_batch = int(seq), bytes(h), int(ts), \
+                    int(batch_first)
+                return int(seq)
         return 0
 
     def has_news(self) -> bool:
@@ -436,13 +477,25 @@ class PostgresEventLog:
         return out
 
     # ----------------------------------------------------------------- checkpoints, verification
+    @property
+    def shared_checkpoints(self) -> bool:
+        """Checkpoints live in the server, for every process: one on close only when many events are due."""
+        return True
+
     def checkpoint_cut(self) -> Any:
-        """No checkpoints: opening replays the table (see README for the figures)."""
-        return None
+        """(seq, hash) of the head record."""
+        return (self.head_seq, self.head_hash)
 
     def write_checkpoint(self, cut: Any, schema: int, parts: Iterable[bytes]) -> None:
-        """Never called (``checkpoint_cut`` is None)."""
-        raise NotImplementedError("the PostgreSQL log keeps no checkpoints")
+        """Insert the snapshot into ``checkpoints`` (its own short connection: this runs in a background
+        thread beside appends), then keep only the newest KEEP_CHECKPOINTS."""
+        seq, h = cut
+        data = b"".join(parts)
+        with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute(self._q("INSERT INTO {s}.checkpoints (seq, hash, snapshot_schema, snapshot) "
+                                "VALUES (%s, %s, %s, %s) ON CONFLICT (seq) DO NOTHING"), (seq, h, schema, data))
+            cur.execute(self._q("DELETE FROM {s}.checkpoints WHERE seq NOT IN "
+                                "(SELECT seq FROM {s}.checkpoints ORDER BY seq DESC LIMIT %s)"), (KEEP_CHECKPOINTS,))
 
     def known_head(self) -> tuple[int, str]:
         """Nothing outside the table records a head: (0, "")."""
@@ -485,6 +538,11 @@ class PostgresEventLog:
             if conn is not None and os.getpid() == self._pid:
                 conn.close()
         self._conn = self._reader = None
+
+
+def warn_checkpoint(where: str, reason: str) -> None:
+    """Report an ignored checkpoint (a cache: the state is rebuilt from the events instead)."""
+    warnings.warn(f"ignoring {where}: {reason}; rebuilding from the log", CheckpointWarning, stacklevel=4)
 
 
 class _Walker:

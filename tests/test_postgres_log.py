@@ -428,7 +428,8 @@ def test_first_open_creates_the_schema_with_its_version_and_concurrent_opens_agr
         t.start()
     for t in threads:
         t.join()
-    assert sql(f'SELECT version FROM "{name}".ledger_version') == [(postgres.SCHEMA_VERSION,)]
+    versions = sql(f'SELECT version FROM "{name}".ledger_version ORDER BY version')
+    assert versions == [(v,) for v in range(1, postgres.SCHEMA_VERSION + 1)]
 
 
 def test_a_schema_newer_than_the_library_is_a_clear_error(schema, tmp_path):
@@ -569,3 +570,105 @@ def test_cli_reads_a_postgres_ledger_by_log_url_or_environment(schema, tmp_path)
     assert res.returncode == 3 and "cannot open the PostgreSQL log" in res.stderr and "Traceback" not in res.stderr
     res = _cli("--log", backends.url_for("t_never_made_here"), "list")
     assert res.returncode == 2 and "no ledger at" in res.stderr and "Traceback" not in res.stderr
+
+
+# ---------------------------------------------------------------- shared checkpoints and migrations
+def test_a_checkpoint_is_shared_with_every_process_and_only_the_tail_is_replayed(schema, tmp_path):
+    """checkpoint() stores the snapshot in the server; another process (another cache) opens from it and
+    reads only the rows after it, with the same answers as a full replay."""
+    url, name = schema
+
+    async def main():
+        async with open_ledger(url, cache_dir=tmp_path / "a") as a:
+            for i in range(6):
+                await save(a, tmp_path, b"c%d" % i, metrics={"m": i})
+            assert await a.checkpoint() == 6
+            await save(a, tmp_path, b"after", metrics={"m": 99})
+            want = [x.artifact_id for x in await a.artifacts(**R).list()]
+            best = (await a.artifacts(**R).best(kind="k", metric="m", mode="max")).artifact_id
+        assert sql(f'SELECT seq FROM "{name}".checkpoints') == [(6,)]
+        async with open_ledger(url, cache_dir=tmp_path / "b") as b:
+            assert b._ckpt_seq == 6 and b.head[0] == 7
+            assert [x.artifact_id for x in await b.artifacts(**R).list()] == want
+            assert (await b.artifacts(**R).best(kind="k", metric="m", mode="max")).artifact_id == best
+        # Given a's blob directory, b verifies the whole chain and every blob.
+        async with open_ledger(url, cache_dir=tmp_path / "b", blobs=tmp_path / "a" / "blobs") as b:
+            res = await b.verify()
+            assert res.ok and res.head == (7, res.head[1]) and res.records == 7
+
+    anyio.run(main)
+
+
+@pytest.mark.parametrize("damage", ["hash", "snapshot"])
+def test_a_checkpoint_that_does_not_match_is_ignored_with_a_warning(schema, tmp_path, damage):
+    """A checkpoint whose hash is not the events row's, or whose snapshot does not decode: CheckpointWarning,
+    full replay, the same catalogue."""
+    from artifact_ledger import CheckpointWarning
+
+    url, name = schema
+
+    async def build():
+        async with open_ledger(url, cache_dir=tmp_path / "a") as a:
+            for i in range(4):
+                await save(a, tmp_path, b"d%d" % i)
+            await a.checkpoint()
+            return [x.artifact_id for x in await a.artifacts(**R).list()]
+
+    want = anyio.run(build)
+    if damage == "hash":
+        sql(f'UPDATE "{name}".checkpoints SET hash = %s', (bytes(32),))
+    else:
+        sql(f'UPDATE "{name}".checkpoints SET snapshot = %s', (b"not a snapshot",))
+
+    async def check():
+        with pytest.warns(CheckpointWarning, match="ignoring checkpoint seq 4"):
+            led = await open_ledger(url, cache_dir=tmp_path / "b")
+        try:
+            assert led._ckpt_seq == 0
+            assert [x.artifact_id for x in await led.artifacts(**R).list()] == want
+        finally:
+            await led.aclose()
+
+    anyio.run(check)
+
+
+def test_closing_writes_a_shared_checkpoint_only_when_checkpoint_every_events_are_due(schema, tmp_path):
+    """A worker that saved a little does not upload a snapshot on close; one that saw checkpoint_every events
+    does."""
+    url, name = schema
+
+    async def main():
+        async with open_ledger(url, cache_dir=tmp_path / "a", checkpoint_every=50) as a:
+            await save(a, tmp_path, b"one")
+        assert sql(f'SELECT count(*) FROM "{name}".checkpoints') == [(0,)]
+        async with open_ledger(url, cache_dir=tmp_path / "a", checkpoint_every=3) as a:
+            for i in range(3):
+                await save(a, tmp_path, b"e%d" % i)
+        assert sql(f'SELECT count(*) FROM "{name}".checkpoints') == [(1,)]
+
+    anyio.run(main)
+
+
+def test_a_version_1_schema_is_migrated_on_open_keeping_every_record(schema, tmp_path):
+    """A schema an older library made (version 1: no checkpoints table) is migrated to the current version on
+    open, in one transaction, and its records stay as they were."""
+    url, name = schema
+
+    async def build():
+        async with open_ledger(url, cache_dir=tmp_path / "a") as a:
+            for i in range(3):
+                await save(a, tmp_path, b"v%d" % i)
+            return a.head
+
+    head = anyio.run(build)
+    sql(f'DROP TABLE "{name}".checkpoints')
+    sql(f'DELETE FROM "{name}".ledger_version WHERE version > 1')
+
+    async def reopen():
+        async with open_ledger(url, cache_dir=tmp_path / "a") as a:
+            assert a.head == head
+            assert await a.checkpoint() == 3
+            assert (await a.verify()).head == head
+
+    anyio.run(reopen)
+    assert sql(f'SELECT version FROM "{name}".ledger_version ORDER BY version') == [(1,), (2,)]
