@@ -16,13 +16,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from artifact_ledger.facade import content
-import backends
-from backends import file_only, open_ledger
 from artifact_ledger.facade.audit import LedgerEvent
 from artifact_ledger.ledger.events import ArtifactRecorded, PinChanged, decode_event
 from artifact_ledger.ledger.filelog import TornTailWarning
 from artifact_ledger.ledger.framing import FRAME_SIZE
 from logcheck import read_log as disk_records
+import backends
+from backends import file_only, open_ledger
 
 # The conformance suite: every test here runs once per log backend (tests/backends.py).
 pytestmark = pytest.mark.usefixtures("backend")

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 
 import artifact_ledger.ledger.filelog as filelog
 from artifact_ledger.facade import ReadOnlyError
-from backends import open_ledger, stored_records
 from artifact_ledger.facade.ledger import row_to_artifact
 from artifact_ledger.ledger.events import decode_event
 from artifact_ledger.projections.catalog import Catalog, Logged, apply
 from artifact_ledger.projections.query import Filter, best, rank, select
+from backends import open_ledger, stored_records
 
 # The conformance suite: every test here runs once per log backend (tests/backends.py).
 pytestmark = pytest.mark.usefixtures("backend")
