@@ -12,8 +12,9 @@ from artifact_ledger import open_ledger
 
 
 def writer(url: str, cache_dir: str, saves: int, tag: str, ack_path: str, pins: bool = True) -> None:
-    """Save ``saves`` artifacts (and pin every third), writing each acknowledged id to ``ack_path`` after
-    its call returned (so a line there means: acknowledged)."""
+    """Record ``saves`` artifacts, mixing save, ingest_dir and writer (and pin every third save), writing
+    each acknowledged id to ``ack_path`` after its call returned (so a line there means: acknowledged;
+    a writer() artifact, whose id the block does not give, is acknowledged as the line ``writer``)."""
 
     async def main() -> None:
         async with open_ledger(url, cache_dir=cache_dir) as led:
@@ -21,8 +22,22 @@ def writer(url: str, cache_dir: str, saves: int, tag: str, ack_path: str, pins: 
             src = Path(cache_dir) / f"src-{tag}.bin"
             with open(ack_path, "a", encoding="utf-8") as acks:
                 for i in range(saves):
-                    src.write_bytes(f"{tag}-{i}".encode() * 64)
-                    art = await fac.save(str(src), kind="k", labels={"w": tag}, metrics={"i": i})
+                    data = f"{tag}-{i}".encode() * 64
+                    if i % 5 == 1:
+                        d = Path(await fac.stage_dir())
+                        (d / "sub").mkdir()
+                        (d / "a.txt").write_bytes(data)
+                        (d / "sub" / "b.bin").write_bytes(data[::-1])
+                        art = await fac.ingest_dir(str(d), labels={"w": tag})
+                    elif i % 5 == 2:
+                        async with fac.writer(kind="k", planned_ext=".bin", labels={"w": tag}) as f:
+                            f.write(data)
+                        acks.write("writer\n")
+                        acks.flush()
+                        continue
+                    else:
+                        src.write_bytes(data)
+                        art = await fac.save(str(src), kind="k", labels={"w": tag}, metrics={"i": i})
                     acks.write(f"{art.artifact_id} {art.seq}\n")
                     acks.flush()
                     if pins and i % 3 == 0:
