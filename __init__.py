@@ -10,6 +10,7 @@ from .ledger.checkpoints import CheckpointWarning
 from .ledger.errors import (LedgerClosed, LedgerCorruption, LedgerError, LedgerForked, LedgerPoisoned,
                             LedgerWriteError, LockTimeout,
                             LostRecordsWarning, RecordsLost)
+from .ledger.errors import AppendNotRecorded, LedgerNotFound, LedgerUnreachable, SchemaTooNew
 from .ledger.filelog import TornTailWarning
 
 try:
@@ -18,6 +19,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "AppendNotRecorded",
     "Artifact",
     "ArtifactCorrupted",
     "ArtifactDecodeError",
@@ -32,13 +34,16 @@ __all__ = [
     "LedgerForked",
     "LedgerEvent",
     "LedgerNeedsRepair",
+    "LedgerNotFound",
     "LedgerPoisoned",
+    "LedgerUnreachable",
     "LedgerView",
     "LedgerWriteError",
     "LostRecordsWarning",
     "LockTimeout",
     "ReadOnlyError",
     "RecordsLost",
+    "SchemaTooNew",
     "TornTailWarning",
     "VerifyResult",
     "__version__",

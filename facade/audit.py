@@ -9,11 +9,10 @@ from typing import Any, Callable
 
 import msgspec
 
-from ..ledger.errors import LedgerCorruption, RecordsLost
+from ..ledger.base import EventLog
+from ..ledger.errors import LedgerCorruption
 from ..ledger.events import ArtifactRecorded, Event, EventDecodeError, PinChanged, decode_event
-from ..ledger.filelog import SegmentLog
 from ..ledger.framing import Record
-from ..ledger.lockfile import DEFAULT_LOCK_TIMEOUT
 from ..projections.catalog import Catalog, Row, scope_keys_of
 from ..projections.query import Filter, _scan_best, pinned_at
 
@@ -182,23 +181,19 @@ def referenced_blobs(cat: Catalog) -> list[tuple[str, str, bool]]:
     return [(cat.sha_hex(i), cat.ids[i], cat.mime_s[i] == dir_id) for i in range(cat.n)]
 
 
-def verify(log_dir: str, store: Any, referenced: list[tuple[str, str, bool]], *,
+def verify(log: EventLog, store: Any, referenced: list[tuple[str, str, bool]], *,
            expect_head: tuple[int, str] | None = None,
            progress: Callable[[int, int], None] | None = None,
-           known: tuple[int, str] | None = None,
-           lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> VerifyResult:
-    """Walk the hash chain of every record and re-hash every referenced blob (blocking).
+           known: tuple[int, str] | None = None) -> VerifyResult:
+    """Walk the hash chain of every record (``log.verify``) and re-hash every referenced blob (blocking).
 
     ``known`` is (seq, what says so): a seq the log must reach; if it ends before, the
-    missing seqs are reported as lost records. The committed records are read without
-    the lock; only the tail is read under the shared lock.
+    missing seqs are reported as lost records.
     """
-    # Read-only: verify writes nothing, and works where the user may only read.
-    log = SegmentLog(log_dir, fsync=False, read_only=True, lock_timeout=lock_timeout)
     shas: dict[str, str] = {}
     for sha, owner, _ in referenced:
         shas.setdefault(sha, owner)
-    seg_bytes = sum(os.path.getsize(os.path.join(log_dir, n)) for n in os.listdir(log_dir) if n.endswith(".seg"))
+    seg_bytes = log.size_bytes()
     dir_shas = {sha for sha, _, is_dir in referenced if is_dir}
     blob_bytes = 0
     sized: set[str] = set()
@@ -221,7 +216,6 @@ def verify(log_dir: str, store: Any, referenced: list[tuple[str, str, bool]], *,
     seen_hash: dict[int, bytes] = {}
     want_seq = expect_head[0] if expect_head else None
     records = 0
-    lost: tuple[int, int] | None = None
 
     def on_record(rec: Record) -> None:
         nonlocal done, records
@@ -236,28 +230,9 @@ def verify(log_dir: str, store: Any, referenced: list[tuple[str, str, bool]], *,
         if progress is not None and records % 4096 == 0:
             progress(done, total)
 
-    try:
-        try:
-            log.catch_up(on_record)
-            # Bytes after the last record are judged under the lock: unlocked, they
-            # may be a batch another process is writing right now.
-            torn = log.torn_tail(on_record)
-        except LedgerCorruption as exc:
-            problems.append(f"record: {exc}")
-        else:
-            if torn is not None:
-                name, offset, size = torn
-                problems.append(
-                    f"record: {size} bytes of an incomplete record at the end of segment "
-                    f"{name} offset {offset} (seq {log.head_seq + 1}); "
-                    "reopen the ledger to truncate it"
-                )
-            if known is not None and log.head_seq < known[0]:
-                lost = (log.head_seq + 1, known[0])
-                problems.append(f"lost records: {RecordsLost(log.head_seq, known[0], known[1])}")
-        head = (log.head_seq, log.head_hash.hex())
-    finally:
-        log.close()
+    check = log.verify(on_record, known if known is not None else (0, ""))
+    problems.extend(check.problems)
+    head, lost = check.head, check.lost
     if expect_head is not None:
         seq, digest = expect_head
         got = seen_hash.get(seq)

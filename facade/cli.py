@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import anyio
 
-from ..ledger.errors import LedgerCorruption
+from ..ledger.errors import LedgerCorruption, SchemaTooNew
 
 from . import cli_commands as cmd
 from . import importing
@@ -28,6 +28,8 @@ from .repair import LedgerNeedsRepair, repair_ledger
 
 PROG = "artifact-ledger"
 ROOT_ENV = "ARTIFACT_LEDGER_ROOT"
+LOG_ENV = "ARTIFACT_LEDGER_LOG"
+CACHE_ENV = "ARTIFACT_LEDGER_CACHE_DIR"
 OPEN_QUIET_SECONDS = 0.5  # a progress bar appears only when opening (log replay) takes longer
 
 DESCRIPTION = ("Read, audit and export an artifact ledger directory (never creates or changes artifacts, "
@@ -35,8 +37,11 @@ DESCRIPTION = ("Read, audit and export an artifact ledger directory (never creat
 
 EPILOG = f"""\
 The ledger directory is given by --root DIR (or -C DIR), or else by the
-environment variable {ROOT_ENV}. --root/-C and --json may be written
-before or after the command. The tool never creates a ledger (except
+environment variable {ROOT_ENV}. A ledger whose log is in PostgreSQL is
+given by --log postgresql://user@host:5432/db?schema=NAME (or {LOG_ENV}),
+with its local cache in --cache-dir DIR (or {CACHE_ENV}; default
+~/.cache/artifact-ledger/<hash of the URL>). --root/-C, --log, --cache-dir
+and --json may be written before or after the command. The tool never creates a ledger (except
 `import --create`) and never records, except `import mlflow` and
 `import aethergraph`.
 
@@ -86,6 +91,10 @@ def _common() -> _Parser:
     p = _Parser(add_help=False)
     p.add_argument("-C", "--root", metavar="DIR", default=argparse.SUPPRESS,
                    help=f"the ledger directory (default: ${ROOT_ENV})")
+    p.add_argument("--log", metavar="URL", default=argparse.SUPPRESS,
+                   help=f"the log by URL, postgresql://user@host:5432/db?schema=NAME (default: ${LOG_ENV})")
+    p.add_argument("--cache-dir", metavar="DIR", default=argparse.SUPPRESS,
+                   help=f"local state of a ledger opened by --log (default: ${CACHE_ENV})")
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="print one JSON document instead of tables")
     return p
@@ -245,19 +254,39 @@ def _add_range_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--until", metavar="POS", help="up to this seq or time (inclusive)")
 
 
-def _root(args: argparse.Namespace, *, must_exist: bool = True) -> Path:
-    given = getattr(args, "root", None) or os.environ.get(ROOT_ENV)
+def _root(args: argparse.Namespace, *, must_exist: bool = True) -> Any:
+    """The ledger directory (a Path), or the log URL (a str) given by --log / $ARTIFACT_LEDGER_LOG."""
+    given = getattr(args, "root", None)
+    url = getattr(args, "log", None)
+    if given and url:
+        raise CliError("give either --root DIR or --log URL, not both")
+    if not given and not url:
+        given = os.environ.get(ROOT_ENV)
+        url = None if given else os.environ.get(LOG_ENV)
+    if url:
+        if "://" not in url:
+            raise CliError(f"--log takes a URL such as postgresql://user@host:5432/db?schema=NAME, got {url!r}; "
+                           "a ledger directory is given by --root DIR")
+        return url
     if not given:
-        raise CliError(f"no ledger directory given: use --root DIR (or -C DIR) or set {ROOT_ENV}")
+        raise CliError(f"no ledger given: use --root DIR (or -C DIR) or --log URL, or set {ROOT_ENV} or {LOG_ENV}")
     root = Path(given)
     if must_exist and not root.is_dir():
         raise CliError(f"no ledger at {root}: no such directory")
     return root
 
 
-async def _open(root: Path, read_only: bool = True) -> Any:
+def _url_options(root: Any, args: argparse.Namespace | None) -> dict[str, Any]:
+    """open_ledger's cache_dir for a log URL (--cache-dir, $ARTIFACT_LEDGER_CACHE_DIR); nothing for a directory."""
+    if not isinstance(root, str):
+        return {}
+    cache = (getattr(args, "cache_dir", None) if args is not None else None) or os.environ.get(CACHE_ENV)
+    return {"cache_dir": cache} if cache else {}
+
+
+async def _open(root: Any, read_only: bool = True, args: argparse.Namespace | None = None) -> Any:
     """Open without creating (read-only unless told); a replay that takes a while gets a progress bar."""
-    bar = Progress(f"replaying the log of {root.name}")
+    bar = Progress(f"replaying the log of {root if isinstance(root, str) else root.name}")
     started = time.monotonic()
 
     def rebuild_progress(done: int, total: int) -> None:
@@ -266,7 +295,8 @@ async def _open(root: Path, read_only: bool = True) -> Any:
             bar.update(done, total)
 
     try:
-        return await open_ledger(root, create=False, progress=rebuild_progress, read_only=read_only)
+        return await open_ledger(root, create=False, progress=rebuild_progress, read_only=read_only,
+                                 **_url_options(root, args))
     finally:
         bar.close()
 
@@ -280,12 +310,16 @@ async def _run(args: argparse.Namespace) -> int:
         return code
     root = _root(args)
     if args.command == "repair":
+        if isinstance(root, str):
+            raise CliError("repair fixes a ledger directory (--root DIR); a log in PostgreSQL needs no repair")
         return await _repair(root, json_mode)
     try:
         # Every command but checkpoint only reads: open read-only, so it works with read
         # permission alone and never writes into the ledger (no close-time checkpoint, no repair).
-        ledger = await _open(root, read_only=args.command != "checkpoint")
-    except FileNotFoundError:
+        ledger = await _open(root, read_only=args.command != "checkpoint", args=args)
+    except FileNotFoundError as exc:
+        if isinstance(root, str):
+            raise CliError(str(exc)) from None
         raise CliError(f"no ledger at {root}: the directory is not an artifact ledger "
                        "(ledgers are created by the Python API, open_ledger)") from None
     try:
@@ -345,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return anyio.run(_run, args)
     except CliError as exc:
         return _fail(str(exc), exc.code)
-    except (LedgerCorruption, LedgerNeedsRepair) as exc:
+    except (LedgerCorruption, LedgerNeedsRepair, SchemaTooNew) as exc:
         return _fail(str(exc), EXIT_FAILED)
     except ValueError as exc:
         return _fail(str(exc), EXIT_USAGE)

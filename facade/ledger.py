@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import tempfile
 import threading
@@ -16,10 +17,11 @@ import anyio
 import anyio.to_thread
 
 from ..ledger import checkpoints
-from ..ledger.errors import LedgerClosed, LedgerCorruption, LostRecordsWarning, ReadOnlyError, RecordsLost
+from ..ledger.backends import DEFAULT_SEGMENT_BYTES, MIN_SEGMENT_BYTES, is_log_url, open_file_log, open_log_url
+from ..ledger.base import EventLog
+from ..ledger.errors import LedgerClosed, LedgerCorruption, ReadOnlyError, RecordsLost
 from ..ledger.events import Event, EventDecodeError, decode_event, decode_events
-from ..ledger.filelog import DEFAULT_SEGMENT_BYTES, Position, SegmentLog, segment_name
-from ..ledger.framing import SEGMENT_HEADER_SIZE, Record
+from ..ledger.framing import Record
 from ..ledger.group_commit import GroupCommitLog
 from ..ledger.lockfile import DEFAULT_LOCK_TIMEOUT, check_lock_timeout
 from ..projections import snapshot
@@ -63,7 +65,7 @@ class Ledger:
 
     upto: int | None = None  # a live ledger sees everything; views set a cut
 
-    def __init__(self, root: Path, log: SegmentLog, store: LocalBlobStore, *,
+    def __init__(self, root: Path, log: EventLog, store: LocalBlobStore, *,
                  checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, fsync: bool = True, read_only: bool = False):
         self.root = root
         self.store = store
@@ -107,20 +109,21 @@ class Ledger:
         if self._ckpt_thread is not None and self._ckpt_thread.is_alive():
             return
         self._report_checkpoint_error(stacklevel=5)
+        cut = self._log.checkpoint_cut()
+        if cut is None:
+            return  # this backend keeps no checkpoints
         cap = snapshot.capture(self.catalog)
-        pos, record_offset = self._log.head_location()
         self._ckpt_prev_seq = self._ckpt_seq
         self._ckpt_seq = cap.head_seq
         self._ckpt_thread = threading.Thread(
-            target=self._write_checkpoint, args=(cap, pos, record_offset, True),
+            target=self._write_checkpoint, args=(cap, cut, True),
             name=f"artifact-ledger checkpoint {cap.head_seq}",
         )
         self._ckpt_thread.start()
 
-    def _write_checkpoint(self, cap: snapshot.Capture, pos: Position, record_offset: int, background: bool) -> None:
+    def _write_checkpoint(self, cap: snapshot.Capture, cut: Any, background: bool) -> None:
         try:
-            checkpoints.write(str(self.checkpoint_dir), snapshot.SNAPSHOT_SCHEMA, pos, record_offset,
-                              snapshot.encode_parts(cap), log_digest=self._log.digest(pos), fsync=self._fsync)
+            self._log.write_checkpoint(cut, snapshot.SNAPSHOT_SCHEMA, snapshot.encode_parts(cap))
         except BaseException as exc:
             if not background:
                 raise
@@ -155,9 +158,11 @@ class Ledger:
             cat = self.catalog
             if cat.head_seq == 0:
                 return 0
+            cut = self._log.checkpoint_cut()
+            if cut is None:
+                return 0  # this backend keeps no checkpoints: nothing to write
             cap = snapshot.capture(cat)
-            pos, rec_offset = self._log.head_location()
-        await anyio.to_thread.run_sync(self._write_checkpoint, cap, pos, rec_offset, False)
+        await anyio.to_thread.run_sync(self._write_checkpoint, cap, cut, False)
         self._ckpt_seq = cap.head_seq
         return cap.head_seq
 
@@ -172,7 +177,9 @@ class Ledger:
         self._log.check_process()  # a fork child must not checkpoint or close the parent's ledger
         try:
             await self._join_checkpoint()
-            if self.catalog.head_seq > self._ckpt_seq and not self._gc.failed and not self.read_only:
+            # Shared checkpoints (PostgreSQL) cost every process a snapshot upload: only when due.
+            due = self.checkpoint_every if self._log.shared_checkpoints else 1
+            if self.catalog.head_seq - self._ckpt_seq >= due and not self._gc.failed and not self.read_only:
                 try:
                     await self.checkpoint()
                 except Exception as exc:
@@ -353,12 +360,12 @@ class Ledger:
                     or not isinstance(expect_head[1], str)):
                 raise TypeError(f"expect_head must be a (seq, hex hash) tuple, got {expect_head!r}")
         blobs = audit.referenced_blobs(cat)
-        known = checkpoints.known_seq(str(self.checkpoint_dir))
+        known = self._log.known_head()
         if self._head[0] > known[0]:
             known = (self._head[0], "this process (which read it from the log)")
         return await anyio.to_thread.run_sync(
-            lambda: audit.verify(str(self.root / "log"), self.store, blobs, expect_head=expect_head, progress=progress,
-                                 known=known, lock_timeout=self._log.lock_timeout)
+            lambda: audit.verify(self._log, self.store, blobs, expect_head=expect_head, progress=progress,
+                                 known=known)
         )
 
     async def sweep(self, *, staging_age: float = STAGING_MAX_AGE, materialized: bool = False) -> list[str]:
@@ -479,71 +486,33 @@ def _prepare_root(root: Path, create: bool, read_only: bool = False) -> None:
     prepare_root(root, create and not read_only, read_only=read_only)
 
 
-def _load_checkpoint(led: Ledger, log: SegmentLog) -> checkpoints.CheckpointInfo | None:
-    """Load the newest checkpoint that matches the log; warn about and skip any other."""
-    for path in checkpoints.candidates(str(led.checkpoint_dir)):
-        try:
-            info, payload = checkpoints.read(path)
-            if info.schema != snapshot.SNAPSHOT_SCHEMA:
-                checkpoints.warn(path, f"snapshot schema {info.schema}, this library reads {snapshot.SNAPSHOT_SCHEMA}")
-                continue
-            pos = info.position
-            rec = log.record_at(pos.segment_first_seq, info.record_offset)
-            if rec is None and _log_short_of(log, pos):
-                continue  # not a cache problem: the log lost records; reported as RecordsLost after recovery
-            if rec is None or rec.seq != pos.seq or rec.hash != pos.hash or rec.offset + rec.length != pos.offset:
-                checkpoints.warn(path, f"it does not match the log's record at seq {pos.seq}")
-                continue
-            # The log wins: the checkpoint stands for the log prefix it was taken from, byte for
-            # byte, so damage anywhere before it is still found (by the full replay that follows).
-            changed = log.check_digest(info.log_digest)
-            if changed is not None:
-                checkpoints.warn(path, f"the log before it changed ({changed})")
-                continue
-            cat = snapshot.decode(payload)
-            if cat.head_seq != pos.seq:
-                checkpoints.warn(path, f"its snapshot is at seq {cat.head_seq}, its header says {pos.seq}")
-                continue
-        except (checkpoints.CheckpointError, snapshot.SnapshotError, OSError) as exc:
-            checkpoints.warn(path, str(exc))
-            continue
-        led.catalog = cat
-        led._ckpt_seq = pos.seq
-        return info
-    return None
-
-
-def _log_short_of(log: SegmentLog, pos: Position) -> bool:
-    """Whether the segment a checkpoint's record is in is now missing or ends before that record does."""
-    try:
-        return os.path.getsize(os.path.join(log.directory, segment_name(pos.segment_first_seq))) < pos.offset
-    except FileNotFoundError:
-        return True
-
-
-def _log_bytes_after(log: SegmentLog, start: Position | None) -> int:
-    """Bytes of log that a replay from ``start`` will read (for progress reports)."""
-    total = 0
-    for first in log.segments():
-        if start is not None and first < start.segment_first_seq:
-            continue
-        size = os.path.getsize(os.path.join(log.directory, segment_name(first)))
-        if start is not None and first == start.segment_first_seq:
-            size -= start.offset
-        total += max(size, 0)
-    return total
-
-
 async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: int, fsync: bool,
                 checkpoint_every: int, progress: Callable[[int, int], None] | None = None,
                 read_only: bool = False, accept_loss: bool = False,
-                lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> Ledger:
+                lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+                cache_dir: str | os.PathLike[str] | None = None, blobs: str | os.PathLike[str] | None = None,
+                connect_timeout: int | None = None) -> Ledger:
     _check_options(root, create=create, segment_bytes=segment_bytes, fsync=fsync,
                    checkpoint_every=checkpoint_every, progress=progress)
     for name, value in (("read_only", read_only), ("accept_loss", accept_loss)):
         if not isinstance(value, bool):
             raise OptionTypeError(f"{name} must be True or False, got {value!r}")
     lock_timeout = check_lock_timeout(lock_timeout)
+    for name, where in (("cache_dir", cache_dir), ("blobs", blobs)):
+        if where is not None and (not isinstance(where, (str, os.PathLike)) or not os.fspath(where)):
+            raise OptionTypeError(f"{name} must name a directory (a str or path), got {where!r}")
+    if connect_timeout is not None and (isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int)
+                                        or connect_timeout < 1):
+        raise OptionTypeError(f"connect_timeout must be a whole number of seconds >= 1 or None, "
+                              f"got {connect_timeout!r}")
+    if is_log_url(root):
+        return await _open_url(str(root), create=create, fsync=fsync, checkpoint_every=checkpoint_every,
+                               progress=progress, read_only=read_only, accept_loss=accept_loss,
+                               lock_timeout=lock_timeout, cache_dir=cache_dir, blobs=blobs,
+                               connect_timeout=connect_timeout)
+    if cache_dir is not None or connect_timeout is not None:
+        raise ValueError("cache_dir= and connect_timeout= apply to a log opened by URL (postgresql://...); "
+                         f"{os.fspath(root)!r} is a ledger directory, which holds its own local state")
     path = Path(root).resolve()
 
     def blocking_open() -> Ledger:
@@ -553,77 +522,100 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
                 sweep_root(path)
             except OSError as exc:  # leftovers cost space, never correctness: opening goes on
                 warnings.warn(f"sweeping leftovers of {path} failed: {exc}", RuntimeWarning, stacklevel=2)
-        log = SegmentLog(str(path / "log"), segment_bytes=segment_bytes, fsync=fsync, read_only=read_only,
-                         lock_timeout=lock_timeout)
-        if log.lock_problem is not None:
-            consequence = ("only writers of older library versions, which lock just that file, are not excluded"
-                           if log.locks_directory else "so a batch still being written may be seen before its "
-                           "fsync returns (whole, checksummed records only)")
-            warnings.warn(f"{log.lock_problem}: reading without the log lock file; {consequence}",
-                          UserWarning, stacklevel=2)
-        store = LocalBlobStore(path / "blobs", fsync=fsync, deferred=True, read_only=read_only)
-        led = Ledger(path, log, store, checkpoint_every=checkpoint_every, fsync=fsync, read_only=read_only)
-        # Taken before the log is read: a checkpoint exists only once its record was durable.
-        known, evidence = checkpoints.known_seq(str(led.checkpoint_dir))
-        if not accept_loss:
-            log.must_reach, log.must_reach_evidence = known, evidence
-        # Replay allocates millions of long-lived objects; the cyclic GC would
-        # rescan them over and over, so it is paused and the survivors frozen.
-        gc_was_on = gc.isenabled()
-        gc.disable()
+        log = open_file_log(path, segment_bytes=segment_bytes, fsync=fsync, read_only=read_only,
+                            lock_timeout=lock_timeout)
         try:
-            loaded = _load_checkpoint(led, log)
-            start = None if loaded is None else loaded.position
-            cat = led.catalog
-            pending: list[Record] = []
-            total = _log_bytes_after(log, start) if progress is not None else 0
-            done = 0
-
-            def on_record(rec: Record) -> None:
-                nonlocal done
-                pending.append(rec)
-                if len(pending) >= REPLAY_BATCH:
-                    apply_records(cat, pending)
-                    if progress is not None:
-                        done += sum(r.length for r in pending)
-                        progress(min(done, total), total)
-                    pending.clear()
-
-            # Indexes are built once, after the last record, instead of extended batch by batch.
-            cat.defer_indexes()
-            log.recover(on_record, start=start, start_record_offset=0 if loaded is None else loaded.record_offset)
-            if log.head_seq < known:
-                _lost(led, log, known, evidence, accept_loss)
-            apply_records(cat, pending)
-            cat.build_indexes()
-            led._head = (log.head_seq, log.head_hash.hex())
-            if progress is not None:
-                progress(total, total)
+            store = LocalBlobStore(path / "blobs" if blobs is None else Path(blobs).resolve(), fsync=fsync,
+                                   deferred=True, read_only=read_only)
         except BaseException:
             log.close()
             raise
-        finally:
-            if gc_was_on:
-                gc.enable()
-        gc.freeze()
-        if cat.head_seq - led._ckpt_seq >= checkpoint_every and not read_only:
-            led._start_checkpoint()
-        return led
+        led = Ledger(path, log, store, checkpoint_every=checkpoint_every, fsync=fsync, read_only=read_only)
+        return _replay(led, accept_loss=accept_loss, progress=progress)
 
     return await anyio.to_thread.run_sync(blocking_open)
 
 
-def _lost(led: Ledger, log: SegmentLog, known: int, evidence: str, accept: bool) -> None:
-    """The log ends before seq ``known``: raise RecordsLost, or (accepted) warn and drop the evidence."""
-    err = RecordsLost(log.head_seq, known, evidence, segment=segment_name(log._seg_first) if log._seg_first else "",
-                      offset=log._end)
-    if not accept:
-        raise err
-    kept = "kept (read-only)" if led.read_only else "removed"
-    warnings.warn(f"accepting lost records (accept_loss=True): {err.reason}; the ledger continues at seq "
-                  f"{log.head_seq}; checkpoints after it {kept}", LostRecordsWarning, stacklevel=3)
-    if not led.read_only:
-        checkpoints.discard_beyond(str(led.checkpoint_dir), log.head_seq, fsync=led._fsync)
+def default_cache_dir(location: str) -> Path:
+    """Where a ledger opened by URL keeps its local state when no ``cache_dir`` is given:
+    ``$XDG_CACHE_HOME/artifact-ledger/<16 hex of SHA-256 of the URL without password>`` (``~/.cache``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "artifact-ledger" / hashlib.sha256(location.encode()).hexdigest()[:16]
+
+
+async def _open_url(url: str, *, create: bool, fsync: bool, checkpoint_every: int,
+                    progress: Callable[[int, int], None] | None, read_only: bool, accept_loss: bool,
+                    lock_timeout: float | None, cache_dir: str | os.PathLike[str] | None,
+                    blobs: str | os.PathLike[str] | None, connect_timeout: int | None) -> Ledger:
+    """Open a ledger whose log a URL names; its local state (blobs by default, staging, materialised
+    copies) lives in ``cache_dir``. The log is reached first, so a bad URL creates nothing locally."""
+
+    def blocking_open() -> Ledger:
+        log = open_log_url(url, create=create, fsync=fsync, read_only=read_only, lock_timeout=lock_timeout,
+                           connect_timeout=connect_timeout)
+        try:
+            cache = default_cache_dir(log.location) if cache_dir is None else Path(cache_dir).resolve()
+            # The cache is this machine's scratch space, not the ledger: made even for read-only opens.
+            for sub in ("", "blobs", "staging", "materialized"):
+                (cache / sub).mkdir(parents=True, exist_ok=True)
+            if not read_only:
+                try:
+                    sweep_root(cache)
+                except OSError as exc:  # leftovers cost space, never correctness: opening goes on
+                    warnings.warn(f"sweeping leftovers of {cache} failed: {exc}", RuntimeWarning, stacklevel=2)
+            store = LocalBlobStore(cache / "blobs" if blobs is None else Path(blobs).resolve(), fsync=fsync,
+                                   deferred=True, read_only=read_only)
+        except BaseException:
+            log.close()
+            raise
+        led = Ledger(cache, log, store, checkpoint_every=checkpoint_every, fsync=fsync, read_only=read_only)
+        return _replay(led, accept_loss=accept_loss, progress=progress)
+
+    return await anyio.to_thread.run_sync(blocking_open)
+
+
+def _replay(led: Ledger, *, accept_loss: bool, progress: Callable[[int, int], None] | None) -> Ledger:
+    """Bring a new Ledger's catalogue to the log's head: the newest usable checkpoint, then the records after it."""
+    log = led._log
+    # Replay allocates millions of long-lived objects; the cyclic GC would
+    # rescan them over and over, so it is paused and the survivors frozen.
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    pending: list[Record] = []
+
+    def restore(schema: int, payload: memoryview, seq: int) -> None:
+        if schema != snapshot.SNAPSHOT_SCHEMA:
+            raise ValueError(f"snapshot schema {schema}, this library reads {snapshot.SNAPSHOT_SCHEMA}")
+        cat = snapshot.decode(payload)
+        if cat.head_seq != seq:
+            raise ValueError(f"its snapshot is at seq {cat.head_seq}, its header says {seq}")
+        cat.defer_indexes()
+        led.catalog = cat
+
+    def on_record(rec: Record) -> None:
+        pending.append(rec)
+        if len(pending) >= REPLAY_BATCH:
+            apply_records(led.catalog, pending)
+            pending.clear()
+
+    # Indexes are built once, after the last record, instead of extended batch by batch.
+    led.catalog.defer_indexes()
+    try:
+        led._ckpt_seq = log.open(on_record, restore, accept_loss=accept_loss, progress=progress)
+        apply_records(led.catalog, pending)
+        led.catalog.build_indexes()
+        led._head = (log.head_seq, log.head_hash.hex())
+    except BaseException:
+        log.close()
+        led.store.close()
+        raise
+    finally:
+        if gc_was_on:
+            gc.enable()
+    gc.freeze()
+    if led.catalog.head_seq - led._ckpt_seq >= led.checkpoint_every and not led.read_only:
+        led._start_checkpoint()
+    return led
 
 
 class OptionTypeError(TypeError, ValueError):
@@ -648,8 +640,7 @@ def _check_options(root: Any, *, create: Any, segment_bytes: Any, fsync: Any, ch
     for name, value in (("create", create), ("fsync", fsync)):
         if not isinstance(value, bool):
             raise OptionTypeError(f"{name} must be True or False, got {value!r}")
-    # The smallest segment holds its header and one small record.
-    _check_int("segment_bytes", segment_bytes, SEGMENT_HEADER_SIZE + 64, MAX_SEGMENT_BYTES)
+    _check_int("segment_bytes", segment_bytes, MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES)
     _check_int("checkpoint_every", checkpoint_every, 1, 2**63 - 1)
     if progress is not None and not callable(progress):
         raise OptionTypeError(
@@ -687,6 +678,9 @@ def open_ledger(
     read_only: bool = False,
     accept_loss: bool = False,
     lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+    cache_dir: str | os.PathLike[str] | None = None,
+    blobs: str | os.PathLike[str] | None = None,
+    connect_timeout: int | None = None,
 ) -> _Opener:
     """Open (or create) the embedded ledger in directory ``root``; await it or use ``async with``.
 
@@ -696,7 +690,12 @@ def open_ledger(
     ``read_only=True`` opens an existing ledger without writing a byte (never creates one);
     ``accept_loss=True`` opens a log that lost committed records instead of raising RecordsLost;
     ``lock_timeout`` bounds every wait for the log lock (seconds; None waits until cancelled).
+    ``root`` may instead be a log URL, ``postgresql://user@host:5432/db?schema=NAME``: the log lives in
+    PostgreSQL and this machine's local state in ``cache_dir`` (default: see ``default_cache_dir``);
+    ``connect_timeout`` (seconds, default 10) bounds reaching the server. ``blobs`` is the blob
+    directory (default: ``blobs/`` of the ledger directory or of ``cache_dir``).
     """
     return _Opener(root, {"create": create, "segment_bytes": segment_bytes, "fsync": fsync,
                           "checkpoint_every": checkpoint_every, "progress": progress,
-                          "read_only": read_only, "accept_loss": accept_loss, "lock_timeout": lock_timeout})
+                          "read_only": read_only, "accept_loss": accept_loss, "lock_timeout": lock_timeout,
+                          "cache_dir": cache_dir, "blobs": blobs, "connect_timeout": connect_timeout})

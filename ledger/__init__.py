@@ -3,7 +3,8 @@
 from .errors import (LedgerClosed, LedgerCorruption, LedgerError, LedgerForked, LedgerPoisoned,
                      LedgerWriteError, LockTimeout, ReadOnlyError, RecordsLost)
 from .events import ArtifactRecorded, Event, PinChanged, decode_event, encode_event
-from .filelog import BatchFailed, Position, SegmentLog, TornTailWarning, repair_log
+from .base import BatchFailed, EventLog, LogCheck
+from .filelog import Position, SegmentLog, TornTailWarning, repair_log
 from .framing import Record
 from .group_commit import GroupCommitLog
 
@@ -11,6 +12,7 @@ __all__ = [
     "ArtifactRecorded",
     "BatchFailed",
     "Event",
+    "EventLog",
     "GroupCommitLog",
     "LedgerClosed",
     "LedgerCorruption",
@@ -19,6 +21,7 @@ __all__ = [
     "LedgerPoisoned",
     "LedgerWriteError",
     "LockTimeout",
+    "LogCheck",
     "PinChanged",
     "ReadOnlyError",
     "RecordsLost",

@@ -77,3 +77,20 @@ class LedgerForked(LedgerError):
 class LedgerWriteError(LedgerPoisoned, OSError):
     """Writing or flushing the log failed (an OSError with the errno and the segment's path); what
     this call asked for was not recorded, and this process must reopen the ledger to write again."""
+
+
+class LedgerUnreachable(LedgerError, ConnectionError):
+    """The log's server could not be reached or refused the connection (the message says which and why)."""
+
+
+class SchemaTooNew(LedgerError):
+    """The log's stored schema is newer than this library knows: upgrade artifact-ledger to open it."""
+
+
+class AppendNotRecorded(LedgerError):
+    """An append recorded nothing and left the log usable (the server refused the batch, e.g. a duplicate
+    artifact id, or could not be reached before anything was sent); retrying it records it once."""
+
+
+class LedgerNotFound(LedgerError, FileNotFoundError):
+    """No ledger where a log URL points (and ``create=False`` or read-only forbade making one)."""

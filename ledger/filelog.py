@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 
 from ..store.durable import fsync_dir as _fsync_dir
 
+from .base import BatchFailed
 from .errors import LedgerCorruption, LedgerPoisoned, ReadOnlyError, RecordsLost
 from .lockfile import DEFAULT_LOCK_TIMEOUT, LogLock
 from .framing import (
@@ -47,6 +48,7 @@ from .framing import (
 SEGMENT_SUFFIX = ".seg"
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 SPARSE_EVERY = 1024
+UNLOCKED_CATCH_UP_BYTES = 256 * 1024  # news larger than this is read before the exclusive lock is taken
 SCAN_CHUNK = 4096  # records decoded per scan_chain call (bounds memory during replay)
 # Left in the log directory when a failed write could not be undone; no process appends while it exists.
 POISON_MARK = "POISONED"
@@ -54,19 +56,6 @@ POISON_MARK = "POISONED"
 
 class TornTailWarning(UserWarning):
     """A partly written record at the end of the log was truncated on open (ignored, when read-only)."""
-
-
-class BatchFailed(Exception):
-    """An append failed part-way. ``durable`` holds the records that are durable (they may be
-    acknowledged); the rest were cut from the log again (``undone``) or, failing that, the
-    log was marked (``mark``: the mark's path) so that no process appends until a repair."""
-
-    def __init__(self, durable: list[Record], cause: OSError, undone: bool, mark: str | None):
-        self.durable = durable
-        self.cause = cause
-        self.undone = undone
-        self.mark = mark
-        super().__init__(f"appending to the ledger failed: {cause}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +226,12 @@ class SegmentLog:
         if nxt != self._seg_first and os.path.exists(os.path.join(self.directory, segment_name(nxt))):
             n += self.segment_bytes
         return max(n, 0)
+
+    def prefetch(self, on_record: Callable[[Record], None]) -> None:
+        """Before an append: when much news waits, read most of it without the lock, so that the
+        exclusive hold of ``append_batch`` covers a short tail and the batch only."""
+        if self.unread_bytes() > UNLOCKED_CATCH_UP_BYTES:
+            self.catch_up(on_record)
 
     def recover(self, on_record: Callable[[Record], None], start: Position | None = None,
                 start_record_offset: int = 0) -> None:

@@ -98,6 +98,11 @@ def encode_record(seq: int, ts_us: int, prev_hash: bytes, payload: bytes, *,
     return frame, hashlib.sha256(body).digest()
 
 
+def record_hash(seq: int, ts_us: int, prev_hash: bytes, batch_first: int, payload: bytes) -> bytes:
+    """The record hash of a version-2 record (SHA-256 of its body), without framing it."""
+    return hashlib.sha256(_BODY_HEAD_V2.pack(seq, ts_us, prev_hash, batch_first) + payload).digest()
+
+
 # Outcomes of trying to read one record at an offset.
 OK, INCOMPLETE, BAD = 0, 1, 2
 

@@ -20,12 +20,10 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from .errors import LedgerClosed, LedgerCorruption, LedgerPoisoned, LedgerWriteError, LockTimeout
-from .filelog import BatchFailed, SegmentLog
+from .errors import (AppendNotRecorded, LedgerClosed, LedgerCorruption, LedgerPoisoned, LedgerWriteError,
+                     LockTimeout)
+from .base import BatchFailed, EventLog
 from .framing import Record
-
-
-UNLOCKED_CATCH_UP_BYTES = 256 * 1024
 
 
 class _Pending:
@@ -43,7 +41,7 @@ class _Pending:
 class GroupCommitLog:
     """Serialises all log I/O of one process and batches appends."""
 
-    def __init__(self, log: SegmentLog, on_records: Callable[[list[Record]], None],
+    def __init__(self, log: EventLog, on_records: Callable[[list[Record]], None],
                  before_write: Callable[[], None] | None = None):
         self.log = log
         self._on_records = on_records
@@ -145,6 +143,13 @@ class GroupCommitLog:
                 r.error.__cause__ = cause
             self._finish(batch, seen + exc.durable)
             return
+        except AppendNotRecorded as exc:
+            # Nothing of the batch was recorded and the log is not broken: later appends may succeed.
+            for r in batch:
+                r.error = AppendNotRecorded(str(exc))
+                r.error.__cause__ = exc.__cause__
+            self._finish(batch, seen)
+            return
         except LedgerPoisoned as exc:
             # The log is marked by a failed write elsewhere; nothing was written, this process is fine.
             for r in batch:
@@ -188,10 +193,9 @@ class GroupCommitLog:
     def _write(self, payloads: list[bytes], on_record: Callable[[Record], None]) -> list[Record]:
         if self._before_write is not None:
             self._before_write()
-        # Much news from other processes is read without the lock first, so that the
-        # exclusive hold of append_batch covers a short tail and this batch only.
-        if self.log.unread_bytes() > UNLOCKED_CATCH_UP_BYTES:
-            self.log.catch_up(on_record)
+        # Much news from other processes is read without the write lock first, so that
+        # the exclusive hold of append_batch covers a short tail and this batch only.
+        self.log.prefetch(on_record)
         return self.log.append_batch(payloads, on_record)
 
     async def refresh(self) -> None:

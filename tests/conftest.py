@@ -22,3 +22,36 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 def root(tmp_path):
     """A fresh, not yet created ledger directory."""
     return tmp_path / "ledger"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "file_only: a test of the segment-file backend only (skipped on postgres)")
+
+
+@pytest.fixture(params=["file", "postgres"])
+def backend(request):
+    """Run the test once per log backend (see tests/backends.py); postgres schemas are dropped after."""
+    import backends
+
+    if request.param == "postgres":
+        if request.node.get_closest_marker("file_only"):
+            pytest.skip("a test of the segment files themselves")
+        backends.need_postgres()
+    backends.CURRENT.name = request.param
+    try:
+        yield request.param
+    finally:
+        backends.CURRENT.name = "file"
+        backends.drop_schemas()
+
+
+@pytest.fixture
+def pg_url():
+    """The URL of a fresh PostgreSQL schema on the test server, dropped after the test."""
+    import backends
+
+    backends.need_postgres()
+    try:
+        yield backends.url_for(backends.new_schema())
+    finally:
+        backends.drop_schemas()

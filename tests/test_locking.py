@@ -561,7 +561,7 @@ def test_verify_fails_on_a_well_framed_record_with_an_undecodable_payload(root, 
             await save_one(led, tmp_path / "p", 0)
             bad = append_undecodable_record(root)
             store = LocalBlobStore(root / "blobs")
-            res = await anyio.to_thread.run_sync(lambda: audit.verify(str(root / "log"), store, []))
+            res = await anyio.to_thread.run_sync(lambda: audit.verify(led._log, store, []))
             assert not res.ok and f"seq {bad.seq}" in res.problem and "undecodable" in res.problem
             with pytest.raises(LedgerCorruption, match=f"seq {bad.seq}"):
                 await led.verify()

@@ -16,7 +16,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from artifact_ledger.facade import Artifact, ArtifactFacade, open_ledger
+from artifact_ledger.facade import Artifact, ArtifactFacade
+from backends import open_ledger
+
+
+# The conformance suite: every test here runs once per log backend (tests/backends.py).
+pytestmark = pytest.mark.usefixtures("backend")
+
 
 R1 = {"run_id": "r1", "graph_id": "g1", "node_id": "n1", "project_id": "p1"}
 

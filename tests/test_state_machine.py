@@ -18,9 +18,11 @@ import pytest
 from anyio.from_thread import start_blocking_portal
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, multiple, rule
+from hypothesis.stateful import (Bundle, RuleBasedStateMachine, initialize, invariant, multiple, rule,
+                                 run_state_machine_as_test)
 
-from artifact_ledger.facade import open_ledger
+import backends
+from backends import open_ledger
 
 # 2 runs x 2 graphs x 2 nodes; node and graph names repeat across runs and
 # graphs, and projects cut across runs, so every scope has something to exclude.
@@ -508,3 +510,27 @@ def read_tree_of(files: dict, empty: set) -> tuple:
 
 FacadeMachine.TestCase.settings = settings(stateful_step_count=30)
 test_facade_matches_naive_model = FacadeMachine.TestCase
+
+
+class PostgresFacadeMachine(FacadeMachine):
+    """The same machine with the log in PostgreSQL (a schema of its own, dropped at teardown)."""
+
+    def __init__(self) -> None:
+        backends.CURRENT.name = "postgres"
+        super().__init__()
+        assert self.ledger._log.location.startswith("postgresql://")  # the log really is in PostgreSQL
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            backends.CURRENT.name = "file"
+            backends.drop_schemas()
+
+
+def test_facade_matches_naive_model_on_postgres():
+    """The conformance run of the state machine on the PostgreSQL log (at most 10 examples: a server
+    round trip per append)."""
+    backends.need_postgres()
+    run_state_machine_as_test(PostgresFacadeMachine, settings=settings(
+        stateful_step_count=30, max_examples=min(10, settings.default.max_examples)))

@@ -1,0 +1,140 @@
+"""The log contract: what the facade needs from an event log, whatever stores it.
+
+Every backend (``file``: segment files under a directory; ``postgres``: an events table) is one
+module implementing ``EventLog``; the facade, the group committer and the audit code talk to this
+contract only. Every method may block: the group committer calls them from a worker thread, one at
+a time per process (never two concurrently on one log object).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+from .framing import Record
+
+OnRecord = Callable[[Record], None]
+# restore(schema, payload, seq): load the snapshot of the state right after record ``seq`` into the
+# caller's catalogue, or raise ValueError (the caller's state unchanged) when it cannot be used; the
+# log then tries an older one or replays from seq 1.
+Restore = Callable[[int, memoryview, int], None]
+
+
+class BatchFailed(Exception):
+    """A batch failed part-way; ``durable`` are the records of it that are durable (acknowledged).
+
+    ``cause`` is the OSError; ``undone`` says whether the failed part was removed from the log again;
+    ``mark`` names what now stops every process from appending (when it could not be removed).
+    """
+
+    def __init__(self, durable: list[Record], cause: OSError, undone: bool, mark: str | None):
+        super().__init__(f"appending to the ledger failed: {cause}")
+        self.durable = durable
+        self.cause = cause
+        self.undone = undone
+        self.mark = mark
+
+
+@dataclass
+class LogCheck:
+    """What a full walk of the log found: its head, records read, problems, and any lost records."""
+
+    head: tuple[int, str]
+    records: int = 0
+    problems: list[str] = field(default_factory=list)
+    lost: tuple[int, int] | None = None  # (first, last) seq known committed but missing from the log
+
+
+class EventLog(Protocol):
+    """An append-only, gap-free, hash-chained log of records (see FORMAT.md for each backend)."""
+
+    @property
+    def head_seq(self) -> int:
+        """Seq of the newest record this object has read or written (0: none)."""
+        ...
+
+    @property
+    def head_hash(self) -> bytes:
+        """Hash of that record (32 zero bytes for an empty log)."""
+        ...
+
+    @property
+    def lock_timeout(self) -> float | None:
+        """Seconds a wait for the log's write lock may take (None: no limit)."""
+        ...
+
+    @property
+    def location(self) -> str:
+        """Where the log lives, for messages (a directory, or a URL without its password)."""
+        ...
+
+    def check_process(self) -> None:
+        """Raise LedgerForked when used in a fork() child of the process that opened the log."""
+        ...
+
+    def open(self, on_record: OnRecord, restore: Restore | None, *, accept_loss: bool = False,
+             progress: Callable[[int, int], None] | None = None) -> int:
+        """Read the log (from the newest usable checkpoint, handed to ``restore``) up to its head.
+
+        Calls ``on_record`` for every record after the checkpoint; returns the seq of the checkpoint
+        loaded (0: none). Repairs what the backend's recovery rules allow; raises on damage.
+        """
+        ...
+
+    def has_news(self) -> bool:
+        """Cheap check whether another process committed records since this one last looked."""
+        ...
+
+    def catch_up(self, on_record: OnRecord) -> None:
+        """Read the records other processes committed since this one last looked."""
+        ...
+
+    def prefetch(self, on_record: OnRecord) -> None:
+        """Before an append: read much news without holding the write lock (may do nothing)."""
+        ...
+
+    def append_batch(self, payloads: list[bytes], on_record: OnRecord) -> list[Record]:
+        """Append payloads as consecutive records in one durable commit; returns them once durable.
+
+        ``on_record`` first sees every record other processes committed before this batch.
+        Raises BatchFailed when part of the batch is durable and the rest is not.
+        """
+        ...
+
+    def read_range(self, since: int = 1, until: int | None = None) -> Iterator[Record]:
+        """Committed records with ``since <= seq <= until`` in seq order (until: the head)."""
+        ...
+
+    @property
+    def shared_checkpoints(self) -> bool:
+        """Whether checkpoints are shared by every process of the log (then closing writes one only once
+        ``checkpoint_every`` events are due, rather than whenever the log moved)."""
+        ...
+
+    def checkpoint_cut(self) -> Any:
+        """An opaque token naming the head record, for ``write_checkpoint`` (None: no checkpoints)."""
+        ...
+
+    def write_checkpoint(self, cut: Any, schema: int, parts: Iterable[bytes]) -> None:
+        """Store a snapshot (schema, parts) of the state after the record ``cut`` names (blocking)."""
+        ...
+
+    def known_head(self) -> tuple[int, str]:
+        """A seq the log is known to have reached (by a checkpoint or similar), and what says so."""
+        ...
+
+    def size_bytes(self) -> int:
+        """Roughly how many bytes a full walk of the log reads (for progress reports)."""
+        ...
+
+    def verify(self, on_record: OnRecord, known: tuple[int, str]) -> LogCheck:
+        """Walk every record from seq 1 with every check (frame, chain, seq), reading nothing into state.
+
+        ``known`` (seq, evidence) is a seq the log must reach; if it ends before, the gap is ``lost``.
+        Damage raises LedgerCorruption.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the log's files or connections."""
+        ...
