@@ -5,12 +5,14 @@ from importlib.metadata import PackageNotFoundError, version as _version
 from .facade import Artifact, ArtifactFacade, Context, Ledger, ReadOnlyError, open_ledger
 from .facade import ArtifactCorrupted, ArtifactDecodeError, LedgerNeedsRepair, repair_ledger
 from .facade.audit import Diff, LedgerEvent, VerifyResult
+from .facade.projecting import PastProjection, ProjectionHandle
 from .facade.view import LedgerView
 from .ledger.checkpoints import CheckpointWarning
 from .ledger.errors import (LedgerClosed, LedgerCorruption, LedgerError, LedgerForked, LedgerPoisoned,
                             LedgerWriteError, LockTimeout,
                             LostRecordsWarning, RecordsLost)
 from .ledger.filelog import TornTailWarning
+from .projections.user import Projection, ProjectionError, ProjectionWarning
 
 try:
     __version__ = _version("artifact-ledger")
@@ -37,6 +39,11 @@ __all__ = [
     "LedgerWriteError",
     "LostRecordsWarning",
     "LockTimeout",
+    "PastProjection",
+    "Projection",
+    "ProjectionError",
+    "ProjectionHandle",
+    "ProjectionWarning",
     "ReadOnlyError",
     "RecordsLost",
     "TornTailWarning",

@@ -10,7 +10,7 @@ import warnings
 from datetime import datetime, timedelta, timezone
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Generator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Generator, Iterable
 
 import anyio
 import anyio.to_thread
@@ -30,6 +30,7 @@ from ..store.durable import unique_hex
 from ..store.local import LocalBlobStore
 
 from . import audit, content, exporting
+from .projecting import ProjectionHandle, Projecting, check_projections, fold_range
 from .repair import MARKER, MARKER_TEXT, prepare_root  # noqa: F401  (MARKER names are re-exported)
 from .sweep import STAGING_MAX_AGE, sweep_root
 from .model import Artifact, RunSummary, artifact_uri, build_artifact, utc_from_us
@@ -82,6 +83,7 @@ class Ledger:
         self._ckpt_thread: threading.Thread | None = None
         self._ckpt_error: BaseException | None = None
         self._ckpt_prev_seq = 0  # _ckpt_seq before the running background checkpoint
+        self._projecting = Projecting(self)
 
     @property
     def materialized(self) -> Path:
@@ -95,6 +97,8 @@ class Ledger:
     def _apply_records(self, records: list[Record]) -> None:
         cat = self.catalog
         apply_records(cat, records)
+        if records and self._projecting.runners:
+            self._projecting.on_records(records)
         if records:
             self._head = (records[-1].seq, records[-1].hash.hex())
         if (records and cat.head_seq - self._ckpt_seq >= self.checkpoint_every and not self._closed
@@ -111,15 +115,18 @@ class Ledger:
         self._ckpt_prev_seq = self._ckpt_seq
         self._ckpt_seq = cap.head_seq
         self._ckpt_thread = threading.Thread(
-            target=self._write_checkpoint, args=(cap, pos, record_offset, True),
+            target=self._write_checkpoint, args=(cap, pos, record_offset, True, self._projecting.capture()),
             name=f"artifact-ledger checkpoint {cap.head_seq}",
         )
         self._ckpt_thread.start()
 
-    def _write_checkpoint(self, cap: snapshot.Capture, pos: Position, record_offset: int, background: bool) -> None:
+    def _write_checkpoint(self, cap: snapshot.Capture, pos: Position, record_offset: int, background: bool,
+                          projected: list[Any] | None = None) -> None:
         try:
             checkpoints.write(str(self.checkpoint_dir), snapshot.SNAPSHOT_SCHEMA, pos, record_offset,
                               snapshot.encode_parts(cap), log_digest=self._log.digest(pos), fsync=self._fsync)
+            if projected:
+                self._projecting.write(projected, self._fsync)
         except BaseException as exc:
             if not background:
                 raise
@@ -156,7 +163,8 @@ class Ledger:
                 return 0
             cap = snapshot.capture(cat)
             pos, rec_offset = self._log.head_location()
-        await anyio.to_thread.run_sync(self._write_checkpoint, cap, pos, rec_offset, False)
+            projected = self._projecting.capture()
+        await anyio.to_thread.run_sync(self._write_checkpoint, cap, pos, rec_offset, False, projected)
         self._ckpt_seq = cap.head_seq
         return cap.head_seq
 
@@ -171,7 +179,8 @@ class Ledger:
         self._log.check_process()  # a fork child must not checkpoint or close the parent's ledger
         try:
             await self._join_checkpoint()
-            if self.catalog.head_seq > self._ckpt_seq and not self._gc.failed and not self.read_only:
+            if ((self.catalog.head_seq > self._ckpt_seq or self._projecting.behind()) and not self._gc.failed
+                    and not self.read_only):
                 try:
                     await self.checkpoint()
                 except Exception as exc:
@@ -388,6 +397,27 @@ class Ledger:
             self, directory, ids={"run_id": run_id, "graph_id": graph_id, "node_id": node_id, "project_id": project_id},
             kind=kind, labels=labels, metric=metric, mode=mode, limit=limit, overwrite=overwrite)
 
+    # ------------------------------------------------------------ user projections
+    async def register(self, projection: Any) -> ProjectionHandle:
+        """Register a projection: kept live from now on and checkpointed with the catalogue (keyed by
+        name and version); starts from its checkpoint when one matches the log, else from the log."""
+        self._check_open()
+        return ProjectionHandle(self, await self._projecting.register(projection))
+
+    async def project(self, projection: Any) -> ProjectionHandle:
+        """A live handle on ``projection``: its state, kept current as events commit here and in other
+        processes (``await handle.refresh()`` / ``await handle.wait(seq)``)."""
+        self._check_open()
+        return ProjectionHandle(self, await self._projecting.live(projection))
+
+    async def fold(self, projection: Any, *, since: int | datetime | None = None,
+                   until: int | datetime | None = None) -> Any:
+        """Fold the events ``since..until`` (inclusive, as for ``events()``) into a fresh state of ``projection``."""
+        cat = await self._refresh()
+        lo = 1 if since is None else self._seq_of("since", since, upper=False)
+        hi = cat.head_seq if until is None else self._seq_of("until", until, upper=True)
+        return await fold_range(self, projection, max(lo, 1), min(hi, cat.head_seq))
+
     def _new_staging_name(self, suffix: str) -> Path:
         return self.staging / f"{unique_hex()}{suffix}"
 
@@ -506,13 +536,14 @@ def _log_bytes_after(log: SegmentLog, start: Position | None) -> int:
 async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: int, fsync: bool,
                 checkpoint_every: int, progress: Callable[[int, int], None] | None = None,
                 read_only: bool = False, accept_loss: bool = False,
-                lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> Ledger:
+                lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT, projections: Any = ()) -> Ledger:
     _check_options(root, create=create, segment_bytes=segment_bytes, fsync=fsync,
                    checkpoint_every=checkpoint_every, progress=progress)
     for name, value in (("read_only", read_only), ("accept_loss", accept_loss)):
         if not isinstance(value, bool):
             raise OptionTypeError(f"{name} must be True or False, got {value!r}")
     lock_timeout = check_lock_timeout(lock_timeout)
+    registered = check_projections(projections)
     path = Path(root).resolve()
 
     def blocking_open() -> Ledger:
@@ -572,6 +603,11 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
             if gc_was_on:
                 gc.enable()
         gc.freeze()
+        try:
+            led._projecting.open_registered(registered)
+        except BaseException:
+            log.close()
+            raise
         if cat.head_seq - led._ckpt_seq >= checkpoint_every and not read_only:
             led._start_checkpoint()
         return led
@@ -653,6 +689,7 @@ def open_ledger(
     read_only: bool = False,
     accept_loss: bool = False,
     lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+    projections: Iterable[Any] = (),
 ) -> _Opener:
     """Open (or create) the embedded ledger in directory ``root``; await it or use ``async with``.
 
@@ -661,8 +698,10 @@ def open_ledger(
     total_bytes)`` is called from a worker thread while the log is replayed.
     ``read_only=True`` opens an existing ledger without writing a byte (never creates one);
     ``accept_loss=True`` opens a log that lost committed records instead of raising RecordsLost;
-    ``lock_timeout`` bounds every wait for the log lock (seconds; None waits until cancelled).
+    ``lock_timeout`` bounds every wait for the log lock (seconds; None waits until cancelled);
+    ``projections`` are registered (see ``Ledger.register``) before the ledger is handed out.
     """
     return _Opener(root, {"create": create, "segment_bytes": segment_bytes, "fsync": fsync,
                           "checkpoint_every": checkpoint_every, "progress": progress,
-                          "read_only": read_only, "accept_loss": accept_loss, "lock_timeout": lock_timeout})
+                          "read_only": read_only, "accept_loss": accept_loss, "lock_timeout": lock_timeout,
+                          "projections": projections})
