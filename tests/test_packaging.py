@@ -31,7 +31,7 @@ anyio.run(main)
 
 def _source_tree() -> set[str]:
     """The files the package must carry, as paths inside ``artifact_ledger/``."""
-    files = {"__init__.py", "__main__.py", "sync.py", "py.typed", "ledger/FORMAT.md"}
+    files = {"__init__.py", "__main__.py", "sync.py", "testing.py", "py.typed", "ledger/FORMAT.md"}
     for sub in SUBPACKAGES:
         files |= {f"{sub}/{p.name}" for p in (REPO / sub).glob("*.py")}
     return files
