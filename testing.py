@@ -121,18 +121,19 @@ def events(draw: st.DrawFn) -> LedgerEvent:
 def histories(draw: st.DrawFn, min_size: int = 0, max_size: int = 30) -> list[LedgerEvent]:
     """A valid logged history: seqs 1..n, recordings over several runs, graphs, nodes and projects,
     and pins only of artifacts recorded earlier. Shrinks towards short histories of plain saves."""
-    steps = draw(st.lists(st.one_of(st.tuples(st.just("record"), _recorded(artifact_id="")),
-                                    st.tuples(st.just("pin"), st.integers(0, 50), st.booleans())),
-                          min_size=min_size, max_size=max_size))
+    steps: list[Any] = draw(st.lists(st.one_of(_recorded(artifact_id=""),
+                                               st.tuples(st.integers(0, 50), st.booleans())),
+                                     min_size=min_size, max_size=max_size))
     evs: list[Event] = []
     ids: list[str] = []
     for step in steps:
-        if step[0] == "record":
+        if isinstance(step, ArtifactRecorded):
             aid = f"{len(ids) + 1:032x}"
             ids.append(aid)
-            evs.append(msgspec.structs.replace(step[1], artifact_id=aid))
+            evs.append(msgspec.structs.replace(step, artifact_id=aid))
         elif ids:
-            evs.append(PinChanged(artifact_id=ids[step[1] % len(ids)], pinned=step[2]))
+            which, pinned = step
+            evs.append(PinChanged(artifact_id=ids[which % len(ids)], pinned=pinned))
         else:  # nothing recorded yet to pin: a recording instead, so the size stays as drawn
             aid = f"{len(ids) + 1:032x}"
             ids.append(aid)
@@ -157,7 +158,7 @@ def _blocking(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     ok, value = out[0]
     if not ok:
         raise value
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 async def write_history(ledger: Ledger, history: Sequence[LedgerEvent], *, tasks: int = 1) -> None:

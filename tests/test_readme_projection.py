@@ -25,5 +25,6 @@ def test_readme_example_runs_as_a_script(tmp_path):
 
 def test_readme_example_machine_passes(tmp_path):
     mod = runpy.run_path(str(example(tmp_path)), run_name="readme_kinds")
-    result = unittest.TextTestRunner(verbosity=0).run(unittest.defaultTestLoader.loadTestsFromTestCase(mod["TestKinds"]))
+    suite = unittest.defaultTestLoader.loadTestsFromTestCase(mod["TestKinds"])
+    result = unittest.TextTestRunner(verbosity=0).run(suite)
     assert result.wasSuccessful(), result.failures + result.errors

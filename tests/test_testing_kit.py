@@ -11,7 +11,6 @@ import anyio
 import msgspec
 import pytest
 from hypothesis import Phase, given, settings
-from hypothesis import strategies as st
 
 from artifact_ledger import LedgerEvent
 from artifact_ledger.facade import projecting

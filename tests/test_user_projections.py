@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -387,7 +386,7 @@ def test_a_raising_projection_is_isolated(root, tmp_path):
             assert [a.seq for a in arts] == [1, 2, 3]  # the ledger goes on
             assert (await led.project(Counted())).state["recorded"] == 3  # and so do the others
             with pytest.raises(ProjectionError) as info:
-                fragile.state
+                _ = fragile.state
             assert info.value.name == "fragile" and info.value.seq == 2
             assert isinstance(info.value.cause, ZeroDivisionError)
             with pytest.raises(ProjectionError):
