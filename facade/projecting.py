@@ -23,6 +23,7 @@ import anyio.to_thread
 from crc32c import crc32c
 
 from ..ledger.checkpoints import CheckpointWarning
+from ..ledger.events import decode_events
 from ..ledger.filelog import SegmentLog
 from ..ledger.framing import Record
 from ..projections.user import ProjectionError, ProjectionWarning, Spec, check, decode_state, encode_state, fold
@@ -30,6 +31,7 @@ from ..projections.user import fold_batch
 from ..store.durable import atomic_write
 
 from .audit import LedgerEvent
+from .model import utc_from_us
 
 if TYPE_CHECKING:
     from .ledger import Ledger
@@ -69,9 +71,12 @@ class Runner:
         self.seq, self.hash = new[-1].seq, new[-1].hash
 
 
-def to_events(records: Iterable[Record]) -> list[LedgerEvent]:
-    """Records as the typed events ``Ledger.events()`` yields."""
-    return [LedgerEvent.from_record(r) for r in records]
+def to_events(records: list[Record]) -> list[LedgerEvent]:
+    """Records as the typed events ``Ledger.events()`` yields (decoded in one call when all are current)."""
+    evs = decode_events([r.payload for r in records])
+    if evs is None:
+        return [LedgerEvent.from_record(r) for r in records]
+    return [LedgerEvent(r.seq, utc_from_us(r.ts_us), r.hash.hex(), r.prev_hash.hex(), ev) for r, ev in zip(records, evs)]
 
 
 def fold_log(runner: Runner, log: SegmentLog, until: int) -> None:
@@ -169,8 +174,12 @@ def load_runner(spec: Spec, directory: str, log: SegmentLog) -> Runner:
         if seq > log.head_seq:
             _warn(spec, path, f"it is at seq {seq}, beyond the log's head {log.head_seq}")
             return fresh
-        rec = next(iter(log.read_range(seq, seq)), None) if seq else None
-        if seq and (rec is None or rec.hash != rhash):
+        if seq == log.head_seq:  # the usual case (closed cleanly): no need to look the record up
+            found = log.head_hash
+        else:
+            rec = next(iter(log.read_range(seq, seq)), None) if seq else None
+            found = rec.hash if rec is not None else b""
+        if seq and found != rhash:
             # The hash chain makes the hash at seq stand for the whole prefix up to it.
             _warn(spec, path, f"it does not match the log's record at seq {seq}")
             return fresh
