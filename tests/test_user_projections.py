@@ -509,3 +509,29 @@ def shutil_rm(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+def test_background_checkpoints_carry_the_registered_projections(root, tmp_path):
+    async def main():
+        async with open_ledger(root, fsync=False, checkpoint_every=2, projections=[Counted()]) as led:
+            await save_many(led, tmp_path, 5)
+            await led._join_checkpoint()
+            path = _pckpt(root)
+            seq, _, payload = projecting.read_checkpoint(str(path), projecting.check(Counted()))
+            assert seq >= 2 and msgspec.json.decode(payload)["last"] == seq  # written before close
+
+    anyio.run(main)
+
+
+def test_open_sweeps_projection_checkpoint_temps_of_dead_processes(root, tmp_path):
+    from test_sweep import _dead_owner_tag
+
+    async def build():
+        async with open_ledger(root, fsync=False, projections=[Counted()]) as led:
+            await save_many(led, tmp_path, 1)
+
+    anyio.run(build)
+    dead = root / "checkpoints" / "projections" / f"counted.v1.pckpt.{_dead_owner_tag()}.{'b' * 32}.tmp"
+    dead.write_bytes(b"half written")
+    anyio.run(build)
+    assert not dead.exists() and _pckpt(root).exists()
