@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-history clean
+.PHONY: demo test lint bench bench-history bench-projections clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,9 @@ bench: $(STAMP)
 
 bench-history: $(STAMP)
 	$(BIN)/python benchmarks/bench_history.py
+
+bench-projections: $(STAMP)
+	$(BIN)/python benchmarks/bench_projections.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis $(TYPECHECK)

@@ -55,8 +55,8 @@ class ProjectionError(RuntimeError):
         self.seq = seq
         self.cause = cause
         where = f"at seq {seq}" if seq else "before any event"
-        super().__init__(f"projection {name!r} (version {version}) raised {where}: {cause!r}; its state stays "
-                         f"at seq {max(seq - 1, 0)}, the ledger and other projections go on")
+        super().__init__(f"projection {name!r} (version {version}) raised {where}: {cause!r}; it is stopped "
+                         "there, while the ledger and other projections go on")
 
 
 class ProjectionWarning(UserWarning):

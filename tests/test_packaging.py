@@ -59,7 +59,10 @@ def test_wheel_from_sdist_holds_one_package_with_the_source_tree(wheel):
     inside = {n.split("/", 1)[1] for n in names if n.startswith("artifact_ledger/")}
     assert inside == _source_tree()
     entry = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "artifact-ledger = artifact_ledger.facade.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    entries = zipfile.ZipFile(wheel).read(entry).decode()
+    assert "artifact-ledger = artifact_ledger.facade.cli:main" in entries
+    # hypothesis finds the testing kit's strategies through this entry point (st.from_type).
+    assert "[hypothesis]\nartifact_ledger = artifact_ledger.testing:_hypothesis_setup_hook" in entries
 
 
 def test_editable_install_serves_the_same_tree():
