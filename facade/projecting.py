@@ -76,7 +76,8 @@ def to_events(records: list[Record]) -> list[LedgerEvent]:
     evs = decode_events([r.payload for r in records])
     if evs is None:
         return [LedgerEvent.from_record(r) for r in records]
-    return [LedgerEvent(r.seq, utc_from_us(r.ts_us), r.hash.hex(), r.prev_hash.hex(), ev) for r, ev in zip(records, evs)]
+    return [LedgerEvent(r.seq, utc_from_us(r.ts_us), r.hash.hex(), r.prev_hash.hex(), ev)
+            for r, ev in zip(records, evs)]
 
 
 def fold_log(runner: Runner, log: SegmentLog, until: int) -> None:
