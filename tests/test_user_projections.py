@@ -535,3 +535,17 @@ def test_open_sweeps_projection_checkpoint_temps_of_dead_processes(root, tmp_pat
     dead.write_bytes(b"half written")
     anyio.run(build)
     assert not dead.exists() and _pckpt(root).exists()
+
+
+def test_the_blocking_api_runs_projections(root, tmp_path):
+    from artifact_ledger.sync import open_ledger as open_sync
+
+    src = tmp_path / "f"
+    src.write_bytes(b"x")
+    with open_sync(root, fsync=False, projections=[Counted()]) as led:
+        handle = led.project(Counted())
+        art = led.artifacts(**R).save(str(src), kind="model")
+        assert handle.wait(art.seq)["recorded"] == 1 and handle.seq == 1
+        assert led.fold(Counted()) == handle.state == handle.refresh()
+        assert led.as_of(seq=1).project(Kinds()).state == {"model"}
+        assert led.register(Kinds()).state == {"model"}
