@@ -549,3 +549,18 @@ def test_the_blocking_api_runs_projections(root, tmp_path):
         assert led.fold(Counted()) == handle.state == handle.refresh()
         assert led.as_of(seq=1).project(Kinds()).state == {"model"}
         assert led.register(Kinds()).state == {"model"}
+
+
+def test_a_cancelled_wait_leaves_the_handle_live(root, tmp_path):
+    """wait() for a seq nobody commits is bounded by the caller's timeout; the handle goes on afterwards."""
+    async def main():
+        async with open_ledger(root, fsync=False) as led:
+            handle = await led.project(Counted())
+            with pytest.raises(TimeoutError):
+                with anyio.fail_after(0.2):
+                    await handle.wait(1, poll=0.01)
+            await save_many(led, tmp_path, 1)
+            with anyio.fail_after(10):
+                assert (await handle.wait(1))["recorded"] == 1
+
+    anyio.run(main)
