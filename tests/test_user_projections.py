@@ -564,3 +564,16 @@ def test_a_cancelled_wait_leaves_the_handle_live(root, tmp_path):
                 assert (await handle.wait(1))["recorded"] == 1
 
     anyio.run(main)
+
+
+def test_an_encode_that_fails_skips_that_checkpoint_only(root, tmp_path, monkeypatch):
+    monkeypatch.setattr(Counted, "encode", lambda self, state: "not bytes")
+
+    async def main():
+        with pytest.warns(ProjectionWarning, match="not checkpointed.*'counted'.*not bytes"):
+            async with open_ledger(root, fsync=False, projections=[Counted(), Leaderboard()]) as led:
+                await save_many(led, tmp_path, 2)
+        assert not _pckpt(root).exists() and _pckpt(root, "leaderboard").exists()
+        assert (root / "checkpoints" / f"{2:020d}.ckpt").exists()  # the catalogue's too
+
+    anyio.run(main)
