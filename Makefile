@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-history clean
+.PHONY: demo test lint bench bench-history bench-projections clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,import-test]'
+	$(BIN)/pip install -q -e '.[test,testing,import-test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -24,7 +24,7 @@ TYPECHECK := .typecheck
 lint: $(STAMP)
 	rm -rf $(TYPECHECK)
 	mkdir -p $(TYPECHECK)/artifact_ledger
-	for f in __init__.py __main__.py sync.py py.typed ledger projections store facade; do \
+	for f in __init__.py __main__.py sync.py testing.py py.typed ledger projections store facade; do \
 		ln -s ../../$$f $(TYPECHECK)/artifact_ledger/$$f; \
 	done
 	cd $(TYPECHECK) && ../$(BIN)/mypy --config-file ../pyproject.toml -p artifact_ledger
@@ -35,6 +35,9 @@ bench: $(STAMP)
 
 bench-history: $(STAMP)
 	$(BIN)/python benchmarks/bench_history.py
+
+bench-projections: $(STAMP)
+	$(BIN)/python benchmarks/bench_projections.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis $(TYPECHECK)

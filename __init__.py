@@ -5,6 +5,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 from .facade import Artifact, ArtifactFacade, Context, Ledger, ReadOnlyError, open_ledger
 from .facade import ArtifactCorrupted, ArtifactDecodeError, LedgerNeedsRepair, repair_ledger
 from .facade.audit import Diff, LedgerEvent, VerifyResult
+from .facade.projecting import PastProjection, ProjectionHandle
 from .facade.view import LedgerView
 from .ledger.checkpoints import CheckpointWarning
 from .ledger.errors import (LedgerClosed, LedgerCorruption, LedgerError, LedgerForked, LedgerPoisoned,
@@ -12,6 +13,7 @@ from .ledger.errors import (LedgerClosed, LedgerCorruption, LedgerError, LedgerF
                             LostRecordsWarning, RecordsLost)
 from .ledger.errors import AppendNotRecorded, LedgerNotFound, LedgerUnreachable, SchemaTooNew
 from .ledger.filelog import TornTailWarning
+from .projections.user import Projection, ProjectionError, ProjectionWarning
 
 try:
     __version__ = _version("artifact-ledger")
@@ -41,6 +43,11 @@ __all__ = [
     "LedgerWriteError",
     "LostRecordsWarning",
     "LockTimeout",
+    "PastProjection",
+    "Projection",
+    "ProjectionError",
+    "ProjectionHandle",
+    "ProjectionWarning",
     "ReadOnlyError",
     "RecordsLost",
     "SchemaTooNew",

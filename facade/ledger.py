@@ -32,6 +32,7 @@ from ..store.durable import unique_hex
 from ..store.local import LocalBlobStore
 
 from . import audit, content, exporting
+from .projecting import ProjectionHandle, Projecting, check_projections, fold_range
 from .repair import MARKER, MARKER_TEXT, prepare_root  # noqa: F401  (MARKER names are re-exported)
 from .sweep import STAGING_MAX_AGE, sweep_root
 from .model import (ARTIFACT_URI_SCHEME, Artifact, ReadOnlyDict, ReadOnlyList, RunSummary, build_artifact,
@@ -85,6 +86,7 @@ class Ledger:
         self._ckpt_thread: threading.Thread | None = None
         self._ckpt_error: BaseException | None = None
         self._ckpt_prev_seq = 0  # _ckpt_seq before the running background checkpoint
+        self._projecting = Projecting(self)
 
     @property
     def materialized(self) -> Path:
@@ -98,6 +100,8 @@ class Ledger:
     def _apply_records(self, records: list[Record]) -> None:
         cat = self.catalog
         apply_records(cat, records)
+        if records and self._projecting.runners:
+            self._projecting.on_records(records)
         if records:
             self._head = (records[-1].seq, records[-1].hash.hex())
         if (records and cat.head_seq - self._ckpt_seq >= self.checkpoint_every and not self._closed
@@ -116,14 +120,17 @@ class Ledger:
         self._ckpt_prev_seq = self._ckpt_seq
         self._ckpt_seq = cap.head_seq
         self._ckpt_thread = threading.Thread(
-            target=self._write_checkpoint, args=(cap, cut, True),
+            target=self._write_checkpoint, args=(cap, cut, True, self._projecting.capture()),
             name=f"artifact-ledger checkpoint {cap.head_seq}",
         )
         self._ckpt_thread.start()
 
-    def _write_checkpoint(self, cap: snapshot.Capture, cut: Any, background: bool) -> None:
+    def _write_checkpoint(self, cap: snapshot.Capture, cut: Any, background: bool,
+                          projected: list[Any] | None = None) -> None:
         try:
             self._log.write_checkpoint(cut, snapshot.SNAPSHOT_SCHEMA, snapshot.encode_parts(cap))
+            if projected:
+                self._projecting.write(projected, self._fsync)
         except BaseException as exc:
             if not background:
                 raise
@@ -162,7 +169,8 @@ class Ledger:
             if cut is None:
                 return 0  # this backend keeps no checkpoints: nothing to write
             cap = snapshot.capture(cat)
-        await anyio.to_thread.run_sync(self._write_checkpoint, cap, cut, False)
+            projected = self._projecting.capture()
+        await anyio.to_thread.run_sync(self._write_checkpoint, cap, cut, False, projected)
         self._ckpt_seq = cap.head_seq
         return cap.head_seq
 
@@ -179,7 +187,8 @@ class Ledger:
             await self._join_checkpoint()
             # Shared checkpoints (PostgreSQL) cost every process a snapshot upload: only when due.
             due = self.checkpoint_every if self._log.shared_checkpoints else 1
-            if self.catalog.head_seq - self._ckpt_seq >= due and not self._gc.failed and not self.read_only:
+            if ((self.catalog.head_seq - self._ckpt_seq >= due or self._projecting.behind()) and not self._gc.failed
+                    and not self.read_only):
                 try:
                     await self.checkpoint()
                 except Exception as exc:
@@ -399,6 +408,27 @@ class Ledger:
             self, directory, ids={"run_id": run_id, "graph_id": graph_id, "node_id": node_id, "project_id": project_id},
             kind=kind, labels=labels, metric=metric, mode=mode, limit=limit, overwrite=overwrite)
 
+    # ------------------------------------------------------------ user projections
+    async def register(self, projection: Any) -> ProjectionHandle:
+        """Register a projection: kept live from now on and checkpointed with the catalogue (keyed by
+        name and version); starts from its checkpoint when one matches the log, else from the log."""
+        self._check_open()
+        return ProjectionHandle(self, await self._projecting.register(projection))
+
+    async def project(self, projection: Any) -> ProjectionHandle:
+        """A live handle on ``projection``: its state, kept current as events commit here and in other
+        processes (``await handle.refresh()`` / ``await handle.wait(seq)``)."""
+        self._check_open()
+        return ProjectionHandle(self, await self._projecting.live(projection))
+
+    async def fold(self, projection: Any, *, since: int | datetime | None = None,
+                   until: int | datetime | None = None) -> Any:
+        """Fold the events ``since..until`` (inclusive, as for ``events()``) into a fresh state of ``projection``."""
+        cat = await self._refresh()
+        lo = 1 if since is None else self._seq_of("since", since, upper=False)
+        hi = cat.head_seq if until is None else self._seq_of("until", until, upper=True)
+        return await fold_range(self, projection, max(lo, 1), min(hi, cat.head_seq))
+
     def _new_staging_name(self, suffix: str) -> Path:
         return self.staging / f"{unique_hex()}{suffix}"
 
@@ -491,7 +521,7 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
                 read_only: bool = False, accept_loss: bool = False,
                 lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
                 cache_dir: str | os.PathLike[str] | None = None, blobs: str | os.PathLike[str] | None = None,
-                connect_timeout: int | None = None) -> Ledger:
+                connect_timeout: int | None = None, projections: Any = ()) -> Ledger:
     _check_options(root, create=create, segment_bytes=segment_bytes, fsync=fsync,
                    checkpoint_every=checkpoint_every, progress=progress)
     for name, value in (("read_only", read_only), ("accept_loss", accept_loss)):
@@ -505,11 +535,12 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
                                         or connect_timeout < 1):
         raise OptionTypeError(f"connect_timeout must be a whole number of seconds >= 1 or None, "
                               f"got {connect_timeout!r}")
+    registered = check_projections(projections)
     if is_log_url(root):
         return await _open_url(str(root), create=create, fsync=fsync, checkpoint_every=checkpoint_every,
                                progress=progress, read_only=read_only, accept_loss=accept_loss,
                                lock_timeout=lock_timeout, cache_dir=cache_dir, blobs=blobs,
-                               connect_timeout=connect_timeout)
+                               connect_timeout=connect_timeout, registered=registered)
     if cache_dir is not None or connect_timeout is not None:
         raise ValueError("cache_dir= and connect_timeout= apply to a log opened by URL (postgresql://...); "
                          f"{os.fspath(root)!r} is a ledger directory, which holds its own local state")
@@ -531,7 +562,7 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
             log.close()
             raise
         led = Ledger(path, log, store, checkpoint_every=checkpoint_every, fsync=fsync, read_only=read_only)
-        return _replay(led, accept_loss=accept_loss, progress=progress)
+        return _replay(led, accept_loss=accept_loss, progress=progress, registered=registered)
 
     return await anyio.to_thread.run_sync(blocking_open)
 
@@ -546,7 +577,8 @@ def default_cache_dir(location: str) -> Path:
 async def _open_url(url: str, *, create: bool, fsync: bool, checkpoint_every: int,
                     progress: Callable[[int, int], None] | None, read_only: bool, accept_loss: bool,
                     lock_timeout: float | None, cache_dir: str | os.PathLike[str] | None,
-                    blobs: str | os.PathLike[str] | None, connect_timeout: int | None) -> Ledger:
+                    blobs: str | os.PathLike[str] | None, connect_timeout: int | None,
+                    registered: list[Any]) -> Ledger:
     """Open a ledger whose log a URL names; its local state (blobs by default, staging, materialised
     copies) lives in ``cache_dir``. The log is reached first, so a bad URL creates nothing locally."""
 
@@ -569,12 +601,13 @@ async def _open_url(url: str, *, create: bool, fsync: bool, checkpoint_every: in
             log.close()
             raise
         led = Ledger(cache, log, store, checkpoint_every=checkpoint_every, fsync=fsync, read_only=read_only)
-        return _replay(led, accept_loss=accept_loss, progress=progress)
+        return _replay(led, accept_loss=accept_loss, progress=progress, registered=registered)
 
     return await anyio.to_thread.run_sync(blocking_open)
 
 
-def _replay(led: Ledger, *, accept_loss: bool, progress: Callable[[int, int], None] | None) -> Ledger:
+def _replay(led: Ledger, *, accept_loss: bool, progress: Callable[[int, int], None] | None,
+            registered: list[Any]) -> Ledger:
     """Bring a new Ledger's catalogue to the log's head: the newest usable checkpoint, then the records after it."""
     log = led._log
     # Replay allocates millions of long-lived objects; the cyclic GC would
@@ -613,6 +646,12 @@ def _replay(led: Ledger, *, accept_loss: bool, progress: Callable[[int, int], No
         if gc_was_on:
             gc.enable()
     gc.freeze()
+    try:
+        led._projecting.open_registered(registered)
+    except BaseException:
+        log.close()
+        led.store.close()
+        raise
     if led.catalog.head_seq - led._ckpt_seq >= led.checkpoint_every and not led.read_only:
         led._start_checkpoint()
     return led
@@ -681,6 +720,7 @@ def open_ledger(
     cache_dir: str | os.PathLike[str] | None = None,
     blobs: str | os.PathLike[str] | None = None,
     connect_timeout: int | None = None,
+    projections: Iterable[Any] = (),
 ) -> _Opener:
     """Open (or create) the embedded ledger in directory ``root``; await it or use ``async with``.
 
@@ -694,8 +734,10 @@ def open_ledger(
     PostgreSQL and this machine's local state in ``cache_dir`` (default: see ``default_cache_dir``);
     ``connect_timeout`` (seconds, default 10) bounds reaching the server. ``blobs`` is the blob
     directory (default: ``blobs/`` of the ledger directory or of ``cache_dir``).
+    ``projections`` are registered (see ``Ledger.register``) before the ledger is handed out.
     """
     return _Opener(root, {"create": create, "segment_bytes": segment_bytes, "fsync": fsync,
                           "checkpoint_every": checkpoint_every, "progress": progress,
                           "read_only": read_only, "accept_loss": accept_loss, "lock_timeout": lock_timeout,
-                          "cache_dir": cache_dir, "blobs": blobs, "connect_timeout": connect_timeout})
+                          "cache_dir": cache_dir, "blobs": blobs, "connect_timeout": connect_timeout,
+                          "projections": projections})

@@ -3,7 +3,7 @@
 What is swept (on every open, and by ``Ledger.sweep()`` / ``artifact-ledger repair``):
 
 - temp files of dead processes: ``blobs/tmp/*.part`` (blob bytes of an unfinished
-  save), ``checkpoints/*.tmp``, ``.ARTIFACT-LEDGER.*.tmp``, and the
+  save), ``checkpoints/*.tmp``, ``checkpoints/projections/*.tmp``, ``.ARTIFACT-LEDGER.*.tmp``, and the
   ``materialized/.tmp.*`` / ``.stale.*`` trees of an unfinished load. Their names
   carry the owner (pid, process start time, boot and pid namespace), so a file
   whose owner is gone is removed at once, and one whose owner lives is kept;
@@ -42,6 +42,8 @@ def sweep_root(root: Path, *, staging_age: float = STAGING_MAX_AGE, materialized
     temps: list[Path] = []
     temps += [root / "blobs" / "tmp" / n for n in _entries(root / "blobs" / "tmp") if n.endswith(".part")]
     temps += [root / "checkpoints" / n for n in _entries(root / "checkpoints") if n.endswith(".tmp")]
+    pdir = root / "checkpoints" / "projections"  # user projections' checkpoints (facade/projecting.py)
+    temps += [pdir / n for n in _entries(pdir) if n.endswith(".tmp")]
     temps += [root / n for n in _entries(root) if n.startswith(MARKER_TMP_PREFIX) and n.endswith(".tmp")]
     mat = root / "materialized"
     temps += [mat / n for n in _entries(mat) if n.startswith((".tmp", ".stale"))]

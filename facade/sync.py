@@ -174,6 +174,50 @@ class SyncContext:
         return self._facade
 
 
+class SyncProjection(_Bound):
+    """A projection handle (live, or of a past view) without ``await``."""
+
+    def __repr__(self) -> str:
+        return f"Sync{self._async!r}"
+
+    @property
+    def name(self) -> str:
+        """The projection's name."""
+        return str(self._async.name)
+
+    @property
+    def version(self) -> int:
+        """The projection's version."""
+        return int(self._async.version)
+
+    @property
+    def seq(self) -> int:
+        """Seq of the last event the state reflects."""
+        return int(self._async.seq)
+
+    @property
+    def error(self) -> Any:
+        """The ``ProjectionError`` that stopped the projection, or None."""
+        return self._async.error
+
+    @property
+    def state(self) -> Any:
+        """The state after event ``seq`` (raises the ``ProjectionError`` that stopped the projection)."""
+        return self._async.state
+
+    def refresh(self) -> Any:
+        """Pick up other processes' commits, then return the state."""
+        return self._call("refresh", self._async.refresh)
+
+    def wait(self, seq: int, **kwargs: Any) -> Any:
+        """Block until the state reflects event ``seq``, then return it (see ``ProjectionHandle.wait``)."""
+        return self._call("wait", self._async.wait, seq, **kwargs)
+
+    def close(self) -> None:
+        """Stop keeping this handle's state live."""
+        self._async.close()
+
+
 class SyncView(_Bound):
     """A read-only past view (``SyncLedger.as_of``), without ``await``."""
 
@@ -203,6 +247,10 @@ class SyncView(_Bound):
 
     runs = _blocking(LedgerView.runs)
     export_files = _blocking(LedgerView.export_files)
+
+    def project(self, projection: Any) -> SyncProjection:
+        """The projection's state after event ``seq`` (see ``LedgerView.project``)."""
+        return SyncProjection(self._loop, self._call("project", self._async.project, projection))
 
 
 class SyncLedger(_Bound):
@@ -296,7 +344,16 @@ class SyncLedger(_Bound):
         finally:
             portal.call(agen.aclose)
 
+    def project(self, projection: Any) -> SyncProjection:
+        """A live projection handle (see ``Ledger.project``)."""
+        return SyncProjection(self._loop, self._call("project", self._async.project, projection))
+
+    def register(self, projection: Any) -> SyncProjection:
+        """Register a projection, kept live and checkpointed (see ``Ledger.register``)."""
+        return SyncProjection(self._loop, self._call("register", self._async.register, projection))
+
     checkpoint = _blocking(Ledger.checkpoint)
+    fold = _blocking(Ledger.fold)
     history = _blocking(Ledger.history)
     diff = _blocking(Ledger.diff)
     verify = _blocking(Ledger.verify)

@@ -15,6 +15,7 @@ from .model import Artifact, RunSummary, utc_from_us
 if TYPE_CHECKING:
     from .artifacts import ArtifactFacade
     from .ledger import Context, Ledger
+    from .projecting import PastProjection
 
 
 class LedgerView:
@@ -78,6 +79,13 @@ class LedgerView:
         return await export_from(
             self, directory, ids={"run_id": run_id, "graph_id": graph_id, "node_id": node_id, "project_id": project_id},
             kind=kind, labels=labels, metric=metric, mode=mode, limit=limit, overwrite=overwrite)
+
+    async def project(self, projection: Any) -> PastProjection:
+        """The past lifecycle: ``projection``'s state after event ``seq`` (folded from the first ``seq`` events)."""
+        from .projecting import past
+
+        self._ledger._check_open()
+        return await past(self._ledger, projection, self.seq)
 
     # ------------------------------------------------------------ source protocol used by the facade
     def _check_open(self) -> None:

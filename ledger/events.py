@@ -69,6 +69,32 @@ UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
 _TAGS: dict[Any, type[Event]] = {cls.__struct_config__.tag: cls for cls in (ArtifactRecorded, PinChanged)}
 
 
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def register_upcaster(event_type: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Decorator: register ``fn(raw) -> raw`` turning a ``from_version`` map of ``event_type`` into the next version's.
+
+    Every read path (replay, ``events()``, projections, audit) runs the chain of upcasters from a
+    record's version up to the current one, so folds only ever see current, typed events.
+    """
+    if event_type not in _TAGS:
+        raise ValueError(f"unknown event type {event_type!r}; known: {', '.join(sorted(_TAGS))}")
+    if isinstance(from_version, bool) or not isinstance(from_version, int) or from_version < 1:
+        raise ValueError(f"from_version must be an int >= 1, got {from_version!r}")
+
+    def register(fn: Upcaster) -> Upcaster:
+        if not callable(fn):
+            raise TypeError(f"an upcaster must be a function raw -> raw, got {fn!r}")
+        if (event_type, from_version) in UPCASTERS:
+            raise ValueError(f"an upcaster from {event_type} v{from_version} is already registered "
+                             f"({UPCASTERS[(event_type, from_version)]!r}); each version step has exactly one")
+        UPCASTERS[(event_type, from_version)] = fn
+        return fn
+
+    return register
+
+
 def decode_event(payload: bytes) -> Event:
     """Decode a record payload into a typed event, upcasting old versions."""
     try:

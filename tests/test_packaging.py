@@ -31,7 +31,7 @@ anyio.run(main)
 
 def _source_tree() -> set[str]:
     """The files the package must carry, as paths inside ``artifact_ledger/``."""
-    files = {"__init__.py", "__main__.py", "sync.py", "py.typed", "ledger/FORMAT.md"}
+    files = {"__init__.py", "__main__.py", "sync.py", "testing.py", "py.typed", "ledger/FORMAT.md"}
     for sub in SUBPACKAGES:
         files |= {f"{sub}/{p.name}" for p in (REPO / sub).glob("*.py")}
     return files
@@ -59,7 +59,10 @@ def test_wheel_from_sdist_holds_one_package_with_the_source_tree(wheel):
     inside = {n.split("/", 1)[1] for n in names if n.startswith("artifact_ledger/")}
     assert inside == _source_tree()
     entry = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "artifact-ledger = artifact_ledger.facade.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    entries = zipfile.ZipFile(wheel).read(entry).decode()
+    assert "artifact-ledger = artifact_ledger.facade.cli:main" in entries
+    # hypothesis finds the testing kit's strategies through this entry point (st.from_type).
+    assert "[hypothesis]\nartifact_ledger = artifact_ledger.testing:_hypothesis_setup_hook" in entries
 
 
 def test_editable_install_serves_the_same_tree():
