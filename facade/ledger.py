@@ -26,8 +26,9 @@ from ..projections import snapshot
 from ..projections.catalog import Catalog, Row, apply_decoded
 from ..projections.query import pinned_at, seq_at_time
 from ..projections.query import runs as query_runs
+from ..store import open_store
+from ..store.base import BlobStore
 from ..store.durable import unique_hex
-from ..store.local import LocalBlobStore
 
 from . import audit, content, exporting
 from .repair import MARKER, MARKER_TEXT, prepare_root  # noqa: F401  (MARKER names are re-exported)
@@ -62,7 +63,7 @@ class Ledger:
 
     upto: int | None = None  # a live ledger sees everything; views set a cut
 
-    def __init__(self, root: Path, log: SegmentLog, store: LocalBlobStore, *,
+    def __init__(self, root: Path, log: SegmentLog, store: BlobStore, *,
                  checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, fsync: bool = True, read_only: bool = False):
         self.root = root
         self.store = store
@@ -530,7 +531,7 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
                            "fsync returns (whole, checksummed records only)")
             warnings.warn(f"{log.lock_problem}: reading without the log lock file; {consequence}",
                           UserWarning, stacklevel=2)
-        store = LocalBlobStore(path / "blobs", fsync=fsync, deferred=True, read_only=read_only)
+        store = open_store(str(path / "blobs"), fsync=fsync, read_only=read_only)
         led = Ledger(path, log, store, checkpoint_every=checkpoint_every, fsync=fsync, read_only=read_only)
         # Taken before the log is read: a checkpoint exists only once its record was durable.
         known, evidence = checkpoints.known_seq(str(led.checkpoint_dir))
