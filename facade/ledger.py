@@ -26,9 +26,9 @@ from ..projections import snapshot
 from ..projections.catalog import Catalog, Row, apply_decoded
 from ..projections.query import pinned_at, seq_at_time
 from ..projections.query import runs as query_runs
-from ..store import open_store
+from ..store import open_store, remote_place
 from ..store.base import BlobStore
-from ..store.durable import unique_hex
+from ..store.durable import atomic_write, unique_hex
 
 from . import audit, content, exporting
 from .repair import MARKER, MARKER_TEXT, prepare_root  # noqa: F401  (MARKER names are re-exported)
@@ -83,6 +83,7 @@ class Ledger:
         self._ckpt_thread: threading.Thread | None = None
         self._ckpt_error: BaseException | None = None
         self._ckpt_prev_seq = 0  # _ckpt_seq before the running background checkpoint
+        self._private_cache: Path | None = None  # a read-only ledger's temporary blob cache, removed on close
 
     @property
     def materialized(self) -> Path:
@@ -185,6 +186,8 @@ class Ledger:
             if self.read_only and self._materialized is not None:
                 await anyio.to_thread.run_sync(content._rmtree_force, self._materialized)
             self.store.close()
+            if self._private_cache is not None:
+                await anyio.to_thread.run_sync(content._rmtree_force, self._private_cache)
 
     async def __aenter__(self) -> "Ledger":
         return self
@@ -507,9 +510,13 @@ def _log_bytes_after(log: SegmentLog, start: Position | None) -> int:
 async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: int, fsync: bool,
                 checkpoint_every: int, progress: Callable[[int, int], None] | None = None,
                 read_only: bool = False, accept_loss: bool = False,
-                lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> Ledger:
+                lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT, blobs: str | None = None,
+                cache_dir: str | os.PathLike[str] | None = None) -> Ledger:
     _check_options(root, create=create, segment_bytes=segment_bytes, fsync=fsync,
                    checkpoint_every=checkpoint_every, progress=progress)
+    place = None if blobs is None else remote_place(blobs)
+    if cache_dir is not None and (not isinstance(cache_dir, (str, os.PathLike)) or not os.fspath(cache_dir)):
+        raise OptionTypeError(f"cache_dir must name a directory (str or path), got {cache_dir!r}")
     for name, value in (("read_only", read_only), ("accept_loss", accept_loss)):
         if not isinstance(value, bool):
             raise OptionTypeError(f"{name} must be True or False, got {value!r}")
@@ -517,22 +524,33 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
     path = Path(root).resolve()
 
     def blocking_open() -> Ledger:
-        _prepare_root(path, create, read_only=read_only)
-        if not read_only:
-            try:
-                sweep_root(path)
-            except OSError as exc:  # leftovers cost space, never correctness: opening goes on
-                warnings.warn(f"sweeping leftovers of {path} failed: {exc}", RuntimeWarning, stacklevel=2)
-        log = SegmentLog(str(path / "log"), segment_bytes=segment_bytes, fsync=fsync, read_only=read_only,
-                         lock_timeout=lock_timeout)
+        # A remote store is reached first: a bad bucket, endpoint or credential leaves nothing behind.
+        remote_store, remote, private_cache = _open_remote_blobs(path, blobs, place, cache_dir, fsync, read_only)
+        try:
+            _prepare_root(path, create, read_only=read_only)
+            if not read_only:
+                try:
+                    sweep_root(path)
+                except OSError as exc:  # leftovers cost space, never correctness: opening goes on
+                    warnings.warn(f"sweeping leftovers of {path} failed: {exc}", RuntimeWarning, stacklevel=2)
+            log = SegmentLog(str(path / "log"), segment_bytes=segment_bytes, fsync=fsync, read_only=read_only,
+                             lock_timeout=lock_timeout)
+        except BaseException:
+            if remote_store is not None:
+                remote_store.close()
+            if private_cache is not None:
+                content._rmtree_force(private_cache)
+            raise
         if log.lock_problem is not None:
             consequence = ("only writers of older library versions, which lock just that file, are not excluded"
                            if log.locks_directory else "so a batch still being written may be seen before its "
                            "fsync returns (whole, checksummed records only)")
             warnings.warn(f"{log.lock_problem}: reading without the log lock file; {consequence}",
                           UserWarning, stacklevel=2)
-        store = open_store(str(path / "blobs"), fsync=fsync, read_only=read_only)
+        store = (remote_store if remote_store is not None
+                 else open_store(str(path / "blobs"), fsync=fsync, read_only=read_only))
         led = Ledger(path, log, store, checkpoint_every=checkpoint_every, fsync=fsync, read_only=read_only)
+        led._private_cache = private_cache
         # Taken before the log is read: a checkpoint exists only once its record was durable.
         known, evidence = checkpoints.known_seq(str(led.checkpoint_dir))
         if not accept_loss:
@@ -564,10 +582,15 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
                 _lost(led, log, known, evidence, accept_loss)
             apply_records(cat, pending)
             led._head = (log.head_seq, log.head_hash.hex())
+            if place is not None and remote is None:
+                _adopt_remote(led, place)
             if progress is not None:
                 progress(total, total)
         except BaseException:
             log.close()
+            store.close()
+            if private_cache is not None:
+                content._rmtree_force(private_cache)
             raise
         finally:
             if gc_was_on:
@@ -578,6 +601,52 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
         return led
 
     return await anyio.to_thread.run_sync(blocking_open)
+
+
+REMOTE_FILE = "remote"  # in blobs/: the s3://bucket/prefix this ledger's blobs live in
+
+
+def _open_remote_blobs(path: Path, blobs: str | None, place: str | None, cache_dir: str | os.PathLike[str] | None,
+                       fsync: bool, read_only: bool) -> tuple[BlobStore | None, str | None, Path | None]:
+    """The ledger's remote blob store, if it has one (None: its own ``blobs/`` directory holds them).
+
+    Returns (store, the remote place recorded in the ledger or None, a private cache to remove on close).
+    A ledger remembers where its blobs are (``blobs/remote``), so a later open needs no ``blobs=``,
+    and an open naming another place is refused before anything is read from it.
+    """
+    try:
+        remote: str | None = (path / "blobs" / REMOTE_FILE).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        remote = None
+    if place is not None and remote is not None and place != remote:
+        raise ValueError(f"the ledger at {path} keeps its blobs in {remote}, not {place}; open it with "
+                         f"blobs={remote!r} (or without blobs=)")
+    url = blobs if place is not None else remote
+    if url is None:
+        return None, None, None
+    private = None
+    if cache_dir is None:
+        if read_only:  # nothing may be written into a read-only ledger: its cache is private and temporary
+            private = Path(tempfile.mkdtemp(prefix="artifact-ledger-blob-cache-"))
+            cache_dir = private
+        else:
+            cache_dir = path / "blobs" / "cache"
+    try:
+        return open_store(url, cache_dir=cache_dir, fsync=fsync, read_only=read_only), remote, private
+    except BaseException:
+        if private is not None:
+            content._rmtree_force(private)
+        raise
+
+
+def _adopt_remote(led: Ledger, place: str) -> None:
+    """Record in a new (or still empty) ledger that its blobs live at ``place``; refuse it for a ledger
+    whose events already name blobs of its own directory."""
+    if led.catalog.head_seq > 0:
+        raise ValueError(f"the ledger at {led.root} already holds {led.catalog.head_seq} event(s) whose blobs are "
+                         f"in its own blobs/ directory; it cannot move them to {place} (open it without blobs=)")
+    if not led.read_only:
+        atomic_write(str(led.root / "blobs" / REMOTE_FILE), (place + "\n").encode(), fsync=led._fsync)
 
 
 def _lost(led: Ledger, log: SegmentLog, known: int, evidence: str, accept: bool) -> None:
@@ -654,6 +723,8 @@ def open_ledger(
     read_only: bool = False,
     accept_loss: bool = False,
     lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+    blobs: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> _Opener:
     """Open (or create) the embedded ledger in directory ``root``; await it or use ``async with``.
 
@@ -663,7 +734,11 @@ def open_ledger(
     ``read_only=True`` opens an existing ledger without writing a byte (never creates one);
     ``accept_loss=True`` opens a log that lost committed records instead of raising RecordsLost;
     ``lock_timeout`` bounds every wait for the log lock (seconds; None waits until cancelled).
+    ``blobs="s3://bucket/prefix"`` keeps the blobs in S3-compatible storage (endpoint, region and
+    credentials from the AWS environment), cached under ``cache_dir`` (default ``<root>/blobs/cache``);
+    the ledger remembers the place, so later opens need no ``blobs=``.
     """
     return _Opener(root, {"create": create, "segment_bytes": segment_bytes, "fsync": fsync,
                           "checkpoint_every": checkpoint_every, "progress": progress,
-                          "read_only": read_only, "accept_loss": accept_loss, "lock_timeout": lock_timeout})
+                          "read_only": read_only, "accept_loss": accept_loss, "lock_timeout": lock_timeout,
+                          "blobs": blobs, "cache_dir": cache_dir})

@@ -17,6 +17,23 @@ def is_remote(location: str | None) -> bool:
     return isinstance(location, str) and location.startswith(S3_SCHEME)
 
 
+def remote_place(url: str) -> str:
+    """The canonical ``s3://bucket/prefix`` of a remote blob URL (options dropped); ``ValueError`` if it is bad.
+
+    Checked without contacting anything, so a bad URL is refused before a ledger is created.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"blobs must be an s3://bucket/prefix URL string or None, got {type(url).__name__}")
+    if not url.startswith(S3_SCHEME):
+        scheme = url.split("://", 1)[0] + "://" if "://" in url else "none"
+        raise ValueError(f"blobs={url!r}: the scheme must be s3:// (S3-compatible object storage, "
+                         f"s3://bucket/prefix), got {scheme}; leave blobs unset to keep blobs in the ledger directory")
+    from .s3 import parse_url
+
+    bucket, prefix, _ = parse_url(url)
+    return f"{S3_SCHEME}{bucket}/{prefix}" if prefix else f"{S3_SCHEME}{bucket}"
+
+
 def open_store(location: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None,
                fsync: bool = True, read_only: bool = False) -> BlobStore:
     """The blob store at ``location``: ``s3://bucket/prefix[?options]`` or a local directory.
@@ -38,4 +55,4 @@ def open_store(location: str | os.PathLike[str], *, cache_dir: str | os.PathLike
 
 
 __all__ = ["BlobCorrupted", "BlobInfo", "BlobStore", "BlobStoreAccessDenied", "BlobStoreError", "BlobStoreMissing",
-           "BlobStoreUnavailable", "LocalBlobStore", "is_remote", "open_store"]
+           "BlobStoreUnavailable", "LocalBlobStore", "is_remote", "open_store", "remote_place"]

@@ -163,8 +163,6 @@ class S3BlobStore:
         self._known_lock = threading.Lock()
         self.client = client if client is not None else self._new_client()
         self.endpoint = str(self.client.meta.endpoint_url)
-        self._cache_objects.mkdir(parents=True, exist_ok=True)
-        self._cache_tmp.mkdir(parents=True, exist_ok=True)
         if check:
             self.check()
 
@@ -428,6 +426,8 @@ class S3BlobStore:
         final = self.cache_path(sha256)
         if final.is_file():
             return final
+        # Made on first use: opening a store (and so a ledger that may not be created) writes nothing.
+        self._cache_tmp.mkdir(parents=True, exist_ok=True)
         last: BaseException | None = None
         for _ in range(self.max_attempts):  # a stream cut mid-body is not retried by botocore itself
             tmp = self._cache_tmp / f"{durable.owner_tag()}.{durable.unique_hex()}.part"
@@ -439,7 +439,7 @@ class S3BlobStore:
                 if actual != sha256:
                     raise BlobCorrupted(sha256, self.uri(sha256), actual)
                 os.chmod(tmp, 0o444)
-                final.parent.mkdir(exist_ok=True)
+                final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, final)
                 return final
             except BlobStoreUnavailable as exc:

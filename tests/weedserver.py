@@ -18,7 +18,7 @@ from pathlib import Path
 
 ACCESS_KEY = "ledgertest"
 SECRET_KEY = "ledgertest-secret-key"
-START_TIMEOUT = 60.0  # seconds; a cold start on a busy 2-core machine takes a few
+START_TIMEOUT = 120.0  # seconds; a start takes 4-25 s on a busy 2-core machine (a restart after a kill the most)
 
 
 def weed_binary() -> str:
@@ -61,6 +61,7 @@ class WeedServer:
          self.s3, self.s3_grpc) = _free_ports(8)
         self.log = workdir / "weed.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.last_error: BaseException | None = None  # why the newest readiness probe failed
 
     @property
     def endpoint(self) -> str:
@@ -78,7 +79,7 @@ class WeedServer:
         args = [weed_binary(), "server", f"-dir={self.data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 f"-master.port={self.master}", f"-master.port.grpc={self.master_grpc}",
                 "-master.volumeSizeLimitMB=64", "-master.telemetry=false",
-                f"-volume.port={self.volume}", f"-volume.port.grpc={self.volume_grpc}", "-volume.max=20",
+                f"-volume.port={self.volume}", f"-volume.port.grpc={self.volume_grpc}", "-volume.max=100",
                 "-filer", f"-filer.port={self.filer}", f"-filer.port.grpc={self.filer_grpc}",
                 "-s3", f"-s3.port={self.s3}", f"-s3.port.grpc={self.s3_grpc}", f"-s3.config={self.config}"]
         log = open(self.log, "ab")
@@ -94,7 +95,8 @@ class WeedServer:
                 return time.monotonic() - t0
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"weed's S3 endpoint did not come up within {START_TIMEOUT}s; see {self.log}")
+                raise RuntimeError(f"weed's S3 endpoint did not come up within {START_TIMEOUT}s (last probe: "
+                                   f"{self.last_error!r}); see {self.log}")
             time.sleep(0.2)
 
     def _ready(self) -> bool:
@@ -106,14 +108,13 @@ class WeedServer:
             client = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
                                   aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
                                   config=Config(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1}))
-            client.list_buckets()
-            try:
+            names = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+            if "ready-probe" not in names:
                 client.create_bucket(Bucket="ready-probe")
-            except client.exceptions.BucketAlreadyOwnedByYou:
-                pass
             client.put_object(Bucket="ready-probe", Key="probe", Body=b"x")
             return True
-        except Exception:
+        except Exception as exc:
+            self.last_error = exc
             return False
 
     def stop(self) -> None:
