@@ -18,7 +18,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from artifact_ledger.facade import open_ledger
-from artifact_ledger.store import BlobStoreAccessDenied, BlobStoreMissing, BlobStoreUnavailable, open_store
+from artifact_ledger.store import (BlobCorrupted, BlobStoreAccessDenied, BlobStoreMissing, BlobStoreUnavailable,
+                                   open_store)
 from artifact_ledger.store.s3 import MiB, BlobChecksumRefused, S3BlobStore, parse_url
 
 R = {"run_id": "r", "graph_id": "g", "node_id": "n"}
@@ -278,3 +279,30 @@ def test_bad_urls_are_refused_before_anything_is_created(url, message, tmp_path)
 def test_parse_url_options():
     assert parse_url("s3://my-bucket/a/b/?part_size=8388608&read_timeout=2.5") == (
         "my-bucket", "a/b", {"part_size": 8388608, "read_timeout": 2.5})
+
+
+# ------------------------------------------------------------------ the cache
+def test_a_damaged_object_never_enters_the_cache(s3_place, tmp_path):
+    bucket, prefix = s3_place
+    store = store_for(bucket, prefix, tmp_path / "c")
+    sha = store.put_bytes(b"the real bytes").sha256
+    boto3.client("s3").put_object(Bucket=bucket, Key=store.key(sha), Body=b"damaged at rest")
+    with pytest.raises(BlobCorrupted):
+        store.local_file(sha)
+    assert not store.cache_path(sha).exists()
+    assert [p for p in (tmp_path / "c").rglob("*") if p.is_file()] == []  # no temp file left either
+
+
+def test_a_damaged_cache_copy_is_fetched_again(s3_place, tmp_path):
+    bucket, prefix = s3_place
+    store = store_for(bucket, prefix, tmp_path / "c")
+    sha = store.put_bytes(b"cached bytes").sha256
+    path = store.local_file(sha)
+    os.chmod(path, 0o644)
+    path.write_bytes(b"bit rot")
+    assert store.read_bytes(sha) == b"cached bytes"
+    assert path.read_bytes() == b"cached bytes"
+    out = tmp_path / "out"
+    path.write_bytes(b"bit rot")
+    store.copy_to(sha, str(out))
+    assert out.read_bytes() == b"cached bytes"
