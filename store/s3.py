@@ -47,6 +47,7 @@ DEFAULT_MAX_CONCURRENCY = 4
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 60.0
 DEFAULT_MAX_ATTEMPTS = 5  # botocore's "standard" retries: 5xx, throttling, timeouts, with jittered backoff
+CACHE_TMP_MAX_AGE = 24 * 3600.0  # seconds before an unowned cache temp file counts as left behind
 MIN_PART_SIZE = 5 * MiB  # S3's smallest part (but the last)
 MAX_PARTS = 10_000
 # Below this size a put skips the existence check: the conditional PUT costs the same round trip.
@@ -161,6 +162,7 @@ class S3BlobStore:
         self._cache_tmp = self.cache_dir / "tmp"
         self._known: set[str] = set()  # blobs this process saw acknowledged: no second upload
         self._known_lock = threading.Lock()
+        self._cache_ready = False
         self.client = client if client is not None else self._new_client()
         self.endpoint = str(self.client.meta.endpoint_url)
         if check:
@@ -427,7 +429,10 @@ class S3BlobStore:
         if final.is_file():
             return final
         # Made on first use: opening a store (and so a ledger that may not be created) writes nothing.
-        self._cache_tmp.mkdir(parents=True, exist_ok=True)
+        if not self._cache_ready:
+            self._cache_tmp.mkdir(parents=True, exist_ok=True)
+            self._sweep_cache()
+            self._cache_ready = True
         last: BaseException | None = None
         for _ in range(self.max_attempts):  # a stream cut mid-body is not retried by botocore itself
             tmp = self._cache_tmp / f"{durable.owner_tag()}.{durable.unique_hex()}.part"
@@ -448,6 +453,16 @@ class S3BlobStore:
                 tmp.unlink(missing_ok=True)
         assert last is not None
         raise last
+
+    def _sweep_cache(self) -> None:
+        """Remove the cache's temp files whose owner is provably gone (or that are a day old, owner unknown)."""
+        for name in os.listdir(self._cache_tmp):
+            path = os.path.join(self._cache_tmp, name)
+            if name.endswith(".part") and durable.is_stale(path, CACHE_TMP_MAX_AGE):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass  # another process swept it first
 
     def _from_cache(self, sha256: str, use: Callable[[Path], T]) -> T:
         """Run ``use`` on the cached copy; a cached copy found damaged is dropped and fetched again once."""

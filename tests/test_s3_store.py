@@ -18,6 +18,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from artifact_ledger.facade import open_ledger
+from artifact_ledger.store import durable
 from artifact_ledger.store import (BlobCorrupted, BlobStoreAccessDenied, BlobStoreMissing, BlobStoreUnavailable,
                                    open_store)
 from artifact_ledger.store.s3 import MiB, BlobChecksumRefused, S3BlobStore, parse_url
@@ -306,3 +307,16 @@ def test_a_damaged_cache_copy_is_fetched_again(s3_place, tmp_path):
     path.write_bytes(b"bit rot")
     store.copy_to(sha, str(out))
     assert out.read_bytes() == b"cached bytes"
+
+
+def test_a_dead_process_cache_temp_file_is_swept(s3_place, tmp_path):
+    bucket, prefix = s3_place
+    store = store_for(bucket, prefix, tmp_path / "c")
+    sha = store.put_bytes(b"sweep").sha256
+    tmp = tmp_path / "c" / "tmp"
+    tmp.mkdir(parents=True)
+    host = durable.owner_tag().rsplit("-", 1)[1]
+    dead = tmp / f"999999999-1-{host}.0123.part"  # this host, a pid no live process has
+    dead.write_bytes(b"half a download")
+    assert store.read_bytes(sha) == b"sweep"
+    assert not dead.exists()
