@@ -21,7 +21,7 @@ import hashlib
 import os
 import re
 import threading
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -342,7 +342,8 @@ class S3BlobStore:
                     in_flight.add(pool.submit(self._upload_part, key, upload_id, number, data, doing))
                     del data  # only the in-flight parts stay in memory
                     if len(in_flight) >= self.max_concurrency:
-                        done, in_flight = wait(in_flight, return_when=FIRST_EXCEPTION)
+                        # Read the next part as soon as any slot frees (a failed part raises here).
+                        done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                         parts.extend(f.result() for f in done)
                 done, _ = wait(in_flight)
                 parts.extend(f.result() for f in done)
