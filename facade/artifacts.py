@@ -370,6 +370,22 @@ class ArtifactFacade:
                     row = None
             elif sha is not None and self._src.store.names_blob(path, sha):
                 row = by_blob(cat, sha, upto)  # bytes, not an occurrence: only this store's blob
+        elif "://" in uri:
+            # The store's own URI of a blob (s3://bucket/key), alone or with "#<artifact id>" as for file://.
+            base, _, fragment = uri.partition("#")
+            store = self._src.store
+            if fragment:
+                row = cat.rows.get(fragment)
+                if row is not None and (store.uri(row.ev.sha256) != base or (upto is not None and row.seq > upto)):
+                    row = None
+            else:
+                tail = base.rsplit("/", 1)[-1]
+                try:
+                    sha = check_sha(tail)
+                except ValueError:
+                    sha = None
+                if sha is not None and store.uri(sha) == base:
+                    row = by_blob(cat, sha, upto)
         if row is None:
             raise FileNotFoundError(f"no artifact with URI {uri!r} in the ledger at {self._src.root}")
         return cat, row

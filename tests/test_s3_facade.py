@@ -211,3 +211,25 @@ def test_read_only_open_uses_a_private_cache_and_writes_nothing(tmp_path, place)
         assert sorted(str(p) for p in (tmp_path / "L").rglob("*")) == before
 
     run(main)
+
+
+def test_the_stores_own_uri_of_a_blob_loads_it(tmp_path, place):
+    _, _, url = place
+    f = tmp_path / "f.txt"
+    f.write_text("by uri")
+
+    async def main():
+        async with open_ledger(tmp_path / "L", blobs=url, cache_dir=tmp_path / "c") as led:
+            fa = led.artifacts(**R)
+            art = await fa.save(str(f), kind="text")
+            blob_uri = led.store.uri(art.sha256)
+            assert blob_uri == f"{url}/sha256/{art.sha256[:2]}/{art.sha256}"
+            assert await fa.load_artifact(f"{blob_uri}#{art.artifact_id}") == "by uri"
+            assert await fa.load_artifact(blob_uri) == "by uri"
+            other = hashlib.sha256(b"never saved").hexdigest()
+            for bad in (f"{blob_uri}#{'0' * 32}", led.store.uri(other), f"{led.store.uri(other)}#{art.artifact_id}",
+                        f"s3://elsewhere/x/sha256/{art.sha256[:2]}/{art.sha256}"):
+                with pytest.raises(FileNotFoundError, match="no artifact with URI"):
+                    await fa.load_artifact(bad)
+
+    run(main)
