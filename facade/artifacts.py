@@ -20,8 +20,7 @@ from ..projections.catalog import Catalog, Row
 from ..projections.query import Filter, best as best_row, by_blob, rank_rows, select_rows
 from ..projections.query import count as count_rows
 from ..store.durable import unique_hex, unshare
-from ..store.base import BlobInfo
-from ..store.local import BlobCorrupted, check_sha
+from ..store.base import BlobCorrupted, BlobInfo, check_sha
 
 from . import content, exporting
 from .model import Artifact
@@ -369,8 +368,24 @@ class ArtifactFacade:
                 row = cat.rows.get(parsed.fragment)
                 if row is not None and (row.ev.sha256 != sha or (upto is not None and row.seq > upto)):
                     row = None
-            elif sha is not None and path == self._src.store.path(sha):
+            elif sha is not None and self._src.store.names_blob(path, sha):
                 row = by_blob(cat, sha, upto)  # bytes, not an occurrence: only this store's blob
+        elif "://" in uri:
+            # The store's own URI of a blob (s3://bucket/key), alone or with "#<artifact id>" as for file://.
+            base, _, fragment = uri.partition("#")
+            store = self._src.store
+            if fragment:
+                row = cat.rows.get(fragment)
+                if row is not None and (store.uri(row.ev.sha256) != base or (upto is not None and row.seq > upto)):
+                    row = None
+            else:
+                tail = base.rsplit("/", 1)[-1]
+                try:
+                    sha = check_sha(tail)
+                except ValueError:
+                    sha = None
+                if sha is not None and store.uri(sha) == base:
+                    row = by_blob(cat, sha, upto)
         if row is None:
             raise FileNotFoundError(f"no artifact with URI {uri!r} in the ledger at {self._src.root}")
         return cat, row
@@ -399,7 +414,7 @@ class ArtifactFacade:
 
             def copy_blob(sha: str, dest: Path) -> None:
                 try:
-                    store.copy_to(sha, dest)
+                    store.copy_to(sha, str(dest))
                 except BlobCorrupted as exc:
                     raise ArtifactCorrupted(ev.artifact_id, exc) from None
 
@@ -509,11 +524,12 @@ class ArtifactFacade:
         if ev.mime == content.DIR_MIME:
             tree: Path = await self.load_artifact(uri)
             return tree
-        path = self._src.store.path(ev.sha256)
-        if not await anyio.to_thread.run_sync(path.is_file):
+        store = self._src.store
+        try:
+            return await anyio.to_thread.run_sync(store.local_file, ev.sha256)
+        except FileNotFoundError:
             raise FileNotFoundError(f"blob {ev.sha256} of artifact {ev.artifact_id} is missing from the store "
-                                    f"at {self._src.store.root}")
-        return path
+                                    f"at {store.location}") from None
 
     async def export_files(self, directory: str | os.PathLike[str], *, kind: str | None = None,
                            labels: dict[str, Any] | None = None, metric: str | None = None,

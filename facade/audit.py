@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
@@ -15,6 +14,7 @@ from ..ledger.events import ArtifactRecorded, Event, EventDecodeError, PinChange
 from ..ledger.framing import Record
 from ..projections.catalog import Catalog, Row, scope_keys_of
 from ..projections.query import Filter, _scan_best, pinned_at
+from ..store.base import BlobStore
 
 from . import content
 from .model import Artifact, utc_from_us
@@ -181,7 +181,7 @@ def referenced_blobs(cat: Catalog) -> list[tuple[str, str, bool]]:
     return [(cat.sha_hex(i), cat.ids[i], cat.mime_s[i] == dir_id) for i in range(cat.n)]
 
 
-def verify(log: EventLog, store: Any, referenced: list[tuple[str, str, bool]], *,
+def verify(log: EventLog, store: BlobStore, referenced: list[tuple[str, str, bool]], *,
            expect_head: tuple[int, str] | None = None,
            progress: Callable[[int, int], None] | None = None,
            known: tuple[int, str] | None = None) -> VerifyResult:
@@ -204,7 +204,7 @@ def verify(log: EventLog, store: Any, referenced: list[tuple[str, str, bool]], *
             continue
         sized.add(sha)
         try:
-            blob_bytes += os.path.getsize(store.path(sha))
+            blob_bytes += store.size(sha)
             if sha in dir_shas:
                 # Directory members are re-hashed too, so their bytes belong in the total.
                 pending.extend(e["sha256"] for e in content.decode_manifest(store.read_bytes(sha))["files"])
@@ -250,14 +250,16 @@ def verify(log: EventLog, store: Any, referenced: list[tuple[str, str, bool]], *
             continue
         checked.add(sha)
         blobs += 1
-        path = store.path(sha)
-        if not path.is_file():
+        try:
+            intact = store.verify(sha)
+            size = store.size(sha) if intact else 0
+        except FileNotFoundError:
             problems.append(f"blob {sha} (artifact {owner}) is missing from the store")
             continue
-        if not store.verify(sha):
+        if not intact:
             problems.append(f"blob {sha} (artifact {owner}) does not match its SHA-256: its bytes changed")
             continue
-        done += path.stat().st_size
+        done += size
         if progress is not None:
             progress(min(done, total), total)
         if sha in dir_shas:

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import anyio
 
 from ..ledger.errors import LedgerCorruption, SchemaTooNew
+from ..store.base import BlobStoreError
 
 from . import cli_commands as cmd
 from . import importing
@@ -29,6 +30,7 @@ from .repair import LedgerNeedsRepair, repair_ledger
 PROG = "artifact-ledger"
 ROOT_ENV = "ARTIFACT_LEDGER_ROOT"
 LOG_ENV = "ARTIFACT_LEDGER_LOG"
+BLOBS_ENV = "ARTIFACT_LEDGER_BLOBS"
 CACHE_ENV = "ARTIFACT_LEDGER_CACHE_DIR"
 OPEN_QUIET_SECONDS = 0.5  # a progress bar appears only when opening (log replay) takes longer
 
@@ -44,6 +46,13 @@ with its local cache in --cache-dir DIR (or {CACHE_ENV}; default
 and --json may be written before or after the command. The tool never creates a ledger (except
 `import --create`) and never records, except `import mlflow` and
 `import aethergraph`.
+
+A ledger whose blobs live in S3 remembers where: --blobs s3://bucket/prefix
+(or {BLOBS_ENV}) is needed only to create one with `import --create`, and is
+checked against the ledger's own record otherwise. The S3 endpoint, region and
+credentials come from the AWS environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ...). Fetched blobs are cached in
+--cache-dir DIR (or {CACHE_ENV}); without it, a private temporary directory.
 
 Positions (--since, --until, diff A B, as-of --time) are a seq number or an
 ISO 8601 time (2024-05-01T12:00:00Z; a time without a zone is UTC). A time
@@ -93,11 +102,21 @@ def _common() -> _Parser:
                    help=f"the ledger directory (default: ${ROOT_ENV})")
     p.add_argument("--log", metavar="URL", default=argparse.SUPPRESS,
                    help=f"the log by URL, postgresql://user@host:5432/db?schema=NAME (default: ${LOG_ENV})")
-    p.add_argument("--cache-dir", metavar="DIR", default=argparse.SUPPRESS,
-                   help=f"local state of a ledger opened by --log (default: ${CACHE_ENV})")
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="print one JSON document instead of tables")
+    p.add_argument("--blobs", metavar="URL", default=argparse.SUPPRESS,
+                   help=f"where the blobs live: s3://bucket/prefix (default: ${BLOBS_ENV}, else as the ledger says)")
+    p.add_argument("--cache-dir", metavar="DIR", default=argparse.SUPPRESS,
+                   help=f"this machine's local state: for --log, staging, materialised copies and local blobs; "
+                        f"the cache of blobs fetched from S3 (default: ${CACHE_ENV})")
     return p
+
+
+def blob_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``blobs=`` and ``cache_dir=`` for open_ledger, from --blobs/--cache-dir or their environment variables."""
+    blobs = getattr(args, "blobs", None) or os.environ.get(BLOBS_ENV) or None
+    cache = getattr(args, "cache_dir", None) or os.environ.get(CACHE_ENV) or None
+    return {"blobs": blobs, "cache_dir": cache}
 
 
 def _add_query_args(p: argparse.ArgumentParser, *, ranking: str) -> None:
@@ -276,16 +295,9 @@ def _root(args: argparse.Namespace, *, must_exist: bool = True) -> Any:
     return root
 
 
-def _url_options(root: Any, args: argparse.Namespace | None) -> dict[str, Any]:
-    """open_ledger's cache_dir for a log URL (--cache-dir, $ARTIFACT_LEDGER_CACHE_DIR); nothing for a directory."""
-    if not isinstance(root, str):
-        return {}
-    cache = (getattr(args, "cache_dir", None) if args is not None else None) or os.environ.get(CACHE_ENV)
-    return {"cache_dir": cache} if cache else {}
-
-
-async def _open(root: Any, read_only: bool = True, args: argparse.Namespace | None = None) -> Any:
+async def _open(root: Any, read_only: bool = True, blobs: dict[str, Any] | None = None) -> Any:
     """Open without creating (read-only unless told); a replay that takes a while gets a progress bar."""
+    blobs = blobs or {}
     bar = Progress(f"replaying the log of {root if isinstance(root, str) else root.name}")
     started = time.monotonic()
 
@@ -295,8 +307,7 @@ async def _open(root: Any, read_only: bool = True, args: argparse.Namespace | No
             bar.update(done, total)
 
     try:
-        return await open_ledger(root, create=False, progress=rebuild_progress, read_only=read_only,
-                                 **_url_options(root, args))
+        return await open_ledger(root, create=False, progress=rebuild_progress, read_only=read_only, **blobs)
     finally:
         bar.close()
 
@@ -312,11 +323,13 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command == "repair":
         if isinstance(root, str):
             raise CliError("repair fixes a ledger directory (--root DIR); a log in PostgreSQL needs no repair")
-        return await _repair(root, json_mode)
+        return await _repair(root, json_mode, blob_options(args))
     try:
         # Every command but checkpoint only reads: open read-only, so it works with read
         # permission alone and never writes into the ledger (no close-time checkpoint, no repair).
-        ledger = await _open(root, read_only=args.command != "checkpoint", args=args)
+        ledger = await _open(root, read_only=args.command != "checkpoint", blobs=blob_options(args))
+    except BlobStoreError:
+        raise  # before FileNotFoundError's "no ledger": a missing bucket is one too, and must say so
     except FileNotFoundError as exc:
         if isinstance(root, str):
             raise CliError(str(exc)) from None
@@ -337,10 +350,10 @@ async def _run(args: argparse.Namespace) -> int:
     return result.code
 
 
-async def _repair(root: Path, json_mode: bool) -> int:
+async def _repair(root: Path, json_mode: bool, blobs: dict[str, Any]) -> int:
     """``repair``: fix what keeps the ledger from opening, then sweep what dead processes left."""
     done = await anyio.to_thread.run_sync(repair_ledger, root)
-    ledger = await open_ledger(root, create=False)
+    ledger = await open_ledger(root, create=False, **blobs)
     try:
         done += await ledger.sweep()
     finally:

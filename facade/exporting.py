@@ -15,8 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..store.base import BlobStore
 from ..store.durable import unique_hex
-from ..store.local import LocalBlobStore
 
 from . import content
 from .model import Artifact
@@ -105,7 +105,7 @@ def _tree_paths(manifest: dict[str, Any], art: Artifact) -> tuple[list[str], lis
     return dirs, files
 
 
-def _write_tree(store: LocalBlobStore, art: Artifact, tmp: Path) -> None:
+def _write_tree(store: BlobStore, art: Artifact, tmp: Path) -> None:
     dirs, files = _tree_paths(content.decode_manifest(store.read_bytes(art.sha256)), art)
     tmp.mkdir()
     top = tmp.resolve()
@@ -119,13 +119,10 @@ def _write_tree(store: LocalBlobStore, art: Artifact, tmp: Path) -> None:
         _copy_blob(store, sha, dest)
 
 
-def _copy_blob(store: LocalBlobStore, sha: str, dest: Path) -> None:
-    src = store.path(sha)
-    if not src.is_file():
-        raise FileNotFoundError(f"blob {sha} is missing from the store at {store.root}")
-    # Streamed (sendfile/copy_file_range), never read into memory; the copy gets ordinary
-    # permissions, so the user may change it without touching the read-only blob.
-    shutil.copyfile(src, dest)
+def _copy_blob(store: BlobStore, sha: str, dest: Path) -> None:
+    # Streamed and checked against the SHA-256 by the store (never read into memory); the copy
+    # gets ordinary permissions, so the user may change it without touching the read-only blob.
+    store.copy_to(sha, str(dest))
 
 
 def _remove(path: Path) -> None:
@@ -136,7 +133,7 @@ def _remove(path: Path) -> None:
 
 
 def export(directory: Path, arts: list[Artifact], recorded_names: dict[str, str | None],
-           store: LocalBlobStore, *, overwrite: bool) -> dict[str, Path]:
+           store: BlobStore, *, overwrite: bool) -> dict[str, Path]:
     """Copy each artifact's bytes (a directory artifact as a directory tree) into ``directory`` under
     ``assign_names``' names and write ``manifest.jsonl``; returns the path of each artifact by id.
 

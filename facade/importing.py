@@ -277,6 +277,8 @@ async def cmd_import(root: Path, args: argparse.Namespace) -> tuple[dict[str, An
     Returns the summary document, its text and the exit code. The source is read
     in full before the ledger is opened, so a bad source writes nothing.
     """
+    from ..store.base import BlobStoreError
+    from .cli import blob_options
     from .cli_commands import EXIT_FAILED, EXIT_OK, CliError
     from .ledger import open_ledger
 
@@ -285,7 +287,9 @@ async def cmd_import(root: Path, args: argparse.Namespace) -> tuple[dict[str, An
     except ImportSourceError as exc:
         raise CliError(str(exc)) from None
     try:
-        ledger = await open_ledger(root, create=bool(args.create))
+        ledger = await open_ledger(root, create=bool(args.create), **blob_options(args))
+    except BlobStoreError:
+        raise  # before FileNotFoundError's "no ledger": a missing bucket is one too, and must say so
     except FileNotFoundError:
         raise CliError(f"no ledger at {root}: the directory is not an artifact ledger "
                        "(add --create to make one there)") from None

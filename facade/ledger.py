@@ -28,8 +28,9 @@ from ..projections import snapshot
 from ..projections.catalog import Catalog, Row, apply_decoded
 from ..projections.query import pinned_at, seq_at_time
 from ..projections.query import runs as query_runs
-from ..store.durable import unique_hex
-from ..store.local import LocalBlobStore
+from ..store import is_remote, open_store, remote_place
+from ..store.base import BlobStore
+from ..store.durable import atomic_write, unique_hex
 
 from . import audit, content, exporting
 from .projecting import ProjectionHandle, Projecting, check_projections, fold_range
@@ -66,7 +67,7 @@ class Ledger:
 
     upto: int | None = None  # a live ledger sees everything; views set a cut
 
-    def __init__(self, root: Path, log: EventLog, store: LocalBlobStore, *,
+    def __init__(self, root: Path, log: EventLog, store: BlobStore, *,
                  checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, fsync: bool = True, read_only: bool = False):
         self.root = root
         self.store = store
@@ -87,6 +88,7 @@ class Ledger:
         self._ckpt_error: BaseException | None = None
         self._ckpt_prev_seq = 0  # _ckpt_seq before the running background checkpoint
         self._projecting = Projecting(self)
+        self._private_cache: Path | None = None  # a read-only ledger's temporary blob cache, removed on close
 
     @property
     def materialized(self) -> Path:
@@ -201,6 +203,8 @@ class Ledger:
             if self.read_only and self._materialized is not None:
                 await anyio.to_thread.run_sync(content._rmtree_force, self._materialized)
             self.store.close()
+            if self._private_cache is not None:
+                await anyio.to_thread.run_sync(content._rmtree_force, self._private_cache)
 
     async def __aenter__(self) -> "Ledger":
         return self
@@ -524,45 +528,73 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
                 connect_timeout: int | None = None, projections: Any = ()) -> Ledger:
     _check_options(root, create=create, segment_bytes=segment_bytes, fsync=fsync,
                    checkpoint_every=checkpoint_every, progress=progress)
+    if cache_dir is not None and (not isinstance(cache_dir, (str, os.PathLike)) or not os.fspath(cache_dir)):
+        raise OptionTypeError(f"cache_dir must name a directory (a str or path), got {cache_dir!r}")
+    url_log = is_log_url(root)
+    place: str | None = None
+    if isinstance(blobs, str) and is_remote(blobs):
+        place = remote_place(blobs)
+    elif blobs is not None and url_log:
+        # A log by URL may keep its blobs in a local directory of this machine.
+        if not isinstance(blobs, (str, os.PathLike)) or not os.fspath(blobs):
+            raise OptionTypeError(f"blobs must name a directory or an s3://bucket/prefix URL, got {blobs!r}")
+    elif blobs is not None:  # a ledger directory keeps its blobs in blobs/ or in S3: this raises, naming why
+        place = remote_place(os.fspath(blobs) if isinstance(blobs, os.PathLike) else blobs)
     for name, value in (("read_only", read_only), ("accept_loss", accept_loss)):
         if not isinstance(value, bool):
             raise OptionTypeError(f"{name} must be True or False, got {value!r}")
     lock_timeout = check_lock_timeout(lock_timeout)
-    for name, where in (("cache_dir", cache_dir), ("blobs", blobs)):
-        if where is not None and (not isinstance(where, (str, os.PathLike)) or not os.fspath(where)):
-            raise OptionTypeError(f"{name} must name a directory (a str or path), got {where!r}")
     if connect_timeout is not None and (isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int)
                                         or connect_timeout < 1):
         raise OptionTypeError(f"connect_timeout must be a whole number of seconds >= 1 or None, "
                               f"got {connect_timeout!r}")
     registered = check_projections(projections)
-    if is_log_url(root):
+    if url_log:
         return await _open_url(str(root), create=create, fsync=fsync, checkpoint_every=checkpoint_every,
                                progress=progress, read_only=read_only, accept_loss=accept_loss,
-                               lock_timeout=lock_timeout, cache_dir=cache_dir, blobs=blobs,
+                               lock_timeout=lock_timeout, cache_dir=cache_dir, blobs=blobs, place=place,
                                connect_timeout=connect_timeout, registered=registered)
-    if cache_dir is not None or connect_timeout is not None:
-        raise ValueError("cache_dir= and connect_timeout= apply to a log opened by URL (postgresql://...); "
-                         f"{os.fspath(root)!r} is a ledger directory, which holds its own local state")
+    if connect_timeout is not None:
+        raise ValueError("connect_timeout= applies to a log opened by URL (postgresql://...); "
+                         f"{os.fspath(root)!r} is a ledger directory")
     path = Path(root).resolve()
 
     def blocking_open() -> Ledger:
-        _prepare_root(path, create, read_only=read_only)
-        if not read_only:
-            try:
-                sweep_root(path)
-            except OSError as exc:  # leftovers cost space, never correctness: opening goes on
-                warnings.warn(f"sweeping leftovers of {path} failed: {exc}", RuntimeWarning, stacklevel=2)
-        log = open_file_log(path, segment_bytes=segment_bytes, fsync=fsync, read_only=read_only,
-                            lock_timeout=lock_timeout)
+        # A remote store is reached first: a bad bucket, endpoint or credential leaves nothing behind.
+        remote_store, remote, private_cache = _open_remote_blobs(path, blobs if isinstance(blobs, str) else None,
+                                                                 place, cache_dir, fsync, read_only)
         try:
-            store = LocalBlobStore(path / "blobs" if blobs is None else Path(blobs).resolve(), fsync=fsync,
-                                   deferred=True, read_only=read_only)
+            _prepare_root(path, create, read_only=read_only)
+            if not read_only:
+                try:
+                    sweep_root(path)
+                except OSError as exc:  # leftovers cost space, never correctness: opening goes on
+                    warnings.warn(f"sweeping leftovers of {path} failed: {exc}", RuntimeWarning, stacklevel=2)
+            log = open_file_log(path, segment_bytes=segment_bytes, fsync=fsync, read_only=read_only,
+                                lock_timeout=lock_timeout)
+        except BaseException:
+            if remote_store is not None:
+                remote_store.close()
+            if private_cache is not None:
+                content._rmtree_force(private_cache)
+            raise
+        try:
+            store = (remote_store if remote_store is not None
+                     else open_store(str(path / "blobs"), fsync=fsync, read_only=read_only))
         except BaseException:
             log.close()
+            if private_cache is not None:
+                content._rmtree_force(private_cache)
             raise
         led = Ledger(path, log, store, checkpoint_every=checkpoint_every, fsync=fsync, read_only=read_only)
-        return _replay(led, accept_loss=accept_loss, progress=progress, registered=registered)
+        led._private_cache = private_cache
+        adopt = None if place is None or remote is not None else (lambda: _adopt_remote(led, place))
+        try:
+            return _replay(led, accept_loss=accept_loss, progress=progress, registered=registered, after=adopt)
+        except BaseException:
+            if private_cache is not None:
+                content._rmtree_force(private_cache)
+            raise
 
     return await anyio.to_thread.run_sync(blocking_open)
 
@@ -577,10 +609,11 @@ def default_cache_dir(location: str) -> Path:
 async def _open_url(url: str, *, create: bool, fsync: bool, checkpoint_every: int,
                     progress: Callable[[int, int], None] | None, read_only: bool, accept_loss: bool,
                     lock_timeout: float | None, cache_dir: str | os.PathLike[str] | None,
-                    blobs: str | os.PathLike[str] | None, connect_timeout: int | None,
+                    blobs: str | os.PathLike[str] | None, place: str | None, connect_timeout: int | None,
                     registered: list[Any]) -> Ledger:
-    """Open a ledger whose log a URL names; its local state (blobs by default, staging, materialised
-    copies) lives in ``cache_dir``. The log is reached first, so a bad URL creates nothing locally."""
+    """Open a ledger whose log a URL names; its local state (blobs by default, the S3 blob cache with
+    ``blobs="s3://..."``, staging, materialised copies) lives in ``cache_dir``. The log is reached first,
+    so a bad URL creates nothing locally."""
 
     def blocking_open() -> Ledger:
         log = open_log_url(url, create=create, fsync=fsync, read_only=read_only, lock_timeout=lock_timeout,
@@ -595,8 +628,11 @@ async def _open_url(url: str, *, create: bool, fsync: bool, checkpoint_every: in
                     sweep_root(cache)
                 except OSError as exc:  # leftovers cost space, never correctness: opening goes on
                     warnings.warn(f"sweeping leftovers of {cache} failed: {exc}", RuntimeWarning, stacklevel=2)
-            store = LocalBlobStore(cache / "blobs" if blobs is None else Path(blobs).resolve(), fsync=fsync,
-                                   deferred=True, read_only=read_only)
+            if place is not None:
+                store = open_store(str(blobs), cache_dir=cache / S3_CACHE, fsync=fsync, read_only=read_only)
+            else:
+                store = open_store(str(cache / "blobs" if blobs is None else Path(blobs).resolve()), fsync=fsync,
+                                   read_only=read_only)
         except BaseException:
             log.close()
             raise
@@ -607,7 +643,7 @@ async def _open_url(url: str, *, create: bool, fsync: bool, checkpoint_every: in
 
 
 def _replay(led: Ledger, *, accept_loss: bool, progress: Callable[[int, int], None] | None,
-            registered: list[Any]) -> Ledger:
+            registered: list[Any], after: Callable[[], None] | None = None) -> Ledger:
     """Bring a new Ledger's catalogue to the log's head: the newest usable checkpoint, then the records after it."""
     log = led._log
     # Replay allocates millions of long-lived objects; the cyclic GC would
@@ -638,6 +674,8 @@ def _replay(led: Ledger, *, accept_loss: bool, progress: Callable[[int, int], No
         apply_records(led.catalog, pending)
         led.catalog.build_indexes()
         led._head = (log.head_seq, log.head_hash.hex())
+        if after is not None:
+            after()
     except BaseException:
         log.close()
         led.store.close()
@@ -655,6 +693,53 @@ def _replay(led: Ledger, *, accept_loss: bool, progress: Callable[[int, int], No
     if led.catalog.head_seq - led._ckpt_seq >= led.checkpoint_every and not led.read_only:
         led._start_checkpoint()
     return led
+
+
+REMOTE_FILE = "remote"  # in blobs/: the s3://bucket/prefix this ledger's blobs live in
+S3_CACHE = "s3-cache"  # in the cache_dir of a log opened by URL: blobs fetched from S3
+
+
+def _open_remote_blobs(path: Path, blobs: str | None, place: str | None, cache_dir: str | os.PathLike[str] | None,
+                       fsync: bool, read_only: bool) -> tuple[BlobStore | None, str | None, Path | None]:
+    """The ledger's remote blob store, if it has one (None: its own ``blobs/`` directory holds them).
+
+    Returns (store, the remote place recorded in the ledger or None, a private cache to remove on close).
+    A ledger remembers where its blobs are (``blobs/remote``), so a later open needs no ``blobs=``,
+    and an open naming another place is refused before anything is read from it.
+    """
+    try:
+        remote: str | None = (path / "blobs" / REMOTE_FILE).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        remote = None
+    if place is not None and remote is not None and place != remote:
+        raise ValueError(f"the ledger at {path} keeps its blobs in {remote}, not {place}; open it with "
+                         f"blobs={remote!r} (or without blobs=)")
+    url = blobs if place is not None else remote
+    if url is None:
+        return None, None, None
+    private = None
+    if cache_dir is None:
+        if read_only:  # nothing may be written into a read-only ledger: its cache is private and temporary
+            private = Path(tempfile.mkdtemp(prefix="artifact-ledger-blob-cache-"))
+            cache_dir = private
+        else:
+            cache_dir = path / "blobs" / "cache"
+    try:
+        return open_store(url, cache_dir=cache_dir, fsync=fsync, read_only=read_only), remote, private
+    except BaseException:
+        if private is not None:
+            content._rmtree_force(private)
+        raise
+
+
+def _adopt_remote(led: Ledger, place: str) -> None:
+    """Record in a new (or still empty) ledger that its blobs live at ``place``; refuse it for a ledger
+    whose events already name blobs of its own directory."""
+    if led.catalog.head_seq > 0:
+        raise ValueError(f"the ledger at {led.root} already holds {led.catalog.head_seq} event(s) whose blobs are "
+                         f"in its own blobs/ directory; it cannot move them to {place} (open it without blobs=)")
+    if not led.read_only:
+        atomic_write(str(led.root / "blobs" / REMOTE_FILE), (place + "\n").encode(), fsync=led._fsync)
 
 
 class OptionTypeError(TypeError, ValueError):
@@ -733,8 +818,11 @@ def open_ledger(
     ``root`` may instead be a log URL, ``postgresql://user@host:5432/db?schema=NAME``: the log lives in
     PostgreSQL and this machine's local state in ``cache_dir`` (default: see ``default_cache_dir``);
     ``connect_timeout`` (seconds, default 10) bounds reaching the server. ``blobs`` is the blob
-    directory (default: ``blobs/`` of the ledger directory or of ``cache_dir``).
+    directory or ``s3://bucket/prefix`` URL (default: ``blobs/`` of ``cache_dir``).
     ``projections`` are registered (see ``Ledger.register``) before the ledger is handed out.
+    For a ledger directory, ``blobs="s3://bucket/prefix"`` keeps the blobs in S3-compatible storage
+    (endpoint, region and credentials from the AWS environment), cached under ``cache_dir`` (default
+    ``<root>/blobs/cache``); the ledger remembers the place, so later opens need no ``blobs=``.
     """
     return _Opener(root, {"create": create, "segment_bytes": segment_bytes, "fsync": fsync,
                           "checkpoint_every": checkpoint_every, "progress": progress,

@@ -1,9 +1,29 @@
-"""The blob store contract: bytes keyed by their SHA-256."""
+"""The blob store contract: bytes keyed by their SHA-256.
+
+The facade, the audit and the exporter use a blob store only through ``BlobStore``; each backend
+(``local.py``, ``s3.py``) lives in its own module, and ``store.open_store`` picks one from a location.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Protocol
+
+_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def check_sha(sha256: str) -> str:
+    """Validate a hex SHA-256 string so it can never escape the store's root."""
+    if not isinstance(sha256, str) or not _HEX.fullmatch(sha256):
+        raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+    return sha256
+
+
+def is_sha(text: str) -> bool:
+    """Whether ``text`` is a lowercase hex SHA-256 digest."""
+    return _HEX.fullmatch(text) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,8 +35,36 @@ class BlobInfo:
     linked: bool = False  # the blob shares the caller's inode (put_file with adopt=True)
 
 
+class BlobCorrupted(OSError):
+    """A stored blob's bytes no longer hash to its address."""
+
+    def __init__(self, sha256: str, path: str, actual: str):
+        self.sha256 = sha256
+        self.path = path
+        self.actual = actual
+        super().__init__(f"blob {sha256} at {path} is damaged: its bytes hash to {actual}")
+
+
+class BlobStoreError(OSError):
+    """A blob store cannot be used as configured; the message names what is wrong and where."""
+
+
+class BlobStoreUnavailable(BlobStoreError):
+    """The store's server did not answer (unreachable endpoint, timeout, server errors past every retry)."""
+
+
+class BlobStoreAccessDenied(BlobStoreError, PermissionError):
+    """The store refused the credentials or the access they grant."""
+
+
+class BlobStoreMissing(BlobStoreError, FileNotFoundError):
+    """The store's location (a bucket) does not exist."""
+
+
 class BlobStore(Protocol):
     """Content-addressed blob storage; every method is blocking (run it in a thread)."""
+
+    location: str  # where the blobs live (a directory or a URL), for messages
 
     def put_file(self, path: str, *, adopt: bool = False) -> BlobInfo:
         """Store a file's bytes; with ``adopt`` the store may share the file's inode (``BlobInfo.linked``)."""
@@ -41,6 +89,23 @@ class BlobStore(Protocol):
         """Stream a blob into the new file ``dest``, checking its SHA-256 on the way."""
         ...
 
+    def local_file(self, sha256: str) -> Path:
+        """A read-only local file holding the blob's checked bytes (fetched first if the store is remote);
+        ``FileNotFoundError`` if absent. Never write to it."""
+        ...
+
+    def names_blob(self, path: Path, sha256: str) -> bool:
+        """Whether ``path`` is this store's own local file for the blob ``sha256`` (a ``file://`` URI to it)."""
+        ...
+
+    def size(self, sha256: str) -> int:
+        """The stored blob's size in bytes; ``FileNotFoundError`` if absent."""
+        ...
+
+    def delete(self, sha256: str) -> bool:
+        """Remove a blob for good; returns whether it was there. Only the caller knows no event needs it."""
+        ...
+
     def close(self) -> None:
         """Release what puts never made durable hold (their temp files are removed)."""
         ...
@@ -58,5 +123,6 @@ class BlobStore(Protocol):
         ...
 
     def verify(self, sha256: str) -> bool:
-        """Whether the stored bytes still hash to ``sha256``."""
+        """Whether the stored bytes (in the store itself, never a cache) still hash to ``sha256``;
+        ``FileNotFoundError`` if absent."""
         ...

