@@ -80,6 +80,16 @@ class BestChange:
 
 
 @dataclass(frozen=True, slots=True)
+class AliasChange:
+    """An alias that points elsewhere (None: nowhere) at ``b`` than at ``a``."""
+
+    namespace: str
+    name: str
+    before: str | None
+    after: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Diff:
     """What changed between seq ``a`` and seq ``b``."""
 
@@ -88,6 +98,10 @@ class Diff:
     added: list[Artifact]
     pins: list[PinChange]
     best: list[BestChange]
+    aliases: list[AliasChange] = field(default_factory=list)
+    retired: list[str] = field(default_factory=list)  # artifact ids retired (purges included) in (a, b]
+    purged: list[str] = field(default_factory=list)
+    related: list[tuple[str, str, str]] = field(default_factory=list)  # (child, parent, relation) recorded
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict of the whole diff."""
@@ -103,6 +117,11 @@ class Diff:
                  "old": art(c.old), "new": art(c.new)}
                 for c in self.best
             ],
+            "aliases": [{"namespace": c.namespace, "name": c.name, "before": c.before, "after": c.after}
+                        for c in self.aliases],
+            "retired": self.retired,
+            "purged": self.purged,
+            "related": [{"child": c, "parent": p, "relation": r} for c, p, r in self.related],
         }
 
 
@@ -153,7 +172,20 @@ def diff(cat: Catalog, a: int, b: int, to_artifact: Callable[[Row, int], Artifac
                     scope, _scope_dict(scope, key), kind, metric, mode,
                     None if o is None else to_artifact(o, a), None if n is None else to_artifact(n, b),
                 ))
-    return Diff(a, b, [to_artifact(r, b) for r in added_rows], pins, changes)
+    life = cat.life
+    aliases = []
+    for key in sorted(life.alias_hist):
+        old_a, new_a = life.alias_at(key, a), life.alias_at(key, b)
+        before = None if old_a is None else old_a[1]
+        after = None if new_a is None else new_a[1]
+        if before != after:
+            aliases.append(AliasChange(key[0], key[1], before, after))
+    retired = sorted((s, aid) for aid, (s, _) in life.retired.items() if a < s <= b)
+    purged = sorted((s, aid) for aid, (s, _) in life.purged.items() if a < s <= b)
+    related = sorted((e.seq, child, e.other, e.relation) for child, es in life.parents.items() for e in es
+                     if a < e.seq <= b)
+    return Diff(a, b, [to_artifact(r, b) for r in added_rows], pins, changes, aliases,
+                [x for _, x in retired], [x for _, x in purged], [(c, p, r) for _, c, p, r in related])
 
 
 @dataclass
@@ -296,5 +328,5 @@ def verify(log_dir: str, store: Any, referenced: list[tuple[str, str, bool]], *,
     return VerifyResult(not problems, head, records, blobs, done, problems[0] if problems else None, problems, lost)
 
 
-__all__ = ["ArtifactRecorded", "BestChange", "Diff", "LedgerEvent", "PinChange", "PinChanged", "VerifyResult",
+__all__ = ["AliasChange", "ArtifactRecorded", "BestChange", "Diff", "LedgerEvent", "PinChange", "PinChanged", "VerifyResult",
            "diff", "verify"]

@@ -16,7 +16,8 @@ import anyio
 import anyio.to_thread
 
 from ..ledger import checkpoints
-from ..ledger.errors import LedgerClosed, LedgerCorruption, LostRecordsWarning, ReadOnlyError, RecordsLost
+from ..ledger.errors import (BlobCollected, LedgerClosed, LedgerCorruption, LostRecordsWarning, ReadOnlyError,
+                             RecordsLost)
 from ..ledger.events import Event, EventDecodeError, decode_event, decode_events
 from ..ledger.filelog import DEFAULT_SEGMENT_BYTES, Position, SegmentLog, segment_name
 from ..ledger.framing import SEGMENT_HEADER_SIZE, Record
@@ -75,7 +76,10 @@ class Ledger:
         self.checkpoint_every = checkpoint_every
         self._fsync = fsync
         self._log = log
-        self._gc = GroupCommitLog(log, self._apply_records, before_write=store.make_durable)
+        # id(payload) -> blobs the event names, checked under the log lock (see _blobs_gone)
+        self._needs: dict[int, tuple[str, ...]] = {}
+        self._gc = GroupCommitLog(log, self._apply_records, before_write=store.make_durable,
+                                  under_lock=self._blobs_gone)
         self._closed = False
         self._head = (0, bytes(32).hex())
         self._ckpt_seq = 0  # seq of the newest checkpoint written or loaded
@@ -229,15 +233,44 @@ class Ledger:
         if self._closed:
             raise LedgerClosed(f"the ledger at {self.root} is closed")
 
-    async def _append(self, event: Event) -> int:
-        """Append an event durably; returns its seq (already applied to the catalogue)."""
+    async def _append(self, event: Event, needs: tuple[str, ...] = ()) -> int:
+        """Append an event durably; returns its seq (already applied to the catalogue).
+
+        ``needs``: blobs the event names; if a gc deleted one since it was stored, nothing is
+        written and ``BlobCollected`` is raised (the caller stores the bytes again and retries).
+        """
         self._check_open()
         if self.read_only:
             raise ReadOnlyError(f"the ledger at {self.root} is open read-only; nothing was recorded")
         # Defence in depth: the facade checks sizes before storing bytes, but no
         # event the reader could refuse may reach the log by any path.
-        rec = await self._gc.append(check_event_size(event))
+        payload = check_event_size(event)
+        if needs:
+            self._needs[id(payload)] = needs
+        try:
+            rec = await self._gc.append(payload)
+        finally:
+            if needs:
+                self._needs.pop(id(payload), None)
         return rec.seq
+
+    def _blobs_gone(self, payloads: list[bytes]) -> dict[int, BaseException]:
+        """Under the exclusive log lock: the payloads naming a blob that is no longer in the store.
+
+        A gc deletes blobs only under this same lock, so a blob present here stays present
+        until the batch is durable, and the event's artifact then holds it (FORMAT.md).
+        """
+        needs = self._needs
+        if not needs:
+            return {}
+        out: dict[int, BaseException] = {}
+        for i, p in enumerate(payloads):
+            shas = needs.get(id(p))
+            if shas:
+                gone = [s for s in shas if not self.store.exists(s)]
+                if gone:
+                    out[i] = BlobCollected(gone)
+        return out
 
     async def _refresh(self) -> Catalog:
         """Pick up other processes' commits, then return the catalogue."""
@@ -249,7 +282,7 @@ class Ledger:
         return row_to_artifact(row, bool(row.cat.pin_now[row.i]))
 
     def _artifact_at(self, row: Row, seq: int) -> Artifact:
-        return row_to_artifact(row, pinned_at(self.catalog, row, seq))
+        return row_to_artifact(row, pinned_at(self.catalog, row, seq), seq)
 
     # ------------------------------------------------------------ time travel and audit
     def _seq_of(self, name: str, value: Any, *, upper: bool) -> int:
@@ -309,12 +342,14 @@ class Ledger:
                 yield audit.LedgerEvent.from_record(rec)
 
     async def history(self, artifact_id: str) -> list[audit.LedgerEvent]:
-        """Every event that touched one artifact: its recording and its pin changes."""
+        """Every event that touched one artifact: its recording, pin changes and lifecycle events."""
         cat = await self._refresh()
         row = cat.rows.get(artifact_id)
         if row is None:
             raise KeyError(f"unknown artifact_id {artifact_id!r}")
         seqs = [row.seq] + [s for s, _ in cat.pin_history.get(artifact_id, [])]
+        # Lifecycle events naming it (aliases, lineage, retire, purge, gc plans), in log order.
+        seqs = sorted(set(seqs).union(cat.life.touched.get(artifact_id, ())))
 
         def read() -> list[audit.LedgerEvent]:
             return [audit.LedgerEvent.from_record(next(iter(self._log.read_range(s, s)))) for s in seqs]
@@ -392,12 +427,14 @@ class Ledger:
         return self.staging / f"{unique_hex()}{suffix}"
 
 
-def row_to_artifact(row: Row, pinned: bool) -> Artifact:
-    """Build the user-facing Artifact straight from the catalogue's columns."""
+def row_to_artifact(row: Row, pinned: bool, upto: int | None = None) -> Artifact:
+    """Build the user-facing Artifact straight from the catalogue's columns (aliases as of ``upto``)."""
     c, i = row.cat, row.i
     s = c.strs
     sha = c.sha_hex(i)
     aid = c.ids[i]
+    alias_keys = c.life.alias_keys
+    aliases = [f"{ns}/{name}" for ns, name in c.life.aliases_of(aid, upto)] if alias_keys else []
     return build_artifact(dict(
         artifact_id=aid,
         # The stable form: it names the occurrence, so it survives moving or copying the ledger
@@ -417,6 +454,7 @@ def row_to_artifact(row: Row, pinned: bool) -> Artifact:
         created_at=utc_from_us(c.ts[i]),
         seq=c.seq[i],
         suggested_uri=s[c.suggested_s[i]],
+        aliases=aliases,
     ))
 
 

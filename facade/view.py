@@ -90,9 +90,9 @@ class LedgerView:
     def _to_artifact(self, row: Row, catalog: Catalog | None = None) -> Artifact:
         from .ledger import row_to_artifact
 
-        return row_to_artifact(row, pinned_at(self.catalog, row, self.seq))
+        return row_to_artifact(row, pinned_at(self.catalog, row, self.seq), self.seq)
 
-    async def _append(self, event: Any) -> NoReturn:
+    async def _append(self, event: Any, needs: tuple[str, ...] = ()) -> NoReturn:
         from ..ledger.errors import ReadOnlyError
 
         raise ReadOnlyError("a past view of the ledger cannot record events")

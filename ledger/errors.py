@@ -77,3 +77,15 @@ class LedgerForked(LedgerError):
 class LedgerWriteError(LedgerPoisoned, OSError):
     """Writing or flushing the log failed (an OSError with the errno and the segment's path); what
     this call asked for was not recorded, and this process must reopen the ledger to write again."""
+
+
+class BlobCollected(LedgerError):
+    """An event was refused under the log lock: a gc deleted blobs it names since they were stored.
+
+    Nothing was recorded; the facade stores the bytes again and retries (see FORMAT.md, "Garbage collection").
+    """
+
+    def __init__(self, shas: list[str]):
+        self.shas = shas
+        super().__init__(f"blob(s) {', '.join(s[:16] + '…' for s in shas[:3])} were collected by a gc after they "
+                         "were stored and before the event naming them was written; nothing was recorded")

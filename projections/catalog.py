@@ -20,9 +20,10 @@ from operator import attrgetter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Iterable, NamedTuple
 
-from ..ledger.events import ArtifactRecorded, Event, PinChanged
+from ..ledger.events import LIFECYCLE_EVENTS, ArtifactRecorded, Event, PinChanged
 
 from .labels import RESERVED, canon, strict
+from .lifecycle import Lifecycle, apply_life, record_parents
 
 SCOPES = ("node", "graph", "run", "project", "all")
 
@@ -86,6 +87,8 @@ class Catalog:
         # Best-by-metric tables: (kind, metric) -> {(scope, key): [max row, min row]} (-1: none).
         # Filled on first query of a scope key, then kept current by apply().
         self.best: dict[tuple[str, str], dict[tuple[str, Any], list[int]]] = {}
+        # aliases, lineage, retirement, purge and gc (projections/lifecycle.py)
+        self.life = Lifecycle()
 
     # ------------------------------------------------------------ reading rows
     @property
@@ -187,6 +190,7 @@ class Catalog:
             project_id=s[self.project_s[i]],
             suggested_uri=s[self.suggested_s[i]],
             name=s[self.name_s[i]],
+            derived_from=list(self.life.created_parents.get(self.ids[i], ())),
         )
 
     # ------------------------------------------------------------ equality
@@ -212,6 +216,7 @@ class Catalog:
             idx(self.by_graph),
             idx(self.by_node),
             idx(self.by_kind),
+            self.life.fingerprint(),
         )
 
 
@@ -328,6 +333,8 @@ def apply(state: Catalog, logged: Logged) -> Catalog:
         add_artifact(state, logged.seq, logged.ts_us, ev)
     elif type(ev) is PinChanged:
         apply_pin(state, logged.seq, ev.artifact_id, ev.pinned)
+    elif type(ev) in LIFECYCLE_EVENTS:
+        apply_life(state, logged.seq, ev)
     state.head_seq = logged.seq
     state.times.append(logged.ts_us)
     return state
@@ -469,6 +476,9 @@ def _add_run(state: Catalog, seqs: Sequence[int], tss: Sequence[int], evs: Seque
     _group_codes(state.by_node, rgn,
                  lambda c: (strs[c // width // width], strs[c // width % width], strs[c % width]), rows)
     _group_codes(state.by_kind, state.kind_s[base:], strs.__getitem__, rows)
+    for seq, ev in zip(seqs, evs):
+        if ev.derived_from:
+            record_parents(state, seq, ev.artifact_id, ev.derived_from)
     state.head_seq = seqs[-1]
     state.times.extend(tss)
 
@@ -567,6 +577,8 @@ def add_artifact(state: Catalog, seq: int, ts_us: int, ev: ArtifactRecorded) -> 
     _push(state.by_kind, ev.kind, i)
     if state.best and ev.metrics:
         _update_best(state, i, ev)
+    if ev.derived_from:
+        record_parents(state, seq, aid, ev.derived_from)
 
 
 def _update_best(state: Catalog, i: int, ev: ArtifactRecorded) -> None:

@@ -60,3 +60,7 @@ class BlobStore(Protocol):
     def verify(self, sha256: str) -> bool:
         """Whether the stored bytes still hash to ``sha256``."""
         ...
+
+    def delete(self, sha256: str) -> None:
+        """Remove a blob durably (absent already: nothing to do); only gc calls it, under the log lock."""
+        ...

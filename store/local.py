@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import durable
+from ..ledger.errors import ReadOnlyError
 from .base import BlobInfo
 from .durable import fsync_dir as _fsync_dir
 
@@ -72,6 +73,7 @@ class LocalBlobStore:
         # With ``deferred``, blob bytes and renames are made durable by
         # make_durable(), which must run before any event naming them is written.
         self.deferred = deferred
+        self.read_only = read_only
         self._pending: list[_Pending] = []  # blobs awaiting make_durable()
         self._open_pending = 0  # how many of them still hold their fd
         # A failed flush discards blobs whose saves may still be waiting to append their
@@ -382,3 +384,22 @@ class LocalBlobStore:
             while chunk := f.read(CHUNK):
                 digest.update(chunk)
         return digest.hexdigest() == sha256
+
+    def delete(self, sha256: str) -> None:
+        """Remove a blob and flush its directory, so the removal survives a crash (absent: nothing to do)."""
+        if self.read_only:
+            raise ReadOnlyError(f"the blob store at {self.root} is open read-only; nothing was deleted")
+        path = self.path(sha256)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        if self.fsync:
+            _fsync_dir(str(path.parent))
+
+    def mtime(self, sha256: str) -> float | None:
+        """When the blob's file last changed (None if absent): gc spares orphans younger than its grace."""
+        try:
+            return os.stat(self.path(sha256)).st_mtime
+        except FileNotFoundError:
+            return None
