@@ -342,7 +342,7 @@ class ArtifactFacade(LifecycleMixin):
                 entries.append({"path": rel, "sha256": info.sha256, "bytes": info.size})
                 total += info.size
             manifest = store.put_bytes(content.encode_manifest(entries, dirs))
-            return manifest.sha256, total, (manifest.sha256, *(e["sha256"] for e in entries))
+            return manifest.sha256, total, (manifest.sha256, *(str(e["sha256"]) for e in entries))
 
         try:
             for attempt in range(BLOB_RETRIES + 1):

@@ -176,10 +176,10 @@ def diff(cat: Catalog, a: int, b: int, to_artifact: Callable[[Row, int], Artifac
     aliases = []
     for key in sorted(life.alias_hist):
         old_a, new_a = life.alias_at(key, a), life.alias_at(key, b)
-        before = None if old_a is None else old_a[1]
-        after = None if new_a is None else new_a[1]
-        if before != after:
-            aliases.append(AliasChange(key[0], key[1], before, after))
+        was = None if old_a is None else old_a[1]
+        now = None if new_a is None else new_a[1]
+        if was != now:
+            aliases.append(AliasChange(key[0], key[1], was, now))
     retired = sorted((s, aid) for aid, (s, _) in life.retired.items() if a < s <= b)
     purged = sorted((s, aid) for aid, (s, _) in life.purged.items() if a < s <= b)
     related = sorted((e.seq, child, e.other, e.relation) for child, es in life.parents.items() for e in es
@@ -200,12 +200,14 @@ class VerifyResult:
     problem: str | None = None
     problems: list[str] = field(default_factory=list)
     lost: tuple[int, int] | None = None  # (first, last) seq known committed but missing from the log
+    collected: list[str] = field(default_factory=list)  # blobs of purged artifacts a gc deleted (not damage)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict of the result."""
         return {"ok": self.ok, "head": {"seq": self.head[0], "hash": self.head[1]}, "records": self.records,
                 "blobs": self.blobs, "bytes": self.bytes, "problem": self.problem, "problems": self.problems,
-                "lost": None if self.lost is None else {"first": self.lost[0], "last": self.lost[1]}}
+                "lost": None if self.lost is None else {"first": self.lost[0], "last": self.lost[1]},
+                "collected": self.collected}
 
 
 def referenced_blobs(cat: Catalog) -> list[tuple[str, str, bool]]:
@@ -214,11 +216,24 @@ def referenced_blobs(cat: Catalog) -> list[tuple[str, str, bool]]:
     return [(cat.sha_hex(i), cat.ids[i], cat.mime_s[i] == dir_id) for i in range(cat.n)]
 
 
+def collectable_blobs(cat: Catalog) -> set[str]:
+    """Blobs every artifact naming them was purged: gc may have deleted them, and that is no damage."""
+    purged = cat.life.purged
+    if not purged:
+        return set()
+    alive: set[str] = set()
+    dead: set[str] = set()
+    for i in range(cat.n):
+        (dead if cat.ids[i] in purged else alive).add(cat.sha_hex(i))
+    return dead - alive
+
+
 def verify(log_dir: str, store: Any, referenced: list[tuple[str, str, bool]], *,
            expect_head: tuple[int, str] | None = None,
            progress: Callable[[int, int], None] | None = None,
            known: tuple[int, str] | None = None,
-           lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> VerifyResult:
+           lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+           collectable: set[str] | None = None) -> VerifyResult:
     """Walk the hash chain of every record and re-hash every referenced blob (blocking).
 
     ``known`` is (seq, what says so): a seq the log must reach; if it ends before, the
@@ -300,6 +315,7 @@ def verify(log_dir: str, store: Any, referenced: list[tuple[str, str, bool]], *,
     done = seg_bytes
     blobs = 0
     checked: set[str] = set()
+    collected: list[str] = []
     queue = list(shas.items())
     while queue:
         sha, owner = queue.pop(0)
@@ -308,6 +324,9 @@ def verify(log_dir: str, store: Any, referenced: list[tuple[str, str, bool]], *,
         checked.add(sha)
         blobs += 1
         path = store.path(sha)
+        if not path.is_file() and collectable and sha in collectable:
+            collected.append(sha)
+            continue
         if not path.is_file():
             problems.append(f"blob {sha} (artifact {owner}) is missing from the store")
             continue
@@ -325,8 +344,9 @@ def verify(log_dir: str, store: Any, referenced: list[tuple[str, str, bool]], *,
                 problems.append(f"blob {sha} (artifact {owner}) is not a valid directory manifest: {exc}")
     if progress is not None:
         progress(total, total)
-    return VerifyResult(not problems, head, records, blobs, done, problems[0] if problems else None, problems, lost)
+    return VerifyResult(not problems, head, records, blobs, done, problems[0] if problems else None, problems, lost,
+                        sorted(collected))
 
 
-__all__ = ["AliasChange", "ArtifactRecorded", "BestChange", "Diff", "LedgerEvent", "PinChange", "PinChanged", "VerifyResult",
-           "diff", "verify"]
+__all__ = ["AliasChange", "ArtifactRecorded", "BestChange", "Diff", "LedgerEvent", "PinChange", "PinChanged",
+           "VerifyResult", "collectable_blobs", "diff", "verify"]

@@ -31,10 +31,11 @@ from ..store.durable import unique_hex
 from ..store.local import LocalBlobStore
 
 from . import audit, content, exporting
+from . import gc as gc_mod
 from .repair import MARKER, MARKER_TEXT, prepare_root  # noqa: F401  (MARKER names are re-exported)
 from .sweep import STAGING_MAX_AGE, sweep_root
 from .model import Artifact, RunSummary, artifact_uri, build_artifact, utc_from_us
-from .validation import check_event_size, check_id
+from .validation import check_bool, check_event_size, check_id
 from .view import LedgerView
 
 if TYPE_CHECKING:
@@ -384,12 +385,13 @@ class Ledger:
                     or not isinstance(expect_head[1], str)):
                 raise TypeError(f"expect_head must be a (seq, hex hash) tuple, got {expect_head!r}")
         blobs = audit.referenced_blobs(cat)
+        collectable = audit.collectable_blobs(cat)
         known = checkpoints.known_seq(str(self.checkpoint_dir))
         if self._head[0] > known[0]:
             known = (self._head[0], "this process (which read it from the log)")
         return await anyio.to_thread.run_sync(
             lambda: audit.verify(str(self.root / "log"), self.store, blobs, expect_head=expect_head, progress=progress,
-                                 known=known, lock_timeout=self._log.lock_timeout)
+                                 known=known, lock_timeout=self._log.lock_timeout, collectable=collectable)
         )
 
     async def sweep(self, *, staging_age: float = STAGING_MAX_AGE, materialized: bool = False) -> list[str]:
@@ -405,6 +407,33 @@ class Ledger:
             raise TypeError(f"materialized must be True or False, got {materialized!r}")
         return await anyio.to_thread.run_sync(
             lambda: sweep_root(self.root, staging_age=staging_age, materialized=materialized))
+
+    # ------------------------------------------------------------ garbage collection
+    async def gc(self, policy: Any = None, *, dry_run: bool = True, grace: float = gc_mod.DEFAULT_GRACE,
+                 staging_age: float = STAGING_MAX_AGE) -> gc_mod.GcPlan | gc_mod.GcResult:
+        """Plan a garbage collection (``dry_run=True``, nothing written) or run it: record the plan, delete
+        blobs no live artifact needs, stale staging entries and materialised copies, record the result.
+
+        ``policy``: a RetentionPolicy (or its dict) whose selected artifacts the plan purges; ``grace``:
+        seconds an unreferenced blob no event names is spared (a save may be under way).
+        """
+        self._check_open()
+        check_bool("dry_run", dry_run)
+        for name, value in (("grace", grace), ("staging_age", staging_age)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ValueError(f"{name} must be a non-negative number of seconds, got {value!r}")
+        gc_mod.check_policy(policy)
+        if dry_run:
+            return await gc_mod.plan(self, policy, grace)
+        if self.read_only:
+            raise ReadOnlyError(f"gc() is not allowed: the ledger at {self.root} is open read-only; "
+                                "gc(dry_run=True) shows the plan")
+        return await gc_mod.run(self, policy, grace, staging_age)
+
+    async def du(self) -> gc_mod.DiskUsage:
+        """Bytes per run, project and kind (logical and deduplicated), of every artifact not purged."""
+        cat = await self._refresh()
+        return await anyio.to_thread.run_sync(gc_mod.disk_usage, cat, self.store)
 
     # ------------------------------------------------------------ conveniences
     async def runs(self, *, project_id: str | None = None) -> list[RunSummary]:

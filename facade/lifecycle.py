@@ -11,7 +11,7 @@ import builtins
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from ..ledger.events import RELATIONS, AliasRemoved, AliasSet, Purged, Related, Retired
 from ..projections.catalog import Catalog, Row
@@ -330,7 +330,7 @@ class LifecycleMixin:
         now = cat.life.alias_at(key, self._src.upto)
         if now is None or now[1] is None:
             return set()
-        return {cast(int, cat.id_rows[now[1]])}
+        return {cat.id_rows[now[1]]}
 
 
 __all__ = ["AliasInfo", "AliasMove", "ArtifactPurged", "LifecycleMixin", "LineageStep", "check_reason"]

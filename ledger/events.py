@@ -119,6 +119,7 @@ class GcSwept(msgspec.Struct, frozen=True, kw_only=True, tag="gc.swept"):
     kept: int = 0  # planned blobs found needed again at deletion time and kept
     staging: int = 0
     materialized: int = 0
+    resumes: list[str] = []  # earlier plans left without a result (their gc died) that this sweep finished
 
 
 Event = Union[ArtifactRecorded, PinChanged, AliasSet, AliasRemoved, Related, Retired, Purged, GcPlanned, GcSwept]
@@ -144,7 +145,7 @@ class EventDecodeError(ValueError):
 # into the raw map of a version v+1 one. Version 1 is the first, so there are none yet;
 # a change to an event's fields bumps SCHEMA_VERSION and adds one here.
 UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
-_TAGS: dict[Any, type[Event]] = {cls.__struct_config__.tag: cls  # type: ignore[misc]
+_TAGS: dict[Any, type[Event]] = {cls.__struct_config__.tag: cls
                                   for cls in (ArtifactRecorded, PinChanged, *LIFECYCLE_EVENTS)}
 
 

@@ -289,6 +289,8 @@ def apply_life(cat: "Catalog", seq: int, ev: Any) -> None:
                 _touch(life, aid, seq)
     elif t is GcSwept:
         life.sweeps.setdefault(ev.plan_id, seq)
+        for pid in ev.resumes:
+            life.sweeps.setdefault(pid, seq)
 
 
 __all__ = ["AliasKey", "Edge", "Lifecycle", "Step", "add_edge", "apply_life", "record_parents"]
