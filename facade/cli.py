@@ -20,7 +20,7 @@ import anyio
 from ..ledger.errors import LedgerCorruption
 
 from . import cli_commands as cmd
-from . import importing
+from . import cli_lifecycle, importing
 from .cli_commands import EXIT_ENV, EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, Reader, Result
 from .cli_format import Progress, fmt_time
 from .ledger import open_ledger
@@ -30,8 +30,9 @@ PROG = "artifact-ledger"
 ROOT_ENV = "ARTIFACT_LEDGER_ROOT"
 OPEN_QUIET_SECONDS = 0.5  # a progress bar appears only when opening (log replay) takes longer
 
-DESCRIPTION = ("Read, audit and export an artifact ledger directory (never creates or changes artifacts, "
-               "except `import`, which records those of an MLflow or AetherGraph store).")
+DESCRIPTION = ("Read, audit and export an artifact ledger directory (never creates artifacts, except `import`, "
+               "which records those of an MLflow or AetherGraph store; the lifecycle commands alias, unalias, "
+               "retire, purge and gc record their events).")
 
 EPILOG = f"""\
 The ledger directory is given by --root DIR (or -C DIR), or else by the
@@ -237,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run_cmd=cmd.cmd_report)
 
     importing.add_import_command(sub, common, _Parser)
+    cli_lifecycle.add_lifecycle_commands(sub, common)
     return parser
 
 
@@ -284,7 +286,8 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         # Every command but checkpoint only reads: open read-only, so it works with read
         # permission alone and never writes into the ledger (no close-time checkpoint, no repair).
-        ledger = await _open(root, read_only=args.command != "checkpoint")
+        # The lifecycle commands that record (alias, retire, gc, ...) open it for writing too.
+        ledger = await _open(root, read_only=args.command != "checkpoint" and not cli_lifecycle.writes(args))
     except FileNotFoundError:
         raise CliError(f"no ledger at {root}: the directory is not an artifact ledger "
                        "(ledgers are created by the Python API, open_ledger)") from None
