@@ -75,7 +75,9 @@ def check_policy(policy: Any) -> RetentionPolicy | None:
     try:
         return RetentionPolicy.model_validate(policy)
     except ValidationError as exc:
-        raise ValueError(f"invalid retention policy: {exc}") from None
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'policy'}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"invalid retention policy: {problems} (fields: keep_best, keep_newest, ttl; see the "
+                         "README, 'Retention policies')") from None
 
 
 def _members(store: Any, sha: str) -> list[str]:
