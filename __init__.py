@@ -6,6 +6,8 @@ from .facade import Artifact, ArtifactFacade, Context, Ledger, ReadOnlyError, op
 from .facade import ArtifactCorrupted, ArtifactDecodeError, LedgerNeedsRepair, repair_ledger
 from .facade.audit import Diff, LedgerEvent, VerifyResult
 from .facade.view import LedgerView
+from .facade.lifecycle import ArtifactPurged
+from .projections.retention import KeepBest, KeepNewest, RetentionPolicy, Ttl
 from .ledger.checkpoints import CheckpointWarning
 from .ledger.errors import (LedgerClosed, LedgerCorruption, LedgerError, LedgerForked, LedgerPoisoned,
                             LedgerWriteError, LockTimeout,
@@ -22,9 +24,12 @@ __all__ = [
     "ArtifactCorrupted",
     "ArtifactDecodeError",
     "ArtifactFacade",
+    "ArtifactPurged",
     "CheckpointWarning",
     "Context",
     "Diff",
+    "KeepBest",
+    "KeepNewest",
     "Ledger",
     "LedgerClosed",
     "LedgerCorruption",
@@ -39,7 +44,9 @@ __all__ = [
     "LockTimeout",
     "ReadOnlyError",
     "RecordsLost",
+    "RetentionPolicy",
     "TornTailWarning",
+    "Ttl",
     "VerifyResult",
     "__version__",
     "open_ledger",
