@@ -316,32 +316,36 @@ def verify(log_dir: str, store: Any, referenced: list[tuple[str, str, bool]], *,
     blobs = 0
     checked: set[str] = set()
     collected: list[str] = []
-    queue = list(shas.items())
-    while queue:
-        sha, owner = queue.pop(0)
-        if sha in checked:
-            continue
-        checked.add(sha)
-        blobs += 1
-        path = store.path(sha)
-        if not path.is_file() and collectable and sha in collectable:
-            collected.append(sha)
-            continue
-        if not path.is_file():
-            problems.append(f"blob {sha} (artifact {owner}) is missing from the store")
-            continue
-        if not store.verify(sha):
-            problems.append(f"blob {sha} (artifact {owner}) does not match its SHA-256: its bytes changed")
-            continue
-        done += path.stat().st_size
-        if progress is not None:
-            progress(min(done, total), total)
-        if sha in dir_shas:
-            try:
-                manifest = content.decode_manifest(store.read_bytes(sha))
-                queue.extend((e["sha256"], owner) for e in manifest["files"])
-            except (ValueError, KeyError) as exc:
-                problems.append(f"blob {sha} (artifact {owner}) is not a valid directory manifest: {exc}")
+    soft = collectable or set()
+    # Blobs some artifact not purged needs first (with their directory members), then those only purged
+    # artifacts name: missing, those (and members of their manifests no one else needs) were collected.
+    for gone_ok in (False, True):
+        queue = [(sha, owner) for sha, owner in shas.items() if (sha in soft) == gone_ok]
+        while queue:
+            sha, owner = queue.pop(0)
+            if sha in checked:
+                continue
+            checked.add(sha)
+            blobs += 1
+            path = store.path(sha)
+            if not path.is_file() and gone_ok:
+                collected.append(sha)
+                continue
+            if not path.is_file():
+                problems.append(f"blob {sha} (artifact {owner}) is missing from the store")
+                continue
+            if not store.verify(sha):
+                problems.append(f"blob {sha} (artifact {owner}) does not match its SHA-256: its bytes changed")
+                continue
+            done += path.stat().st_size
+            if progress is not None:
+                progress(min(done, total), total)
+            if sha in dir_shas:
+                try:
+                    manifest = content.decode_manifest(store.read_bytes(sha))
+                    queue.extend((e["sha256"], owner) for e in manifest["files"])
+                except (ValueError, KeyError) as exc:
+                    problems.append(f"blob {sha} (artifact {owner}) is not a valid directory manifest: {exc}")
     if progress is not None:
         progress(total, total)
     return VerifyResult(not problems, head, records, blobs, done, problems[0] if problems else None, problems, lost,

@@ -153,9 +153,12 @@ def _stale_materialized(root: Any, cat: Catalog) -> list[str]:
 async def plan(led: "Ledger", policy: Any, grace: float) -> GcPlan:
     """Plan a gc of the caught-up catalogue without writing anything."""
     pol = check_policy(policy)
-    cat = await led._refresh()
+    await led._refresh()
     now = time.time()
-    return await anyio.to_thread.run_sync(lambda: make_plan(cat, led.store, pol, grace=grace, now=now))
+    # Held so that no append of this process changes the catalogue while the worker thread walks it.
+    async with led._gc._lock:
+        cat = led.catalog
+        return await anyio.to_thread.run_sync(lambda: make_plan(cat, led.store, pol, grace=grace, now=now))
 
 
 async def run(led: "Ledger", policy: Any, grace: float, staging_age: float) -> GcResult:

@@ -432,8 +432,9 @@ class Ledger:
 
     async def du(self) -> gc_mod.DiskUsage:
         """Bytes per run, project and kind (logical and deduplicated), of every artifact not purged."""
-        cat = await self._refresh()
-        return await anyio.to_thread.run_sync(gc_mod.disk_usage, cat, self.store)
+        await self._refresh()
+        async with self._gc._lock:  # the catalogue stays still while the worker thread walks it
+            return await anyio.to_thread.run_sync(gc_mod.disk_usage, self.catalog, self.store)
 
     # ------------------------------------------------------------ conveniences
     async def runs(self, *, project_id: str | None = None) -> list[RunSummary]:

@@ -230,3 +230,25 @@ def test_gc_under_concurrent_writers_and_sigkill_never_deletes_a_needed_blob(cam
     assert tally.failures == [], "\n".join(tally.failures[:10])
     assert tally.kills == CI_KILLS and tally.checked > 0 and tally.purged > 0
     assert tally.collected > 0  # the gc did delete things meanwhile
+
+
+def test_verify_after_a_gc_killed_between_a_purged_directorys_members_and_its_manifest(tmp_path):
+    """Members deleted, manifest not yet: the purged directory is collected, not damaged; a live one sharing
+    a member still needs it."""
+    async def t(led, fa, save):
+        sd = Path(await fa.stage_dir())
+        (sd / "only").write_bytes(b"only in the purged dir")
+        (sd / "both").write_bytes(b"shared member")
+        d = await fa.ingest_dir(str(sd))
+        live = await save(b"shared member")
+        await fa.purge(d.artifact_id, "x")
+        manifest = (await led.history(d.artifact_id))[0].event.sha256
+        only = [s for s in led.store.iter_blobs() if s not in (manifest, live.sha256)]
+        assert len(only) == 1
+        led.store.delete(only[0])  # a gc killed after this member, before the manifest
+        v = await led.verify()
+        assert v.ok and only[0] in v.collected
+        led.store.delete(live.sha256)
+        v = await led.verify()
+        assert not v.ok and "missing" in v.problems[0]
+    go(tmp_path, t)
