@@ -25,6 +25,7 @@ from ..store.base import BlobInfo
 from ..store.local import BlobCorrupted, check_sha
 
 from . import content, exporting
+from .gc import BLOB_NEEDS
 from .lifecycle import LifecycleMixin
 from .model import Artifact
 from .validation import (
@@ -203,7 +204,11 @@ class ArtifactFacade(LifecycleMixin):
             project_id=self.project_id,
             **meta,
         )
-        await self._src._append(event, needs or (sha256,))
+        token = BLOB_NEEDS.set(needs or (sha256,))
+        try:
+            await self._src._append(event)
+        finally:
+            BLOB_NEEDS.reset(token)
         cat: Catalog = self._src.catalog
         art = self._src._to_artifact(cat.rows[event.artifact_id])
         self.last_artifact = art

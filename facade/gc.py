@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -29,6 +30,10 @@ from .sweep import sweep_root
 
 if TYPE_CHECKING:
     from .ledger import Ledger
+
+# Blobs the event being appended names, set by the facade around Ledger._append (task-local, so
+# concurrent saves never see each other's); the log re-checks them under its lock (FORMAT.md).
+BLOB_NEEDS: ContextVar[tuple[str, ...]] = ContextVar("artifact_ledger_blob_needs", default=())
 
 DEFAULT_GRACE = 3600.0  # seconds an unreferenced blob no event ever named is spared (a save may be under way)
 SWEEP_BATCH = 256  # blobs deleted per hold of the log lock, so writers wait for one batch at most

@@ -234,11 +234,11 @@ class Ledger:
         if self._closed:
             raise LedgerClosed(f"the ledger at {self.root} is closed")
 
-    async def _append(self, event: Event, needs: tuple[str, ...] = ()) -> int:
+    async def _append(self, event: Event) -> int:
         """Append an event durably; returns its seq (already applied to the catalogue).
 
-        ``needs``: blobs the event names; if a gc deleted one since it was stored, nothing is
-        written and ``BlobCollected`` is raised (the caller stores the bytes again and retries).
+        If a gc deleted one of the blobs the event names (``gc.BLOB_NEEDS``, set by the facade) since
+        it was stored, nothing is written and ``BlobCollected`` is raised (the caller stores it again).
         """
         self._check_open()
         if self.read_only:
@@ -246,6 +246,7 @@ class Ledger:
         # Defence in depth: the facade checks sizes before storing bytes, but no
         # event the reader could refuse may reach the log by any path.
         payload = check_event_size(event)
+        needs = gc_mod.BLOB_NEEDS.get()
         if needs:
             self._needs[id(payload)] = needs
         try:

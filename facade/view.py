@@ -92,7 +92,7 @@ class LedgerView:
 
         return row_to_artifact(row, pinned_at(self.catalog, row, self.seq), self.seq)
 
-    async def _append(self, event: Any, needs: tuple[str, ...] = ()) -> NoReturn:
+    async def _append(self, event: Any) -> NoReturn:
         from ..ledger.errors import ReadOnlyError
 
         raise ReadOnlyError("a past view of the ledger cannot record events")
