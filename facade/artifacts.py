@@ -8,7 +8,7 @@ import shutil
 import stat
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, BinaryIO, Literal, cast
+from typing import TYPE_CHECKING, Any, AsyncIterator, BinaryIO, Callable, Literal, cast
 from urllib.parse import unquote, urlparse
 
 import anyio
@@ -25,7 +25,7 @@ from ..store.base import BlobInfo
 from ..store.local import BlobCorrupted, check_sha
 
 from . import content, exporting
-from .gc import BLOB_NEEDS
+from .gc import BLOB_NEEDS, Need
 from .lifecycle import LifecycleMixin
 from .model import Artifact
 from .validation import (
@@ -90,6 +90,11 @@ def _blob_shaped(path: Path, sha: str) -> bool:
     """Whether a path ends like a blob of a ledger's store: ``.../sha256/<first two hex>/<sha>``."""
     return path.parent.name == sha[:2] and path.parent.parent.name == "sha256"
 
+
+
+def _restorer(store: Any, path: str) -> Callable[[], str]:
+    """Store a file's bytes again (under the log lock, after a gc collected its blob); returns its SHA-256."""
+    return lambda: str(store.put_file(path).sha256)
 
 
 class ArtifactFacade(LifecycleMixin):
@@ -190,7 +195,7 @@ class ArtifactFacade(LifecycleMixin):
         return p
 
     async def _record(self, *, origin: str, sha256: str, size: int, mime: str, name: str | None,
-                      meta: dict[str, Any], needs: tuple[str, ...] = ()) -> Artifact:
+                      meta: dict[str, Any], needs: tuple[Need, ...] = ()) -> Artifact:
         event = ArtifactRecorded(
             artifact_id=unique_hex(),
             origin=origin,
@@ -204,7 +209,7 @@ class ArtifactFacade(LifecycleMixin):
             project_id=self.project_id,
             **meta,
         )
-        token = BLOB_NEEDS.set(needs or (sha256,))
+        token = BLOB_NEEDS.set(needs or ((sha256, None),))
         try:
             await self._src._append(event)
         finally:
@@ -252,7 +257,8 @@ class ArtifactFacade(LifecycleMixin):
             info = await anyio.to_thread.run_sync(put)
             try:
                 return await self._record(origin="save", sha256=info.sha256, size=info.size,
-                                          mime=content.guess_mime(p.name), name=p.name, meta=meta)
+                                          mime=content.guess_mime(p.name), name=p.name, meta=meta,
+                                          needs=((info.sha256, lambda: store.put_file(str(p)).sha256),))
             except BlobCollected:
                 if attempt == BLOB_RETRIES:
                     raise
@@ -276,7 +282,8 @@ class ArtifactFacade(LifecycleMixin):
             info = await anyio.to_thread.run_sync(lambda: store.put_file(str(p), adopt=True))
             try:
                 art = await self._record(origin=origin, sha256=info.sha256, size=info.size, mime=mime,
-                                         name=None, meta=meta)
+                                         name=None, meta=meta,
+                                         needs=((info.sha256, lambda: store.put_file(str(p)).sha256),))
                 break
             except BaseException as exc:
                 if info.linked:
@@ -337,7 +344,7 @@ class ArtifactFacade(LifecycleMixin):
 
         linked: list[str] = []
 
-        def put_all() -> tuple[str, int, tuple[str, ...]]:
+        def put_all() -> tuple[str, int, tuple[Need, ...]]:
             entries = []
             total = 0
             for rel, full in files:
@@ -346,8 +353,12 @@ class ArtifactFacade(LifecycleMixin):
                     linked.append(full)
                 entries.append({"path": rel, "sha256": info.sha256, "bytes": info.size})
                 total += info.size
-            manifest = store.put_bytes(content.encode_manifest(entries, dirs))
-            return manifest.sha256, total, (manifest.sha256, *(str(e["sha256"]) for e in entries))
+            encoded = content.encode_manifest(entries, dirs)
+            manifest = store.put_bytes(encoded)
+            needs: list[Need] = [(manifest.sha256, lambda: store.put_bytes(encoded).sha256)]
+            for (_, full), e in zip(files, entries):
+                needs.append((str(e["sha256"]), _restorer(store, full)))
+            return manifest.sha256, total, tuple(needs)
 
         try:
             for attempt in range(BLOB_RETRIES + 1):

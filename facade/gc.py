@@ -13,7 +13,7 @@ import os
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import anyio
 import anyio.to_thread
@@ -31,9 +31,11 @@ from .sweep import sweep_root
 if TYPE_CHECKING:
     from .ledger import Ledger
 
-# Blobs the event being appended names, set by the facade around Ledger._append (task-local, so
-# concurrent saves never see each other's); the log re-checks them under its lock (FORMAT.md).
-BLOB_NEEDS: ContextVar[tuple[str, ...]] = ContextVar("artifact_ledger_blob_needs", default=())
+# Blobs the event being appended names, each with a way to store it again from its source (or None),
+# set by the facade around Ledger._append (task-local, so concurrent saves never see each other's).
+# Under the log lock the ledger checks each is present, storing a missing one again (FORMAT.md).
+Need = tuple[str, Optional[Callable[[], str]]]
+BLOB_NEEDS: ContextVar[tuple[Need, ...]] = ContextVar("artifact_ledger_blob_needs", default=())
 
 DEFAULT_GRACE = 3600.0  # seconds an unreferenced blob no event ever named is spared (a save may be under way)
 SWEEP_BATCH = 256  # blobs deleted per hold of the log lock, so writers wait for one batch at most
@@ -55,6 +57,7 @@ class GcPlan:
     open_plans: list[str]  # earlier plans without a result (a gc that died): this one finishes them
     grace: float
     head_seq: int
+    started: float = 0.0  # wall-clock time the plan began (blobs written or touched since are spared)
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,8 @@ def make_plan(cat: Catalog, store: Any, policy: RetentionPolicy | None, *, grace
         else:
             orphans += 1
     return GcPlan(unique_hex(), None if policy is None else policy.model_dump(mode="json"), purge, blobs,
-                  collectable, orphans, total, spared, [p for _, p in cat.life.open_plans()], grace, cat.head_seq)
+                  collectable, orphans, total, spared, [p for _, p in cat.life.open_plans()], grace, cat.head_seq,
+                  now)
 
 
 def _stale_materialized(root: Any, cat: Catalog) -> list[str]:
@@ -195,7 +199,7 @@ async def run(led: "Ledger", policy: Any, grace: float, staging_age: float) -> G
             seen: list[Record] = []
             try:
                 d, f, k, rows_seen = await anyio.to_thread.run_sync(
-                    _sweep_batch, led, batch, extra, rows_seen, p_rows, grace, seen)
+                    _sweep_batch, led, batch, extra, rows_seen, p_rows, grace, p.started, seen)
             finally:
                 if seen:
                     led._apply_records(seen)
@@ -215,7 +219,7 @@ async def run(led: "Ledger", policy: Any, grace: float, staging_age: float) -> G
 
 
 def _sweep_batch(led: "Ledger", batch: list[str], extra: set[str], rows_seen: int, plan_rows: int, grace: float,
-                 seen: list[Record]) -> tuple[int, int, int, int]:
+                 started: float, seen: list[Record]) -> tuple[int, int, int, int]:
     """Delete the blobs of one batch still unneeded, holding the exclusive log lock (blocking).
 
     Returns (deleted, bytes freed, kept, rows of this process's catalogue now accounted for).
@@ -242,8 +246,11 @@ def _sweep_batch(led: "Ledger", batch: list[str], extra: set[str], rows_seen: in
                 st = os.stat(store.path(sha))
             except FileNotFoundError:
                 continue  # another gc took it
-            if st.st_mtime > now - grace and not _named(cat, sha, plan_rows):
-                kept += 1  # put again since the plan (a save under way): spared like any young orphan
+            if st.st_mtime >= started or (st.st_mtime > now - grace and not _named(cat, sha, plan_rows)):
+                # Written (or found present and touched) by a save since the plan: a save is under way.
+                # Sparing it is not what keeps it safe (the writers' check under the lock is); it keeps a
+                # gc that loops from starving that save, which would have to store it again and again.
+                kept += 1
                 continue
             store.delete(sha)
             deleted += 1

@@ -78,7 +78,7 @@ class Ledger:
         self._fsync = fsync
         self._log = log
         # id(payload) -> blobs the event names, checked under the log lock (see _blobs_gone)
-        self._needs: dict[int, tuple[str, ...]] = {}
+        self._needs: dict[int, tuple[gc_mod.Need, ...]] = {}
         self._gc = GroupCommitLog(log, self._apply_records, before_write=store.make_durable,
                                   under_lock=self._blobs_gone)
         self._closed = False
@@ -266,12 +266,23 @@ class Ledger:
         if not needs:
             return {}
         out: dict[int, BaseException] = {}
+        restored = False
         for i, p in enumerate(payloads):
-            shas = needs.get(id(p))
-            if shas:
-                gone = [s for s in shas if not self.store.exists(s)]
-                if gone:
-                    out[i] = BlobCollected(gone)
+            for sha, restore in needs.get(id(p), ()):
+                if self.store.exists(sha):
+                    continue
+                # Collected since it was stored: store it again from its source now, under the lock,
+                # where no gc can take it before this batch is durable.
+                try:
+                    again = restore() if restore is not None else None
+                except Exception:  # the source is gone or changed: this event is refused, not the batch
+                    again = None
+                if again == sha:
+                    restored = True
+                else:
+                    out.setdefault(i, BlobCollected([sha]))
+        if restored:
+            self.store.make_durable()  # published (flushed, renamed) before any event naming them
         return out
 
     async def _refresh(self) -> Catalog:

@@ -184,6 +184,8 @@ class LocalBlobStore:
                 os.close(fd)
                 return None  # another filesystem (EXDEV) or no hard links: copy instead
             os.chmod(tmp, 0o444)
+            # A linked inode keeps the caller's mtime; a gc tells blobs stored since its plan by theirs.
+            os.utime(tmp)
         except BaseException:
             if fd >= 0:
                 try:
@@ -203,6 +205,13 @@ class LocalBlobStore:
         """
         if not self.exists(sha):
             return False
+        try:
+            # Touched: a gc spares blobs touched since its plan, so it does not starve this save.
+            os.utime(self.path(sha))
+        except FileNotFoundError:
+            return False  # collected just now: store it again
+        except OSError:
+            pass  # another owner's file: the check under the log lock still keeps the save safe
         if self.fsync and self.deferred:
             with self._pending_lock:
                 self._pending_dirs.add(str(self.path(sha).parent))
