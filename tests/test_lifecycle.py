@@ -226,6 +226,13 @@ def test_a_cycle_that_races_past_the_check_has_no_effect_on_replay(tmp_path):
         await led._append(AliasSet(namespace="p1", name="x", artifact_id="f" * 32))
         with pytest.raises(KeyError):
             await fa.resolve("x")
+        # a protected alias another process moved without force, having checked before it was protected
+        await fa.alias(a.artifact_id, "prod", protected=True)
+        await led._append(AliasSet(namespace="p1", name="prod", artifact_id=b.artifact_id))
+        assert (await fa.resolve("prod")).artifact_id == a.artifact_id
+        await fa.pin(b.artifact_id)
+        await led._append(Retired(artifact_id=b.artifact_id, reason="raced"))  # pinned: no effect without force
+        assert [x.artifact_id for x in await fa.list()] == [b.artifact_id, a.artifact_id]
     go(tmp_path, t)
 
 
