@@ -7,6 +7,8 @@ from .facade import ArtifactCorrupted, ArtifactDecodeError, LedgerNeedsRepair, r
 from .facade.audit import Diff, LedgerEvent, VerifyResult
 from .facade.projecting import PastProjection, ProjectionHandle
 from .facade.view import LedgerView
+from .facade.lifecycle import ArtifactPurged
+from .projections.retention import KeepBest, KeepNewest, RetentionPolicy, Ttl
 from .ledger.checkpoints import CheckpointWarning
 from .ledger.errors import (LedgerClosed, LedgerCorruption, LedgerError, LedgerForked, LedgerPoisoned,
                             LedgerWriteError, LockTimeout,
@@ -26,9 +28,12 @@ __all__ = [
     "ArtifactCorrupted",
     "ArtifactDecodeError",
     "ArtifactFacade",
+    "ArtifactPurged",
     "CheckpointWarning",
     "Context",
     "Diff",
+    "KeepBest",
+    "KeepNewest",
     "Ledger",
     "LedgerClosed",
     "LedgerCorruption",
@@ -50,8 +55,10 @@ __all__ = [
     "ProjectionWarning",
     "ReadOnlyError",
     "RecordsLost",
+    "RetentionPolicy",
     "SchemaTooNew",
     "TornTailWarning",
+    "Ttl",
     "VerifyResult",
     "__version__",
     "open_ledger",

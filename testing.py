@@ -168,7 +168,9 @@ async def write_history(ledger: Ledger, history: Sequence[LedgerEvent], *, tasks
         raise ValueError(f"tasks must be an int >= 1, got {tasks!r}")
     lanes: list[list[Event]] = [[] for _ in range(tasks)]
     for e in history:
-        lanes[int(e.event.artifact_id, 16) % tasks if _is_hex(e.event.artifact_id) else 0].append(e.event)
+        # Events naming no single artifact (lineage, gc) go to the first lane, after what they name there.
+        aid = getattr(e.event, "artifact_id", None)
+        lanes[int(aid, 16) % tasks if isinstance(aid, str) and _is_hex(aid) else 0].append(e.event)
 
     async def lane(evs: list[Event]) -> None:
         for ev in evs:

@@ -8,12 +8,13 @@ import shutil
 import stat
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, BinaryIO, Literal, cast
+from typing import TYPE_CHECKING, Any, AsyncIterator, BinaryIO, Callable, Literal, cast
 from urllib.parse import unquote, urlparse
 
 import anyio
 import anyio.to_thread
 
+from ..ledger.errors import BlobCollected
 from ..ledger.errors import ReadOnlyError as ReadOnlyError  # re-exported by facade/__init__
 from ..ledger.events import ArtifactRecorded, PinChanged
 from ..projections.catalog import Catalog, Row
@@ -23,6 +24,8 @@ from ..store.durable import unique_hex, unshare
 from ..store.base import BlobCorrupted, BlobInfo, check_sha
 
 from . import content, exporting
+from .gc import BLOB_NEEDS, Need
+from .lifecycle import LifecycleMixin
 from .model import Artifact
 from .validation import (
     check_bool,
@@ -40,7 +43,8 @@ from .validation import (
 
 Scope = Literal["node", "run", "graph", "project", "all"]
 ARTIFACT_SCHEME = "artifact://"
-_INGEST_DIR_KW = {"kind", "labels", "metrics", "suggested_uri", "pin"}
+_INGEST_DIR_KW = {"kind", "labels", "metrics", "suggested_uri", "pin", "derived_from"}
+BLOB_RETRIES = 5  # times a write stores its bytes again after a concurrent gc collected them
 # Placeholders at their widest encoding, so a probe event is never smaller than the real one.
 _PROBE_ID = "0" * 32
 _PROBE_SHA = "0" * 64
@@ -87,7 +91,12 @@ def _blob_shaped(path: Path, sha: str) -> bool:
 
 
 
-class ArtifactFacade:
+def _restorer(store: Any, path: str) -> Callable[[], str]:
+    """Store a file's bytes again (under the log lock, after a gc collected its blob); returns its SHA-256."""
+    return lambda: str(store.put_file(path).sha256)
+
+
+class ArtifactFacade(LifecycleMixin):
     """Artifacts API bound to (run_id, graph_id, node_id, project_id)."""
 
     def __init__(self, source: Any, *, run_id: str, graph_id: str, node_id: str,
@@ -185,7 +194,7 @@ class ArtifactFacade:
         return p
 
     async def _record(self, *, origin: str, sha256: str, size: int, mime: str, name: str | None,
-                      meta: dict[str, Any]) -> Artifact:
+                      meta: dict[str, Any], needs: tuple[Need, ...] = ()) -> Artifact:
         event = ArtifactRecorded(
             artifact_id=unique_hex(),
             origin=origin,
@@ -199,7 +208,11 @@ class ArtifactFacade:
             project_id=self.project_id,
             **meta,
         )
-        await self._src._append(event)
+        token = BLOB_NEEDS.set(needs or ((sha256, None),))
+        try:
+            await self._src._append(event)
+        finally:
+            BLOB_NEEDS.reset(token)
         cat: Catalog = self._src.catalog
         art = self._src._to_artifact(cat.rows[event.artifact_id])
         self.last_artifact = art
@@ -207,10 +220,14 @@ class ArtifactFacade:
 
     async def save(self, path: str, *, kind: str, labels: dict[str, Any] | None = None,
                    metrics: dict[str, Any] | None = None,
-                   suggested_uri: str | None = None, pin: bool = False) -> Artifact:
-        """Copy an existing file into the store and record it; the caller's file stays."""
+                   suggested_uri: str | None = None, pin: bool = False,
+                   derived_from: builtins.list[str] | None = None) -> Artifact:
+        """Copy an existing file into the store and record it; the caller's file stays.
+
+        ``derived_from``: ids of the artifacts it came from (lineage, checked before anything is stored)."""
         self._writable("save")
         meta = self._meta(kind, labels, metrics, suggested_uri, pin)
+        meta["derived_from"] = await self._check_parents(derived_from)
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or path, got {type(path).__name__}")
         if not os.fspath(path):
@@ -235,32 +252,45 @@ class ArtifactFacade:
                                  "save() copies regular files only")
             return store.put_file(str(p))
 
-        info = await anyio.to_thread.run_sync(put)
-        return await self._record(origin="save", sha256=info.sha256, size=info.size,
-                                  mime=content.guess_mime(p.name), name=p.name, meta=meta)
+        for attempt in range(BLOB_RETRIES + 1):
+            info = await anyio.to_thread.run_sync(put)
+            try:
+                return await self._record(origin="save", sha256=info.sha256, size=info.size,
+                                          mime=content.guess_mime(p.name), name=p.name, meta=meta,
+                                          needs=((info.sha256, lambda: store.put_file(str(p)).sha256),))
+            except BlobCollected:
+                if attempt == BLOB_RETRIES:
+                    raise
+        raise AssertionError("unreachable")
 
     async def ingest(self, staged_path: str, *, kind: str, labels: dict[str, Any] | None = None,
                      metrics: dict[str, Any] | None = None,
-                     suggested_uri: str | None = None, pin: bool = False) -> Artifact:
+                     suggested_uri: str | None = None, pin: bool = False,
+                     derived_from: builtins.list[str] | None = None) -> Artifact:
         """Move a staged file into the store and record it; nothing is left in staging."""
         self._writable("ingest")
         meta = self._meta(kind, labels, metrics, suggested_uri, pin)
+        meta["derived_from"] = await self._check_parents(derived_from)
         p = self._staged(staged_path, directory=False)
         self._check_fits(meta, origin="ingest", mime=content.guess_mime(p.name), name=None)
         return await self._ingest_file(p, origin="ingest", mime=content.guess_mime(p.name), meta=meta)
 
     async def _ingest_file(self, p: Path, *, origin: str, mime: str, meta: dict[str, Any]) -> Artifact:
         store = self._src.store
-        info = await anyio.to_thread.run_sync(lambda: store.put_file(str(p), adopt=True))
-        try:
-            art = await self._record(origin=origin, sha256=info.sha256, size=info.size, mime=mime,
-                                     name=None, meta=meta)
-        except BaseException:
-            if info.linked:
-                # The store holds this inode and will publish it; the staged name that stays
-                # for a retry must not be able to change the blob's bytes.
-                await anyio.to_thread.run_sync(unshare, str(p))
-            raise
+        for attempt in range(BLOB_RETRIES + 1):
+            info = await anyio.to_thread.run_sync(lambda: store.put_file(str(p), adopt=True))
+            try:
+                art = await self._record(origin=origin, sha256=info.sha256, size=info.size, mime=mime,
+                                         name=None, meta=meta,
+                                         needs=((info.sha256, lambda: store.put_file(str(p)).sha256),))
+                break
+            except BaseException as exc:
+                if info.linked:
+                    # The store holds this inode and will publish it; the staged name that stays
+                    # for a retry must not be able to change the blob's bytes.
+                    await anyio.to_thread.run_sync(unshare, str(p))
+                if not isinstance(exc, BlobCollected) or attempt == BLOB_RETRIES:
+                    raise
         # Only now that the event is durable does staging let go of the file;
         # had recording failed, the staged file would still be there to retry.
         p.unlink(missing_ok=True)
@@ -269,13 +299,15 @@ class ArtifactFacade:
     @asynccontextmanager
     async def writer(self, *, kind: str, planned_ext: str | None = None, pin: bool = False,
                      labels: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
-                     suggested_uri: str | None = None) -> AsyncIterator[BinaryIO]:
+                     suggested_uri: str | None = None,
+                     derived_from: builtins.list[str] | None = None) -> AsyncIterator[BinaryIO]:
         """Yield a real binary file; on clean exit its bytes are recorded as an artifact.
 
         On an exception inside the block nothing is recorded and the staged file is removed.
         """
         self._writable("writer")
         meta = self._meta(kind, labels, metrics, suggested_uri, pin)
+        meta["derived_from"] = await self._check_parents(derived_from)
         ext = check_suffix("planned_ext", planned_ext)
         # The staged name is <32 hex><ext>, so its MIME type is known before it exists.
         self._check_fits(meta, origin="writer", mime=content.guess_mime(_PROBE_ID + ext), name=None)
@@ -303,6 +335,7 @@ class ArtifactFacade:
                             f"accepted: {sorted(_INGEST_DIR_KW)}")
         meta = self._meta(kw.get("kind", "directory"), kw.get("labels"), kw.get("metrics"),
                           kw.get("suggested_uri"), kw.get("pin", False))
+        meta["derived_from"] = await self._check_parents(kw.get("derived_from"))
         p = self._staged(staged_dir, directory=True)
         self._check_fits(meta, origin="ingest_dir", mime=content.DIR_MIME, name=p.name)
         files, dirs = await anyio.to_thread.run_sync(content.scan_directory, str(p))
@@ -310,7 +343,7 @@ class ArtifactFacade:
 
         linked: list[str] = []
 
-        def put_all() -> tuple[str, int]:
+        def put_all() -> tuple[str, int, tuple[Need, ...]]:
             entries = []
             total = 0
             for rel, full in files:
@@ -319,13 +352,26 @@ class ArtifactFacade:
                     linked.append(full)
                 entries.append({"path": rel, "sha256": info.sha256, "bytes": info.size})
                 total += info.size
-            manifest = store.put_bytes(content.encode_manifest(entries, dirs))
-            return manifest.sha256, total
+            encoded = content.encode_manifest(entries, dirs)
+            manifest = store.put_bytes(encoded)
+            needs: list[Need] = [(manifest.sha256, lambda: store.put_bytes(encoded).sha256)]
+            for (_, full), e in zip(files, entries):
+                needs.append((str(e["sha256"]), _restorer(store, full)))
+            return manifest.sha256, total, tuple(needs)
 
         try:
-            sha, total = await anyio.to_thread.run_sync(put_all)
-            art = await self._record(origin="ingest_dir", sha256=sha, size=total, mime=content.DIR_MIME,
-                                     name=p.name, meta=meta)
+            for attempt in range(BLOB_RETRIES + 1):
+                sha, total, needs = await anyio.to_thread.run_sync(put_all)
+                try:
+                    art = await self._record(origin="ingest_dir", sha256=sha, size=total, mime=content.DIR_MIME,
+                                             name=p.name, meta=meta, needs=needs)
+                    break
+                except BlobCollected:
+                    if attempt == BLOB_RETRIES:
+                        raise
+                    # The linked inodes may be gone from the store: detach the staged names, copy again.
+                    await anyio.to_thread.run_sync(lambda: list(map(unshare, linked)))
+                    linked.clear()
         except BaseException:
             # As for ingest(): the staged files stay for a retry, detached from the blobs.
             await anyio.to_thread.run_sync(lambda: list(map(unshare, linked)))
@@ -388,6 +434,7 @@ class ArtifactFacade:
                     row = by_blob(cat, sha, upto)
         if row is None:
             raise FileNotFoundError(f"no artifact with URI {uri!r} in the ledger at {self._src.root}")
+        self._check_loadable(cat, row)
         return cat, row
 
     async def load_artifact_bytes(self, uri: str) -> bytes:
@@ -465,17 +512,28 @@ class ArtifactFacade:
         """Artifacts in the scope, newest first."""
         f = self._filter(scope, None, None, None)
         cat = await self._src._refresh()
-        return self._out(cat, select_rows(cat, f, upto=self._src.upto))
+        return self._out(cat, self._live(cat, select_rows(cat, f, upto=self._src.upto)))
 
     async def search(self, *, kind: str | None = None, labels: dict[str, Any] | None = None, metric: str | None = None,
                      mode: Literal["max", "min"] | None = None, scope: Scope = "run",
                      extra_scope_labels: dict[str, Any] | None = None,
-                     limit: int | None = None) -> builtins.list[Artifact]:
-        """Artifacts matching kind and labels in the scope; ranked by metric when given, else newest first."""
+                     limit: int | None = None, alias: str | None = None) -> builtins.list[Artifact]:
+        """Artifacts matching kind and labels in the scope; ranked by metric when given, else newest first.
+
+        ``alias``: only the artifact that alias points at (facade's namespace, or ``"namespace/name"``)."""
         check_ranking(metric, mode, required=False)
         limit = check_limit(limit)
         f = self._filter(scope, kind, labels, extra_scope_labels)
         cat = await self._src._refresh()
+        only = self._alias_rows(cat, alias)
+        if cat.life.retired or only is not None:
+            # Hidden rows must not use up the limit: filter the full answer, then cut it.
+            if metric is not None:
+                rows = rank_rows(cat, f, metric, mode, None, upto=self._src.upto)  # type: ignore[arg-type]
+            else:
+                rows = select_rows(cat, f, None, upto=self._src.upto)
+            rows = [i for i in self._live(cat, rows) if only is None or i in only]
+            return self._out(cat, rows if limit is None else rows[:limit])
         if metric is not None:
             return self._out(cat, rank_rows(cat, f, metric, mode, limit,  # type: ignore[arg-type]
                                             upto=self._src.upto))
@@ -488,6 +546,9 @@ class ArtifactFacade:
         check_ranking(metric, mode, required=True)
         f = self._filter(scope, kind, filters, None, labels_name="filters")
         cat = await self._src._refresh()
+        if cat.life.retired:
+            live = self._live(cat, rank_rows(cat, f, metric, mode, None, upto=self._src.upto))
+            return self._src._to_artifact(Row(cat, live[0]), cat) if live else None
         row = best_row(cat, f, metric, mode, upto=self._src.upto)
         return None if row is None else self._src._to_artifact(row, cat)
 
@@ -513,6 +574,10 @@ class ArtifactFacade:
             raise TypeError(f"metric must be a non-empty string, got {metric!r}")
         f = self._filter(scope, kind, labels, extra_scope_labels)
         cat = await self._src._refresh()
+        if cat.life.retired:
+            if metric is not None:
+                return len(self._live(cat, rank_rows(cat, f, metric, "max", None, upto=self._src.upto)))
+            return len(self._live(cat, select_rows(cat, f, None, upto=self._src.upto)))
         return count_rows(cat, f, metric, upto=self._src.upto)
 
     async def local_path(self, uri: str) -> Path:

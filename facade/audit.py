@@ -79,6 +79,16 @@ class BestChange:
 
 
 @dataclass(frozen=True, slots=True)
+class AliasChange:
+    """An alias that points elsewhere (None: nowhere) at ``b`` than at ``a``."""
+
+    namespace: str
+    name: str
+    before: str | None
+    after: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Diff:
     """What changed between seq ``a`` and seq ``b``."""
 
@@ -87,6 +97,10 @@ class Diff:
     added: list[Artifact]
     pins: list[PinChange]
     best: list[BestChange]
+    aliases: list[AliasChange] = field(default_factory=list)
+    retired: list[str] = field(default_factory=list)  # artifact ids retired (purges included) in (a, b]
+    purged: list[str] = field(default_factory=list)
+    related: list[tuple[str, str, str]] = field(default_factory=list)  # (child, parent, relation) recorded
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict of the whole diff."""
@@ -102,6 +116,11 @@ class Diff:
                  "old": art(c.old), "new": art(c.new)}
                 for c in self.best
             ],
+            "aliases": [{"namespace": c.namespace, "name": c.name, "before": c.before, "after": c.after}
+                        for c in self.aliases],
+            "retired": self.retired,
+            "purged": self.purged,
+            "related": [{"child": c, "parent": p, "relation": r} for c, p, r in self.related],
         }
 
 
@@ -152,7 +171,20 @@ def diff(cat: Catalog, a: int, b: int, to_artifact: Callable[[Row, int], Artifac
                     scope, _scope_dict(scope, key), kind, metric, mode,
                     None if o is None else to_artifact(o, a), None if n is None else to_artifact(n, b),
                 ))
-    return Diff(a, b, [to_artifact(r, b) for r in added_rows], pins, changes)
+    life = cat.life
+    aliases = []
+    for key in sorted(life.alias_hist):
+        old_a, new_a = life.alias_at(key, a), life.alias_at(key, b)
+        was = None if old_a is None else old_a[1]
+        now = None if new_a is None else new_a[1]
+        if was != now:
+            aliases.append(AliasChange(key[0], key[1], was, now))
+    retired = sorted((s, aid) for aid, (s, _) in life.retired.items() if a < s <= b)
+    purged = sorted((s, aid) for aid, (s, _) in life.purged.items() if a < s <= b)
+    related = sorted((e.seq, child, e.other, e.relation) for child, es in life.parents.items() for e in es
+                     if a < e.seq <= b)
+    return Diff(a, b, [to_artifact(r, b) for r in added_rows], pins, changes, aliases,
+                [x for _, x in retired], [x for _, x in purged], [(c, p, r) for _, c, p, r in related])
 
 
 @dataclass
@@ -167,12 +199,14 @@ class VerifyResult:
     problem: str | None = None
     problems: list[str] = field(default_factory=list)
     lost: tuple[int, int] | None = None  # (first, last) seq known committed but missing from the log
+    collected: list[str] = field(default_factory=list)  # blobs of purged artifacts a gc deleted (not damage)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict of the result."""
         return {"ok": self.ok, "head": {"seq": self.head[0], "hash": self.head[1]}, "records": self.records,
                 "blobs": self.blobs, "bytes": self.bytes, "problem": self.problem, "problems": self.problems,
-                "lost": None if self.lost is None else {"first": self.lost[0], "last": self.lost[1]}}
+                "lost": None if self.lost is None else {"first": self.lost[0], "last": self.lost[1]},
+                "collected": self.collected}
 
 
 def referenced_blobs(cat: Catalog) -> list[tuple[str, str, bool]]:
@@ -181,10 +215,23 @@ def referenced_blobs(cat: Catalog) -> list[tuple[str, str, bool]]:
     return [(cat.sha_hex(i), cat.ids[i], cat.mime_s[i] == dir_id) for i in range(cat.n)]
 
 
+def collectable_blobs(cat: Catalog) -> set[str]:
+    """Blobs every artifact naming them was purged: gc may have deleted them, and that is no damage."""
+    purged = cat.life.purged
+    if not purged:
+        return set()
+    alive: set[str] = set()
+    dead: set[str] = set()
+    for i in range(cat.n):
+        (dead if cat.ids[i] in purged else alive).add(cat.sha_hex(i))
+    return dead - alive
+
+
 def verify(log: EventLog, store: BlobStore, referenced: list[tuple[str, str, bool]], *,
            expect_head: tuple[int, str] | None = None,
            progress: Callable[[int, int], None] | None = None,
-           known: tuple[int, str] | None = None) -> VerifyResult:
+           known: tuple[int, str] | None = None,
+           collectable: set[str] | None = None) -> VerifyResult:
     """Walk the hash chain of every record (``log.verify``) and re-hash every referenced blob (blocking).
 
     ``known`` is (seq, what says so): a seq the log must reach; if it ends before, the
@@ -243,35 +290,44 @@ def verify(log: EventLog, store: BlobStore, referenced: list[tuple[str, str, boo
     done = seg_bytes
     blobs = 0
     checked: set[str] = set()
-    queue = list(shas.items())
-    while queue:
-        sha, owner = queue.pop(0)
-        if sha in checked:
-            continue
-        checked.add(sha)
-        blobs += 1
-        try:
-            intact = store.verify(sha)
-            size = store.size(sha) if intact else 0
-        except FileNotFoundError:
-            problems.append(f"blob {sha} (artifact {owner}) is missing from the store")
-            continue
-        if not intact:
-            problems.append(f"blob {sha} (artifact {owner}) does not match its SHA-256: its bytes changed")
-            continue
-        done += size
-        if progress is not None:
-            progress(min(done, total), total)
-        if sha in dir_shas:
+    collected: list[str] = []
+    soft = collectable or set()
+    # Blobs some artifact not purged needs first (with their directory members), then those only purged
+    # artifacts name: missing, those (and members of their manifests no one else needs) were collected.
+    for gone_ok in (False, True):
+        queue = [(sha, owner) for sha, owner in shas.items() if (sha in soft) == gone_ok]
+        while queue:
+            sha, owner = queue.pop(0)
+            if sha in checked:
+                continue
+            checked.add(sha)
+            blobs += 1
             try:
-                manifest = content.decode_manifest(store.read_bytes(sha))
-                queue.extend((e["sha256"], owner) for e in manifest["files"])
-            except (ValueError, KeyError) as exc:
-                problems.append(f"blob {sha} (artifact {owner}) is not a valid directory manifest: {exc}")
+                intact = store.verify(sha)
+                size = store.size(sha) if intact else 0
+            except FileNotFoundError:
+                if gone_ok:
+                    collected.append(sha)
+                else:
+                    problems.append(f"blob {sha} (artifact {owner}) is missing from the store")
+                continue
+            if not intact:
+                problems.append(f"blob {sha} (artifact {owner}) does not match its SHA-256: its bytes changed")
+                continue
+            done += size
+            if progress is not None:
+                progress(min(done, total), total)
+            if sha in dir_shas:
+                try:
+                    manifest = content.decode_manifest(store.read_bytes(sha))
+                    queue.extend((e["sha256"], owner) for e in manifest["files"])
+                except (ValueError, KeyError) as exc:
+                    problems.append(f"blob {sha} (artifact {owner}) is not a valid directory manifest: {exc}")
     if progress is not None:
         progress(total, total)
-    return VerifyResult(not problems, head, records, blobs, done, problems[0] if problems else None, problems, lost)
+    return VerifyResult(not problems, head, records, blobs, done, problems[0] if problems else None, problems, lost,
+                        sorted(collected))
 
 
-__all__ = ["ArtifactRecorded", "BestChange", "Diff", "LedgerEvent", "PinChange", "PinChanged", "VerifyResult",
-           "diff", "verify"]
+__all__ = ["AliasChange", "ArtifactRecorded", "BestChange", "Diff", "LedgerEvent", "PinChange", "PinChanged",
+           "VerifyResult", "collectable_blobs", "diff", "verify"]

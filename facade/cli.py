@@ -21,7 +21,7 @@ from ..ledger.errors import LedgerCorruption, SchemaTooNew
 from ..store.base import BlobStoreError
 
 from . import cli_commands as cmd
-from . import importing
+from . import cli_lifecycle, importing
 from .cli_commands import EXIT_ENV, EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, Reader, Result
 from .cli_format import Progress, fmt_time
 from .ledger import open_ledger
@@ -34,8 +34,9 @@ BLOBS_ENV = "ARTIFACT_LEDGER_BLOBS"
 CACHE_ENV = "ARTIFACT_LEDGER_CACHE_DIR"
 OPEN_QUIET_SECONDS = 0.5  # a progress bar appears only when opening (log replay) takes longer
 
-DESCRIPTION = ("Read, audit and export an artifact ledger directory (never creates or changes artifacts, "
-               "except `import`, which records those of an MLflow or AetherGraph store).")
+DESCRIPTION = ("Read, audit and export an artifact ledger directory (never creates artifacts, except `import`, "
+               "which records those of an MLflow or AetherGraph store; the lifecycle commands alias, unalias, "
+               "retire, purge and gc record their events).")
 
 EPILOG = f"""\
 The ledger directory is given by --root DIR (or -C DIR), or else by the
@@ -265,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run_cmd=cmd.cmd_report)
 
     importing.add_import_command(sub, common, _Parser)
+    cli_lifecycle.add_lifecycle_commands(sub, common)
     return parser
 
 
@@ -327,7 +329,9 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         # Every command but checkpoint only reads: open read-only, so it works with read
         # permission alone and never writes into the ledger (no close-time checkpoint, no repair).
-        ledger = await _open(root, read_only=args.command != "checkpoint", blobs=blob_options(args))
+        # The lifecycle commands that record (alias, retire, gc, ...) open it for writing too.
+        ledger = await _open(root, read_only=args.command != "checkpoint" and not cli_lifecycle.writes(args),
+                             blobs=blob_options(args))
     except BlobStoreError:
         raise  # before FileNotFoundError's "no ledger": a missing bucket is one too, and must say so
     except FileNotFoundError as exc:

@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from ..ledger.events import ArtifactRecorded
+from ..ledger.events import (AliasRemoved, AliasSet, ArtifactRecorded, GcPlanned, GcSwept, PinChanged, Purged,
+                             Related, Retired)
 
 from . import cli_format as fmt
 from .exporting import MANIFEST_NAME
@@ -124,6 +125,26 @@ def artifact_rows(arts: list[Artifact]) -> str:
     )
 
 
+def event_subject(ev: Any) -> tuple[str, str | None, str]:
+    """(what happened, the artifact it is about or None, detail) of a non-recording event."""
+    t = type(ev)
+    if t is PinChanged:
+        return ("pin" if ev.pinned else "unpin"), ev.artifact_id, ""
+    if t is AliasSet:
+        return "alias", ev.artifact_id, f"{ev.namespace}/{ev.name}" + (" protected" if ev.protected else "")
+    if t is AliasRemoved:
+        return "unalias", None, f"{ev.namespace}/{ev.name}"
+    if t is Related:
+        return "relate", ev.child, f"{ev.relation} {ev.parent}"
+    if t in (Retired, Purged):
+        return ("retire" if t is Retired else "purge"), ev.artifact_id, ev.reason
+    if t is GcPlanned:
+        return "gc plan", None, f"{ev.plan_id[:12]} purges {len(ev.purge)}, {ev.blobs} blobs {fmt.fmt_bytes(ev.bytes)}"
+    if t is GcSwept:
+        return "gc done", None, f"{ev.plan_id[:12]} deleted {ev.blobs} blobs {fmt.fmt_bytes(ev.bytes)}"
+    return t.__name__, None, ""
+
+
 def event_rows(events: list[Any], lookup: dict[str, ArtifactRecorded]) -> str:
     """The event table of log/show."""
     rows = []
@@ -135,11 +156,10 @@ def event_rows(events: list[Any], lookup: dict[str, ArtifactRecorded]) -> str:
             detail = f"{ev.origin} {fmt.fmt_bytes(ev.size)} {ev.mime}" + (" pinned" if ev.pinned else "")
             rec = ev
         else:
-            what = "pin" if ev.pinned else "unpin"
-            detail = ""
-            rec = lookup.get(ev.artifact_id)
-        rows.append((e.seq, fmt.fmt_time(e.time), what, ev.artifact_id, rec.kind if rec else "?",
-                     rec.run_id if rec else "?", detail))
+            what, aid, detail = event_subject(ev)
+            rec = lookup.get(aid) if aid is not None else None
+        rows.append((e.seq, fmt.fmt_time(e.time), what, rec.artifact_id if rec else (aid or "-"),
+                     rec.kind if rec else "?", rec.run_id if rec else "?", detail))
     return fmt.table(("SEQ", "TIME", "EVENT", "ARTIFACT", "KIND", "RUN", "DETAIL"), rows, right=("SEQ",))
 
 
@@ -286,7 +306,8 @@ async def _selected_events(reader: Reader, args: Any) -> AsyncIterator[Any]:
             return  # under as-of: nothing after the view's seq
         if run is not None or kind is not None:
             ev = e.event
-            rec = ev if isinstance(ev, ArtifactRecorded) else getattr(rows.get(ev.artifact_id), "ev", None)
+            aid = None if isinstance(ev, ArtifactRecorded) else event_subject(ev)[1]
+            rec = ev if isinstance(ev, ArtifactRecorded) else getattr(rows.get(aid or ""), "ev", None)
             if rec is None or (run is not None and rec.run_id != run) or (kind is not None and rec.kind != kind):
                 continue
         yield e
@@ -302,7 +323,8 @@ async def cmd_log(reader: Reader, args: Any) -> Result:
         if limit is None or len(events) < limit:
             events.append(e)
     rows = reader.ledger.catalog.rows
-    needed = {e.event.artifact_id for e in events if not isinstance(e.event, ArtifactRecorded)}
+    needed = {aid for e in events if not isinstance(e.event, ArtifactRecorded)
+              for aid in [event_subject(e.event)[1]] if aid is not None}
     lookup = {aid: rows[aid].ev for aid in needed if aid in rows}
     text = event_rows(events, lookup) if events else "no events match"
     if total > len(events):
@@ -417,6 +439,8 @@ async def cmd_verify(reader: Reader, args: Any) -> Result:
     if expect is not None:
         doc["expected_head"] = {"seq": expect[0], "hash": expect[1]}
     summary = f"{res.records} records, {res.blobs} blobs, {fmt.fmt_bytes(res.bytes)} checked"
+    if res.collected:
+        summary += f"; {len(res.collected)} blobs of purged artifacts collected by gc (not damage)"
     if res.ok:
         text = f"ok: {summary}\nhead: {seq}:{digest}"
         if expect is not None:

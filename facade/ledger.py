@@ -19,7 +19,7 @@ import anyio.to_thread
 from ..ledger import checkpoints
 from ..ledger.backends import DEFAULT_SEGMENT_BYTES, MIN_SEGMENT_BYTES, is_log_url, open_file_log, open_log_url
 from ..ledger.base import EventLog
-from ..ledger.errors import LedgerClosed, LedgerCorruption, ReadOnlyError, RecordsLost
+from ..ledger.errors import BlobCollected, LedgerClosed, LedgerCorruption, ReadOnlyError, RecordsLost
 from ..ledger.events import Event, EventDecodeError, decode_event, decode_events
 from ..ledger.framing import Record
 from ..ledger.group_commit import GroupCommitLog
@@ -33,12 +33,13 @@ from ..store.base import BlobStore
 from ..store.durable import atomic_write, unique_hex
 
 from . import audit, content, exporting
+from . import gc as gc_mod
 from .projecting import ProjectionHandle, Projecting, check_projections, fold_range
 from .repair import MARKER, MARKER_TEXT, prepare_root  # noqa: F401  (MARKER names are re-exported)
 from .sweep import STAGING_MAX_AGE, sweep_root
 from .model import (ARTIFACT_URI_SCHEME, Artifact, ReadOnlyDict, ReadOnlyList, RunSummary, build_artifact,
                     utc_from_us)
-from .validation import check_event_size, check_id
+from .validation import check_bool, check_event_size, check_id
 from .view import LedgerView
 
 if TYPE_CHECKING:
@@ -80,7 +81,10 @@ class Ledger:
         self.checkpoint_every = checkpoint_every
         self._fsync = fsync
         self._log = log
-        self._gc = GroupCommitLog(log, self._apply_records, before_write=store.make_durable)
+        # id(payload) -> blobs the event names, checked under the log lock (see _blobs_gone)
+        self._needs: dict[int, tuple[gc_mod.Need, ...]] = {}
+        self._gc = GroupCommitLog(log, self._apply_records, before_write=store.make_durable,
+                                  under_lock=self._blobs_gone)
         self._closed = False
         self._head = (0, bytes(32).hex())
         self._ckpt_seq = 0  # seq of the newest checkpoint written or loaded
@@ -251,14 +255,55 @@ class Ledger:
             raise LedgerClosed(f"the ledger at {self.root} is closed")
 
     async def _append(self, event: Event) -> int:
-        """Append an event durably; returns its seq (already applied to the catalogue)."""
+        """Append an event durably; returns its seq (already applied to the catalogue).
+
+        If a gc deleted one of the blobs the event names (``gc.BLOB_NEEDS``, set by the facade) since
+        it was stored, nothing is written and ``BlobCollected`` is raised (the caller stores it again).
+        """
         self._check_open()
         if self.read_only:
             raise ReadOnlyError(f"the ledger at {self.root} is open read-only; nothing was recorded")
         # Defence in depth: the facade checks sizes before storing bytes, but no
         # event the reader could refuse may reach the log by any path.
-        rec = await self._gc.append(check_event_size(event))
+        payload = check_event_size(event)
+        needs = gc_mod.BLOB_NEEDS.get()
+        if needs:
+            self._needs[id(payload)] = needs
+        try:
+            rec = await self._gc.append(payload)
+        finally:
+            if needs:
+                self._needs.pop(id(payload), None)
         return rec.seq
+
+    def _blobs_gone(self, payloads: list[bytes]) -> dict[int, BaseException]:
+        """Under the exclusive log lock: the payloads naming a blob that is no longer in the store.
+
+        A gc deletes blobs only under this same lock, so a blob present here stays present
+        until the batch is durable, and the event's artifact then holds it (FORMAT.md).
+        """
+        needs = self._needs
+        if not needs:
+            return {}
+        out: dict[int, BaseException] = {}
+        restored = False
+        for i, p in enumerate(payloads):
+            for sha, restore in needs.get(id(p), ()):
+                if self.store.exists(sha):
+                    continue
+                # Collected since it was stored: store it again from its source now, under the lock,
+                # where no gc can take it before this batch is durable.
+                try:
+                    again = restore() if restore is not None else None
+                except Exception:  # the source is gone or changed: this event is refused, not the batch
+                    again = None
+                if again == sha:
+                    restored = True
+                else:
+                    out.setdefault(i, BlobCollected([sha]))
+        if restored:
+            self.store.make_durable()  # published (flushed, renamed) before any event naming them
+        return out
 
     async def _refresh(self) -> Catalog:
         """Pick up other processes' commits, then return the catalogue."""
@@ -273,7 +318,7 @@ class Ledger:
         return current_artifacts(catalog, rows)
 
     def _artifact_at(self, row: Row, seq: int) -> Artifact:
-        return row_to_artifact(row, pinned_at(self.catalog, row, seq))
+        return row_to_artifact(row, pinned_at(self.catalog, row, seq), seq)
 
     # ------------------------------------------------------------ time travel and audit
     def _seq_of(self, name: str, value: Any, *, upper: bool) -> int:
@@ -333,12 +378,14 @@ class Ledger:
                 yield audit.LedgerEvent.from_record(rec)
 
     async def history(self, artifact_id: str) -> list[audit.LedgerEvent]:
-        """Every event that touched one artifact: its recording and its pin changes."""
+        """Every event that touched one artifact: its recording, pin changes and lifecycle events."""
         cat = await self._refresh()
         row = cat.rows.get(artifact_id)
         if row is None:
             raise KeyError(f"unknown artifact_id {artifact_id!r}")
         seqs = [row.seq] + [s for s, _ in cat.pin_history.get(artifact_id, [])]
+        # Lifecycle events naming it (aliases, lineage, retire, purge, gc plans), in log order.
+        seqs = sorted(set(seqs).union(cat.life.touched.get(artifact_id, ())))
 
         def read() -> list[audit.LedgerEvent]:
             return [audit.LedgerEvent.from_record(next(iter(self._log.read_range(s, s)))) for s in seqs]
@@ -373,12 +420,13 @@ class Ledger:
                     or not isinstance(expect_head[1], str)):
                 raise TypeError(f"expect_head must be a (seq, hex hash) tuple, got {expect_head!r}")
         blobs = audit.referenced_blobs(cat)
+        collectable = audit.collectable_blobs(cat)
         known = self._log.known_head()
         if self._head[0] > known[0]:
             known = (self._head[0], "this process (which read it from the log)")
         return await anyio.to_thread.run_sync(
             lambda: audit.verify(self._log, self.store, blobs, expect_head=expect_head, progress=progress,
-                                 known=known)
+                                 known=known, collectable=collectable)
         )
 
     async def sweep(self, *, staging_age: float = STAGING_MAX_AGE, materialized: bool = False) -> list[str]:
@@ -394,6 +442,34 @@ class Ledger:
             raise TypeError(f"materialized must be True or False, got {materialized!r}")
         return await anyio.to_thread.run_sync(
             lambda: sweep_root(self.root, staging_age=staging_age, materialized=materialized))
+
+    # ------------------------------------------------------------ garbage collection
+    async def gc(self, policy: Any = None, *, dry_run: bool = True, grace: float = gc_mod.DEFAULT_GRACE,
+                 staging_age: float = STAGING_MAX_AGE) -> gc_mod.GcPlan | gc_mod.GcResult:
+        """Plan a garbage collection (``dry_run=True``, nothing written) or run it: record the plan, delete
+        blobs no live artifact needs, stale staging entries and materialised copies, record the result.
+
+        ``policy``: a RetentionPolicy (or its dict) whose selected artifacts the plan purges; ``grace``:
+        seconds an unreferenced blob no event names is spared (a save may be under way).
+        """
+        self._check_open()
+        check_bool("dry_run", dry_run)
+        for name, value in (("grace", grace), ("staging_age", staging_age)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ValueError(f"{name} must be a non-negative number of seconds, got {value!r}")
+        gc_mod.check_policy(policy)
+        if dry_run:
+            return await gc_mod.plan(self, policy, grace)
+        if self.read_only:
+            raise ReadOnlyError(f"gc() is not allowed: the ledger at {self.root} is open read-only; "
+                                "gc(dry_run=True) shows the plan")
+        return await gc_mod.run(self, policy, grace, staging_age)
+
+    async def du(self) -> gc_mod.DiskUsage:
+        """Bytes per run, project and kind (logical and deduplicated), of every artifact not purged."""
+        await self._refresh()
+        async with self._gc._lock:  # the catalogue stays still while the worker thread walks it
+            return await anyio.to_thread.run_sync(gc_mod.disk_usage, self.catalog, self.store)
 
     # ------------------------------------------------------------ conveniences
     async def runs(self, *, project_id: str | None = None) -> list[RunSummary]:
@@ -437,12 +513,20 @@ class Ledger:
         return self.staging / f"{unique_hex()}{suffix}"
 
 
-def row_to_artifact(row: Row, pinned: bool) -> Artifact:
-    """Build the user-facing Artifact straight from the catalogue's columns (a new one, never cached)."""
-    return _build_row(row.cat, row.i, pinned)
+def row_to_artifact(row: Row, pinned: bool, upto: int | None = None) -> Artifact:
+    """Build the user-facing Artifact straight from the catalogue's columns (a new one, never cached;
+    aliases as of ``upto``)."""
+    return _build_row(row.cat, row.i, pinned, upto)
 
 
-def _build_row(c: Catalog, i: int, pinned: bool) -> Artifact:
+def alias_names(c: Catalog, aid: str, upto: int | None) -> ReadOnlyList:
+    """The "namespace/name" aliases pointing at artifact ``aid`` as of seq ``upto`` (None: now)."""
+    if not c.life.alias_keys:
+        return ReadOnlyList()
+    return ReadOnlyList([f"{ns}/{name}" for ns, name in c.life.aliases_of(aid, upto)])
+
+
+def _build_row(c: Catalog, i: int, pinned: bool, upto: int | None = None) -> Artifact:
     s = c.strs
     aid = c.ids[i]
     pairs = c.pairs
@@ -470,6 +554,7 @@ def _build_row(c: Catalog, i: int, pinned: bool) -> Artifact:
         "created_at": _EPOCH + timedelta(microseconds=c.ts[i]),
         "seq": c.seq[i],
         "suggested_uri": s[c.suggested_s[i]],
+        "aliases": alias_names(c, aid, upto),
     })
 
 

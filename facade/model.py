@@ -43,6 +43,8 @@ class Artifact(BaseModel):
     created_at: datetime
     seq: int
     suggested_uri: str | None
+    # Aliases pointing at the artifact (as of the view), each "namespace/name", sorted.
+    aliases: list[str] = []
 
     @property
     def id(self) -> str:
@@ -122,7 +124,7 @@ def _pick_builder() -> Callable[[dict[str, Any]], Artifact]:
     sample = {
         "artifact_id": "0" * 32, "uri": "file:///x#0", "kind": "k", "sha256": "0" * 64, "bytes": 1, "mime": "m",
         "labels": {"a": 1}, "metrics": {"m": 1.0}, "pinned": False, "run_id": "r", "graph_id": "g", "node_id": "n",
-        "project_id": None, "created_at": utc_from_us(0), "seq": 1, "suggested_uri": None,
+        "project_id": None, "created_at": utc_from_us(0), "seq": 1, "suggested_uri": None, "aliases": ["all/x"],
     }
     try:
         fast, slow = _build_fast(dict(sample)), _build_checked(dict(sample))

@@ -152,6 +152,15 @@ class SyncFacade(_Bound):
     count = _blocking(ArtifactFacade.count)
     local_path = _blocking(ArtifactFacade.local_path)
     export_files = _blocking(ArtifactFacade.export_files)
+    alias = _blocking(ArtifactFacade.alias)
+    unalias = _blocking(ArtifactFacade.unalias)
+    resolve = _blocking(ArtifactFacade.resolve)
+    alias_history = _blocking(ArtifactFacade.alias_history)
+    aliases = _blocking(ArtifactFacade.aliases)
+    relate = _blocking(ArtifactFacade.relate)
+    lineage = _blocking(ArtifactFacade.lineage)
+    retire = _blocking(ArtifactFacade.retire)
+    purge = _blocking(ArtifactFacade.purge)
 
     def ingest_dir(self, staged_dir: str, **kw: Any) -> Artifact:
         """Store every file of a staged directory plus a manifest, as one artifact."""
@@ -355,6 +364,8 @@ class SyncLedger(_Bound):
     checkpoint = _blocking(Ledger.checkpoint)
     fold = _blocking(Ledger.fold)
     history = _blocking(Ledger.history)
+    gc = _blocking(Ledger.gc)
+    du = _blocking(Ledger.du)
     diff = _blocking(Ledger.diff)
     verify = _blocking(Ledger.verify)
     sweep = _blocking(Ledger.sweep)

@@ -96,12 +96,14 @@ class LedgerView:
         return self._ledger.catalog
 
     def _to_artifact(self, row: Row, catalog: Catalog | None = None) -> Artifact:
-        from .ledger import current_artifact, row_to_artifact
+        from .ledger import alias_names, current_artifact, row_to_artifact
 
         pinned = pinned_at(self.catalog, row, self.seq)
         art = current_artifact(row.cat, row.i)
-        # The shared head-state Artifact is right unless the pin changed since this view's seq.
-        return art if art.pinned == pinned else row_to_artifact(row, pinned)
+        # The shared head-state Artifact is right unless its pin or aliases changed since this view's seq.
+        if art.pinned == pinned and art.aliases == alias_names(row.cat, art.artifact_id, self.seq):
+            return art
+        return row_to_artifact(row, pinned, self.seq)
 
     async def _append(self, event: Any) -> NoReturn:
         from ..ledger.errors import ReadOnlyError

@@ -8,6 +8,8 @@ a time per process (never two concurrently on one log object).
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -103,6 +105,15 @@ class EventLog(Protocol):
 
     def read_range(self, since: int = 1, until: int | None = None) -> Iterator[Record]:
         """Committed records with ``since <= seq <= until`` in seq order (until: the head)."""
+        ...
+
+    # Set by the group committer: runs under the write lock, caught up, just before a batch is written;
+    # if it raises, nothing of the batch is written (gc's protocol against concurrent writers, FORMAT.md).
+    check_before_write: Callable[[list[bytes]], None] | None
+
+    def holding(self, on_record: OnRecord) -> AbstractContextManager[None]:
+        """Hold the write lock, caught up with every committed record (``on_record`` sees the news):
+        no append of any process can interleave until the context ends."""
         ...
 
     @property

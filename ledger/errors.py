@@ -94,3 +94,15 @@ class AppendNotRecorded(LedgerError):
 
 class LedgerNotFound(LedgerError, FileNotFoundError):
     """No ledger where a log URL points (and ``create=False`` or read-only forbade making one)."""
+
+
+class BlobCollected(LedgerError):
+    """An event was refused under the log lock: a gc deleted blobs it names since they were stored.
+
+    Nothing was recorded; the facade stores the bytes again and retries (see FORMAT.md, "Garbage collection").
+    """
+
+    def __init__(self, shas: list[str]):
+        self.shas = shas
+        super().__init__(f"blob(s) {', '.join(s[:16] + '…' for s in shas[:3])} were collected by a gc after they "
+                         "were stored and before the event naming them was written; nothing was recorded")

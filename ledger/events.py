@@ -35,6 +35,9 @@ class ArtifactRecorded(msgspec.Struct, frozen=True, kw_only=True, tag="artifact.
     project_id: str | None = None
     suggested_uri: str | None = None
     name: str | None = None
+    # Lineage recorded with the artifact (ids of artifacts it was derived from). Added
+    # without a version bump: payloads written before it decode with the empty default.
+    derived_from: list[str] = []
 
 
 class PinChanged(msgspec.Struct, frozen=True, kw_only=True, tag="artifact.pin"):
@@ -45,7 +48,83 @@ class PinChanged(msgspec.Struct, frozen=True, kw_only=True, tag="artifact.pin"):
     pinned: bool
 
 
-Event = Union[ArtifactRecorded, PinChanged]
+class AliasSet(msgspec.Struct, frozen=True, kw_only=True, tag="alias.set"):
+    """A name of a namespace now points at an artifact (created, or moved from another)."""
+
+    v: int = SCHEMA_VERSION
+    namespace: str
+    name: str
+    artifact_id: str
+    protected: bool = False
+    force: bool = False  # moved although the alias was protected
+
+
+class AliasRemoved(msgspec.Struct, frozen=True, kw_only=True, tag="alias.removed"):
+    """A name of a namespace no longer points anywhere."""
+
+    v: int = SCHEMA_VERSION
+    namespace: str
+    name: str
+    force: bool = False
+
+
+class Related(msgspec.Struct, frozen=True, kw_only=True, tag="lineage.related"):
+    """A lineage edge recorded after the fact: ``child`` came from ``parent``."""
+
+    v: int = SCHEMA_VERSION
+    child: str
+    parent: str
+    relation: str
+
+
+class Retired(msgspec.Struct, frozen=True, kw_only=True, tag="artifact.retired"):
+    """An artifact is hidden from list, search, best and resolve from now on."""
+
+    v: int = SCHEMA_VERSION
+    artifact_id: str
+    reason: str
+    force: bool = False
+
+
+class Purged(msgspec.Struct, frozen=True, kw_only=True, tag="artifact.purged"):
+    """An artifact is retired and its bytes may be collected once no live artifact needs its blob."""
+
+    v: int = SCHEMA_VERSION
+    artifact_id: str
+    reason: str
+    force: bool = False
+
+
+class GcPlanned(msgspec.Struct, frozen=True, kw_only=True, tag="gc.planned"):
+    """A garbage collection plan; ``purge`` (part ``part`` of ``parts``) are purged by it."""
+
+    v: int = SCHEMA_VERSION
+    plan_id: str
+    policy: dict[str, Any] | None = None
+    purge: list[str] = []
+    part: int = 1
+    parts: int = 1
+    blobs: int = 0  # blobs the plan expects to delete
+    bytes: int = 0  # bytes the plan expects to free
+    grace_s: float = 0.0
+
+
+class GcSwept(msgspec.Struct, frozen=True, kw_only=True, tag="gc.swept"):
+    """The result of a sweep: what was deleted for plan ``plan_id``."""
+
+    v: int = SCHEMA_VERSION
+    plan_id: str
+    blobs: int = 0
+    bytes: int = 0
+    kept: int = 0  # planned blobs found needed again at deletion time and kept
+    staging: int = 0
+    materialized: int = 0
+    resumes: list[str] = []  # earlier plans left without a result (their gc died) that this sweep finished
+
+
+Event = Union[ArtifactRecorded, PinChanged, AliasSet, AliasRemoved, Related, Retired, Purged, GcPlanned, GcSwept]
+LIFECYCLE_EVENTS = (AliasSet, AliasRemoved, Related, Retired, Purged, GcPlanned, GcSwept)
+RELATIONS = frozenset({"derived_from", "consumed", "references"})
 
 ORIGINS = frozenset({"save", "ingest", "writer", "ingest_dir"})
 
@@ -66,7 +145,8 @@ class EventDecodeError(ValueError):
 # into the raw map of a version v+1 one. Version 1 is the first, so there are none yet;
 # a change to an event's fields bumps SCHEMA_VERSION and adds one here.
 UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
-_TAGS: dict[Any, type[Event]] = {cls.__struct_config__.tag: cls for cls in (ArtifactRecorded, PinChanged)}
+_TAGS: dict[Any, type[Event]] = {cls.__struct_config__.tag: cls
+                                  for cls in (ArtifactRecorded, PinChanged, *LIFECYCLE_EVENTS)}
 
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]

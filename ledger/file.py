@@ -180,6 +180,19 @@ class FileEventLog:
         """Committed records in a seq range, read without the lock."""
         return self.segments.read_range(since, until)
 
+    @property
+    def check_before_write(self) -> Callable[[list[bytes]], None] | None:
+        """The check the segment log runs under its exclusive lock before writing a batch."""
+        return self.segments.check_before_write
+
+    @check_before_write.setter
+    def check_before_write(self, check: Callable[[list[bytes]], None] | None) -> None:
+        self.segments.check_before_write = check
+
+    def holding(self, on_record: OnRecord) -> Any:
+        """The exclusive lock of the segment files, caught up (see ``SegmentLog.holding``)."""
+        return self.segments.holding(on_record)
+
     # ----------------------------------------------------------------- checkpoints
     @property
     def shared_checkpoints(self) -> bool:

@@ -162,6 +162,16 @@ class SegmentLog:
         finally:
             self._lock.release()
 
+    @contextmanager
+    def holding(self, on_record: Callable[[Record], None]) -> Iterator[None]:
+        """Hold the exclusive lock, caught up with every committed record: no append can interleave."""
+        if self.read_only:
+            raise ReadOnlyError(f"the log at {self.directory} is open read-only")
+        with self.locked(exclusive=True):
+            self._refuse_if_marked()
+            self._catch_up(on_record, repair=True)
+            yield
+
     def close(self) -> None:
         """Release file descriptors (in a fork child, without touching the parent's lock)."""
         if self._seg_fd is not None:
@@ -750,6 +760,10 @@ class SegmentLog:
                 pos += rec.length
 
     # ----------------------------------------------------------------- writing
+    # Called with a batch's payloads under the exclusive lock, once caught up, before they are
+    # written; if it raises, nothing is written (the ledger's check that a batch's blobs survived gc).
+    check_before_write: Callable[[list[bytes]], None] | None = None
+
     def append_batch(self, payloads: list[bytes], on_record: Callable[[Record], None]) -> list[Record]:
         """Append payloads as consecutive records, durably; returns the new records.
 
@@ -757,12 +771,15 @@ class SegmentLog:
         by other processes, so seq and the hash chain stay gap-free. If a write
         fails, raises ``BatchFailed`` after cutting the log back to its last
         durable record, still under the lock (see FORMAT.md, "Writing").
+        ``check_before_write(payloads)`` runs under the lock once caught up; if it raises, nothing is written.
         """
         if self.read_only:
             raise ReadOnlyError(f"the log at {self.directory} is open read-only; nothing was written")
         with self.locked(exclusive=True):
             self._refuse_if_marked()
             self._catch_up(on_record, repair=True)
+            if self.check_before_write is not None:
+                self.check_before_write(payloads)
             out: list[Record] = []
             try:
                 if self._seg_fd is None or self._seg_version != FORMAT_VERSION:

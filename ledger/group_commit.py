@@ -26,6 +26,14 @@ from .base import BatchFailed, EventLog
 from .framing import Record
 
 
+class BatchRefused(Exception):
+    """Raised under the log lock by the ``under_lock`` check: these payloads (index -> error) must not be written."""
+
+    def __init__(self, refused: dict[int, BaseException]):
+        super().__init__(f"{len(refused)} payload(s) refused under the log lock")
+        self.refused = refused
+
+
 class _Pending:
     __slots__ = ("payload", "record", "error", "taken", "abandoned", "done")
 
@@ -42,12 +50,22 @@ class GroupCommitLog:
     """Serialises all log I/O of one process and batches appends."""
 
     def __init__(self, log: EventLog, on_records: Callable[[list[Record]], None],
-                 before_write: Callable[[], None] | None = None):
+                 before_write: Callable[[], None] | None = None,
+                 under_lock: Callable[[list[bytes]], dict[int, BaseException]] | None = None):
         self.log = log
         self._on_records = on_records
         # Runs in the writer thread before each batch: the blob store makes the
         # blobs the batch's events name durable here (blobs before events).
         self._before_write = before_write
+        # Runs under the exclusive log lock, caught up, just before the batch is written: returns
+        # the payloads that must not be written (the ledger refuses events whose blobs a gc of
+        # another process deleted meanwhile; see FORMAT.md, "Garbage collection").
+        if under_lock is not None:
+            def check(payloads: list[bytes]) -> None:
+                refused = under_lock(payloads)
+                if refused:
+                    raise BatchRefused(refused)
+            log.check_before_write = check
         self._pending: list[_Pending] = []
         self._lock = anyio.Lock()
         self._poisoned: BaseException | None = None
@@ -125,6 +143,21 @@ class GroupCommitLog:
                 self._pending[:0] = keep
                 self._finish([r for r in batch if r not in keep], seen)
             raise
+        except BatchRefused as exc:
+            # Nothing was written. The refused calls hear why; the others go back to the queue,
+            # and this task writes them (its own included, unless refused) right away.
+            refused = [r for i, r in enumerate(batch) if i in exc.refused]
+            for i, r in enumerate(batch):
+                if i in exc.refused:
+                    r.error = exc.refused[i]
+            keep = [r for r in batch if r not in refused and not r.abandoned]
+            for r in keep:
+                r.taken = False
+            self._pending[:0] = keep
+            self._finish([r for r in batch if r not in keep], seen)
+            if own in keep:
+                await self._flush(own)
+            return
         except BatchFailed as exc:
             # The records before the failure are durable (a batch split over a segment
             # rollover): acknowledge exactly those, so a retry records nothing twice.

@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 import warnings
+from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -165,6 +166,7 @@ class PostgresEventLog:
         # while an append may hold a transaction open on _conn: they get a connection of their own.
         self._reader: psycopg.Connection[Any] | None = None
         self._reader_lock = threading.Lock()
+        self.check_before_write: Callable[[list[bytes]], None] | None = None
         self._conn = self._connect()
         try:
             self._prepare(create)
@@ -428,6 +430,24 @@ class PostgresEventLog:
             f"each of {RECONNECTS} attempts to learn its outcome (last: {cause}); the batch may or may not be "
             "recorded: reopen the ledger and look for the artifact by id before saving it again") from cause
 
+    @contextmanager
+    def holding(self, on_record: OnRecord) -> Iterator[None]:
+        """A transaction holding the table lock (as appends take it), caught up: no process appends meanwhile."""
+        if self.read_only:
+            raise ReadOnlyError(f"the ledger at {self._safe_url} is open read-only")
+        conn = self._live()
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute("SELECT set_config('lock_timeout', %s, true)",
+                            (f"{max(1, int(self._lock_timeout * 1000))}ms" if self._lock_timeout is not None
+                             else "0",))
+                cur.execute(self._q("LOCK TABLE {s}.events IN EXCLUSIVE MODE"))
+                self._catch_up_on(cur, on_record)
+                yield
+        except psycopg.errors.LockNotAvailable:
+            raise LockTimeout(f"the table lock of {self._table} was not granted within {self._lock_timeout} s "
+                              "(another process holds it)", []) from None
+
     def _append_once(self, payloads: list[bytes], ids: list[str | None], token: uuid.UUID, on_record: OnRecord,
                      resolving: bool) -> list[Record]:
         conn = self._live()
@@ -452,6 +472,8 @@ class PostgresEventLog:
                     self._catch_up_on(cur, mine.append, until=first + n - 1)
                     return mine
             self._catch_up_on(cur, on_record)
+            if self.check_before_write is not None:
+                self.check_before_write(payloads)  # raising rolls the transaction back: nothing written
             cur.execute("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
             now_row = cur.fetchone()
             now = int(now_row[0]) if now_row else 0

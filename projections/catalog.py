@@ -20,9 +20,10 @@ from operator import attrgetter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Iterable, NamedTuple
 
-from ..ledger.events import ArtifactRecorded, Event, PinChanged
+from ..ledger.events import LIFECYCLE_EVENTS, ArtifactRecorded, Event, PinChanged
 
 from .labels import RESERVED, canon, strict
+from .lifecycle import Lifecycle, apply_life, record_parents
 
 SCOPES = ("node", "graph", "run", "project", "all")
 # Rows whose built results (Artifacts, ~1.3 KiB each) are kept at most: ~85 MiB.
@@ -97,6 +98,8 @@ class Catalog:
         self.metric_cols: dict[int, tuple[int, array, list[Any]]] = {}
         # First row not yet in the indexes while a full replay defers them (None: all indexed).
         self.unindexed: int | None = None
+        # aliases, lineage, retirement, purge and gc (projections/lifecycle.py)
+        self.life = Lifecycle()
 
     # ------------------------------------------------------------ reading rows
     @property
@@ -198,6 +201,7 @@ class Catalog:
             project_id=s[self.project_s[i]],
             suggested_uri=s[self.suggested_s[i]],
             name=s[self.name_s[i]],
+            derived_from=list(self.life.created_parents.get(self.ids[i], ())),
         )
 
     def defer_indexes(self) -> None:
@@ -255,6 +259,7 @@ class Catalog:
             idx(self.by_graph),
             idx(self.by_node),
             idx(self.by_kind),
+            self.life.fingerprint(),
         )
 
 
@@ -371,6 +376,15 @@ def apply(state: Catalog, logged: Logged) -> Catalog:
         add_artifact(state, logged.seq, logged.ts_us, ev)
     elif type(ev) is PinChanged:
         apply_pin(state, logged.seq, ev.artifact_id, ev.pinned)
+    elif type(ev) in LIFECYCLE_EVENTS:
+        apply_life(state, logged.seq, ev)
+        touched = state.life.dirty
+        if touched:  # what an Artifact shows of them (aliases) may have changed: drop their shared results
+            for aid in touched:
+                i = state.id_rows.get(aid)
+                if i is not None:
+                    state.forget_row(i)
+            touched.clear()
     state.head_seq = logged.seq
     state.times.append(logged.ts_us)
     return state
@@ -455,6 +469,8 @@ def _append_deferred(state: Catalog, seqs: Sequence[int], tss: Sequence[int], ev
     pin only counts for an artifact recorded before it (an earlier seq), exactly
     as when the events are applied one by one.
     """
+    if not all(type(ev) is ArtifactRecorded or type(ev) is PinChanged for ev in events):
+        return False  # lifecycle events are folded one by one, against current indexes
     arts = [j for j, ev in enumerate(events) if type(ev) is ArtifactRecorded]
     evs: list[ArtifactRecorded] = [events[j] for j in arts]  # type: ignore[misc]
     if arts and not _columns_only(state, [seqs[j] for j in arts], [tss[j] for j in arts], evs):
@@ -541,6 +557,9 @@ def _columns_only(state: Catalog, seqs: Sequence[int], tss: Sequence[int], evs: 
     state.metric_val.extend([v for ev in evs for v in ev.metrics.values()])
     state.metric_off.extend(accumulate(mcounts, initial=state.metric_off[-1]))
     del state.metric_off[-n - 1]
+    for seq, ev in zip(seqs, evs):
+        if ev.derived_from:
+            record_parents(state, seq, ev.artifact_id, ev.derived_from)
     return True
 
 
@@ -666,6 +685,8 @@ def add_artifact(state: Catalog, seq: int, ts_us: int, ev: ArtifactRecorded) -> 
     _push(state.by_kind, ev.kind, i)
     if state.best and ev.metrics:
         _update_best(state, i, ev)
+    if ev.derived_from:
+        record_parents(state, seq, aid, ev.derived_from)
 
 
 def _update_best(state: Catalog, i: int, ev: ArtifactRecorded) -> None:

@@ -15,8 +15,9 @@ from typing import Any, Iterator
 import msgspec
 
 from .catalog import Catalog
+from .lifecycle import Lifecycle
 
-SNAPSHOT_SCHEMA = 2
+SNAPSHOT_SCHEMA = 3  # 3: the lifecycle part (aliases, lineage, retire, purge, gc)
 CHUNK = 65536
 
 _ARRAYS = ("times", "seq", "ts", "size", "kind_s", "mime_s", "origin_s", "run_s", "graph_s", "node_s",
@@ -36,6 +37,7 @@ class Capture:
     pairs: list[tuple[str, Any]]
     indexes: dict[str, list[tuple[Any, bytes]]]
     pin_events: list[tuple[int, str, bool]]
+    life: list[Any]
 
 
 def capture(state: Catalog) -> Capture:
@@ -49,6 +51,7 @@ def capture(state: Catalog) -> Capture:
         pairs=state.pairs[:],
         indexes={name: [(k, v.tobytes()) for k, v in getattr(state, name).items()] for name in _INDEXES},
         pin_events=state.pin_events[:],
+        life=state.life.to_plain(),
     )
 
 
@@ -76,6 +79,7 @@ def encode_parts(cap: Capture) -> Iterator[bytes]:
         entries = cap.indexes[name]
         for i in range(0, len(entries), CHUNK):
             yield _part([name, [[_plain(k), v] for k, v in entries[i : i + CHUNK]]])
+    yield _part(["life", cap.life])
 
 
 def encode(cap: Capture) -> bytes:
@@ -144,6 +148,8 @@ def _decode(data: bytes | memoryview) -> Catalog:
                 a = array("i")
                 a.frombytes(raw)
                 index[_tupled(key)] = a
+        elif name == "life":
+            state.life = Lifecycle.from_plain(value)
         else:
             raise SnapshotError(f"unknown snapshot part {name!r}")
     n = len(state.ids)

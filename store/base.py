@@ -126,3 +126,8 @@ class BlobStore(Protocol):
         """Whether the stored bytes (in the store itself, never a cache) still hash to ``sha256``;
         ``FileNotFoundError`` if absent."""
         ...
+
+    def blob_stat(self, sha256: str) -> tuple[int, float]:
+        """(size in bytes, last-modified time in seconds since the epoch) of a stored blob;
+        ``FileNotFoundError`` if absent. gc spares orphans younger than its grace by this time."""
+        ...

@@ -20,6 +20,7 @@ from . import durable
 from .base import BlobCorrupted as BlobCorrupted  # re-exported: its home used to be this module
 from .base import BlobInfo, is_sha
 from .base import check_sha as check_sha
+from ..ledger.errors import ReadOnlyError
 from .durable import fsync_dir as _fsync_dir
 
 CHUNK = 1 << 20
@@ -55,6 +56,7 @@ class LocalBlobStore:
         # With ``deferred``, blob bytes and renames are made durable by
         # make_durable(), which must run before any event naming them is written.
         self.deferred = deferred
+        self.read_only = read_only
         self._pending: list[_Pending] = []  # blobs awaiting make_durable()
         self._open_pending = 0  # how many of them still hold their fd
         # A failed flush discards blobs whose saves may still be waiting to append their
@@ -166,6 +168,8 @@ class LocalBlobStore:
                 os.close(fd)
                 return None  # another filesystem (EXDEV) or no hard links: copy instead
             os.chmod(tmp, 0o444)
+            # A linked inode keeps the caller's mtime; a gc tells blobs stored since its plan by theirs.
+            os.utime(tmp)
         except BaseException:
             if fd >= 0:
                 try:
@@ -185,6 +189,13 @@ class LocalBlobStore:
         """
         if not self.exists(sha):
             return False
+        try:
+            # Touched: a gc spares blobs touched since its plan, so it does not starve this save.
+            os.utime(self.path(sha))
+        except FileNotFoundError:
+            return False  # collected just now: store it again
+        except OSError:
+            pass  # another owner's file: the check under the log lock still keeps the save safe
         if self.fsync and self.deferred:
             with self._pending_lock:
                 self._pending_dirs.add(str(self.path(sha).parent))
@@ -391,6 +402,8 @@ class LocalBlobStore:
         Blobs are shared by every artifact over the same bytes: only a caller that knows no event
         still needs them (garbage collection, after its own event is durable) may delete.
         """
+        if self.read_only:
+            raise ReadOnlyError(f"the blob store at {self.root} is open read-only; nothing was deleted")
         path = self.path(sha256)
         try:
             os.unlink(path)
@@ -399,3 +412,8 @@ class LocalBlobStore:
         if self.fsync:
             _fsync_dir(str(path.parent))
         return True
+
+    def blob_stat(self, sha256: str) -> tuple[int, float]:
+        """(size in bytes, last-modified time) of the blob's file; ``FileNotFoundError`` if absent."""
+        st = os.stat(self.path(sha256))
+        return st.st_size, st.st_mtime

@@ -403,6 +403,13 @@ class S3BlobStore:
             raise FileNotFoundError(f"blob {sha256} is missing from the store at {self._describe()}")
         return int(head["ContentLength"])
 
+    def blob_stat(self, sha256: str) -> tuple[int, float]:
+        """(size, the server's last-modified time) of the object; ``FileNotFoundError`` if absent."""
+        head = self._head(sha256)
+        if head is None:
+            raise FileNotFoundError(f"blob {sha256} is missing from the store at {self._describe()}")
+        return int(head["ContentLength"]), float(head["LastModified"].timestamp())
+
     def _stream(self, sha256: str, sink: Callable[[bytes], object]) -> str:
         """Feed the object's bytes to ``sink``; returns their SHA-256. ``FileNotFoundError`` if absent."""
         doing = f"downloading {self.uri(sha256)}"

@@ -9,6 +9,7 @@ def _fields():
         "mime": "application/octet-stream", "labels": {"tags": ["x", 1], "ok": True}, "metrics": {"acc": 0.5, "n": 3},
         "pinned": True, "run_id": "r", "graph_id": "g", "node_id": "n", "project_id": "p",
         "created_at": model.utc_from_us(1_700_000_000_000_000), "seq": 7, "suggested_uri": "a/b",
+        "aliases": ["p/production"],
     }
 
 

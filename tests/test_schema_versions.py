@@ -79,7 +79,7 @@ def test_a_newer_schema_version_on_replay_is_corruption_naming_the_seq(root, tmp
 
 @pytest.mark.parametrize("over, words", [
     ({"v": E.SCHEMA_VERSION + 1}, "newer than this library's"),
-    ({"type": "artifact.retired"}, "unknown event type 'artifact.retired'"),
+    ({"type": "artifact.teleported"}, "unknown event type 'artifact.teleported'"),
     ({"v": 0}, "invalid schema version 0"),
 ])
 def test_events_raises_on_a_record_it_cannot_read_committed_by_another_writer(root, tmp_path, over, words):

@@ -23,6 +23,7 @@ from hypothesis.stateful import (Bundle, RuleBasedStateMachine, initialize, inva
 
 import backends
 from backends import open_ledger
+from artifact_ledger.facade.lifecycle import ArtifactPurged
 
 # 2 runs x 2 graphs x 2 nodes; node and graph names repeat across runs and
 # graphs, and projects cut across runs, so every scope has something to exclude.
@@ -107,16 +108,35 @@ class Rec:
     data: bytes | None = None  # file content; None for directories
     tree: tuple | None = None  # (files, empty dirs) for directories
     view: dict = field(default_factory=dict)
+    aliases: list = field(default_factory=list)  # "namespace/name" of the aliases pointing at it
+    retired: bool = False
+    purged: bool = False
 
     def fields(self) -> tuple:
         return (self.artifact_id, self.seq, self.kind, self.mime, self.sha256, self.size, strict(self.labels),
                 strict(self.metrics), self.pinned, self.run_id, self.graph_id, self.node_id, self.project_id,
-                self.suggested_uri, self.created_at, self.uri)
+                self.suggested_uri, self.created_at, self.uri, tuple(sorted(self.aliases)))
 
 
 def art_fields(a: Any) -> tuple:
     return (a.artifact_id, a.seq, a.kind, a.mime, a.sha256, a.bytes, strict(a.labels), strict(a.metrics), a.pinned,
-            a.run_id, a.graph_id, a.node_id, a.project_id, a.suggested_uri, a.created_at, a.uri)
+            a.run_id, a.graph_id, a.node_id, a.project_id, a.suggested_uri, a.created_at, a.uri, tuple(a.aliases))
+
+
+ALIAS_NAMES = ["production", "best", "candidate"]
+RELATIONS = ["derived_from", "consumed", "references"]
+
+
+@dataclass
+class Snap:
+    """The lifecycle part of the model right after one seq (for checks through as_of)."""
+
+    seq: int
+    ids: list  # every artifact recorded by then, oldest first
+    retired: set
+    purged: set
+    aliases: dict  # (namespace, name) -> (artifact id, protected)
+    parents: dict  # artifact id -> {(parent, relation)}
 
 
 def decode_expected(kind: str, mime: str, data: bytes) -> Any:
@@ -169,6 +189,10 @@ class FacadeMachine(RuleBasedStateMachine):
         self.model: list[Rec] = []
         self.head = 0
         self.uri_of_sha: dict[str, str] = {}
+        self.aliases: dict[tuple, tuple] = {}  # (namespace, name) -> (artifact id, protected)
+        self.parents: dict[str, set] = {}  # child -> {(parent, relation)}
+        self.collected: set[str] = set()  # blobs a gc deleted
+        self.snaps: list[Snap] = []
         self._open()
 
     # ------------------------------------------------------------ plumbing
@@ -219,7 +243,15 @@ class FacadeMachine(RuleBasedStateMachine):
         facade = self.facades[ctx]
         assert facade.last_artifact is not None and art_fields(facade.last_artifact) == rec.fields()
         self.model.append(rec)
+        self.snap()
         return art.artifact_id
+
+    def snap(self) -> None:
+        """Remember the lifecycle state after the newest seq."""
+        self.snaps.append(Snap(self.head, [r.artifact_id for r in self.model],
+                               {r.artifact_id for r in self.model if r.retired},
+                               {r.artifact_id for r in self.model if r.purged}, dict(self.aliases),
+                               {k: set(v) for k, v in self.parents.items()}))
 
     def content_for(self, kind: str, ext: str, blob: bytes, doc: Any) -> bytes:
         # JSON artifacts must hold JSON, or load_artifact could not decode them.
@@ -312,6 +344,7 @@ class FacadeMachine(RuleBasedStateMachine):
         assert self.call(self.facades[ctx].pin, artifact_id, pinned) is None
         self.head += 1
         self.by_id(artifact_id).pinned = pinned
+        self.snap()
 
     @rule(ctx=contexts, what=st.sampled_from(["pin", "load", "blob", "writer"]),
           unknown_id=st.sampled_from(["", "0" * 32, "nope", "%"]) | st.uuids().map(lambda u: u.hex),
@@ -367,7 +400,7 @@ class FacadeMachine(RuleBasedStateMachine):
         cons = {**self.constraints(ctx, scope), **(extra or {})}
         wanted = list(cons.items()) + list((labels or {}).items())
         rows = [r for r in self.model
-                if (kind is None or r.kind == kind)
+                if not r.retired and (kind is None or r.kind == kind)
                 and all(json_eq(r.view.get(k, _MISSING), v) for k, v in wanted)]
         rows.sort(key=lambda r: r.seq, reverse=True)
         if metric is not None:
@@ -463,6 +496,11 @@ class FacadeMachine(RuleBasedStateMachine):
     def load(self, ctx, artifact_id, how):
         facade = self.facades[ctx]
         rec = self.by_id(artifact_id)
+        if rec.purged and how != "blob":
+            # The record stays; its bytes do not load, and the error says when and why.
+            with pytest.raises(ArtifactPurged, match="purged at seq"):
+                self.call(facade.load_artifact_bytes, rec.uri)
+            return
         if how == "uri":
             uri = rec.uri  # names this very artifact
         elif how == "file":
@@ -471,6 +509,10 @@ class FacadeMachine(RuleBasedStateMachine):
             # The bare blob URI names bytes, not one artifact: it resolves to the newest artifact over them.
             uri = self.uri_of_sha[rec.sha256]
             rec = max((r for r in self.model if r.sha256 == rec.sha256), key=lambda r: r.seq)
+            if rec.purged:
+                with pytest.raises(ArtifactPurged):
+                    self.call(facade.load_artifact_bytes, uri)
+                return
         else:
             uri = f"artifact://{artifact_id}"
         if rec.tree is not None:
@@ -485,17 +527,179 @@ class FacadeMachine(RuleBasedStateMachine):
         want = decode_expected(rec.kind, rec.mime, rec.data)
         assert type(got) is type(want) and strict(got) == strict(want)
 
+    # ------------------------------------------------------------ lifecycle
+    def namespace(self, ctx) -> str:
+        return ctx[3] if ctx[3] is not None else "all"
+
+    def set_aliases(self) -> None:
+        """Recompute every record's aliases from the model's alias map."""
+        for r in self.model:
+            r.aliases = []
+        for (ns, name), (aid, _) in self.aliases.items():
+            self.by_id(aid).aliases.append(f"{ns}/{name}")
+
+    @rule(ctx=contexts, artifact_id=artifacts, name=st.sampled_from(ALIAS_NAMES), protected=st.booleans(),
+          force=st.booleans())
+    def alias(self, ctx, artifact_id, name, protected, force):
+        key = (self.namespace(ctx), name)
+        now = self.aliases.get(key)
+        rec = self.by_id(artifact_id)
+        facade = self.facades[ctx]
+        if rec.retired:
+            with pytest.raises(ValueError, match="retired"):
+                self.call(facade.alias, artifact_id, name, protected=protected, force=force)
+            return
+        if now is not None and now[1] and not force and (now[0] != artifact_id or not protected):
+            with pytest.raises(ValueError, match="protected"):
+                self.call(facade.alias, artifact_id, name, protected=protected, force=force)
+            return
+        art = self.call(facade.alias, artifact_id, name, protected=protected, force=force)
+        self.head += 1
+        self.aliases[key] = (artifact_id, protected)
+        self.set_aliases()
+        assert f"{key[0]}/{name}" in self.call(facade.get, artifact_id).aliases
+        assert art.artifact_id == artifact_id
+        self.snap()
+
+    @rule(ctx=contexts, name=st.sampled_from(ALIAS_NAMES), force=st.booleans())
+    def unalias(self, ctx, name, force):
+        key = (self.namespace(ctx), name)
+        now = self.aliases.get(key)
+        facade = self.facades[ctx]
+        if now is None:
+            with pytest.raises(KeyError, match="does not point"):
+                self.call(facade.unalias, name, force=force)
+            with pytest.raises(KeyError, match="does not point"):
+                self.call(facade.resolve, name)
+            return
+        if now[1] and not force:
+            with pytest.raises(ValueError, match="protected"):
+                self.call(facade.unalias, name, force=force)
+            return
+        assert self.call(facade.unalias, name, force=force) == now[0]
+        self.head += 1
+        del self.aliases[key]
+        self.set_aliases()
+        self.snap()
+
+    def ancestors(self, parents: dict, aid: str) -> set:
+        out, stack = set(), [aid]
+        while stack:
+            for p, _ in parents.get(stack.pop(), ()):
+                if p not in out:
+                    out.add(p)
+                    stack.append(p)
+        return out
+
+    @rule(ctx=contexts, child=artifacts, parent=artifacts, relation=st.sampled_from(RELATIONS))
+    def relate(self, ctx, child, parent, relation):
+        facade = self.facades[ctx]
+        if child == parent or child in self.ancestors(self.parents, parent):
+            with pytest.raises(ValueError, match="itself|cycle"):
+                self.call(facade.relate, child, parent, relation=relation)
+            return
+        if (parent, relation) in self.parents.get(child, set()):
+            with pytest.raises(ValueError, match="already related"):
+                self.call(facade.relate, child, parent, relation=relation)
+            return
+        self.call(facade.relate, child, parent, relation=relation)
+        self.head += 1
+        self.parents.setdefault(child, set()).add((parent, relation))
+        self.snap()
+
+    @rule(ctx=contexts, artifact_id=artifacts, force=st.booleans(), purge=st.booleans())
+    def retire_or_purge(self, ctx, artifact_id, force, purge):
+        rec = self.by_id(artifact_id)
+        facade = self.facades[ctx]
+        call = facade.purge if purge else facade.retire
+        if (rec.purged if purge else rec.retired):
+            with pytest.raises(ValueError, match="already"):
+                self.call(call, artifact_id, "test", force=force)
+            return
+        if (rec.pinned or rec.aliases) and not force:
+            with pytest.raises(ValueError, match="force=True"):
+                self.call(call, artifact_id, "test", force=force)
+            return
+        self.call(call, artifact_id, "test", force=force)
+        self.head += 1
+        rec.retired = True
+        rec.purged = rec.purged or purge
+        self.snap()
+
+    @rule(dry_run=st.booleans())
+    def gc(self, dry_run):
+        needed = {r.sha256 for r in self.model if not r.purged}
+        gone = {r.sha256 for r in self.model if r.purged} - needed - self.collected
+        out = self.call(self.ledger.gc, dry_run=dry_run, grace=0)
+        planned = out if dry_run else out.plan
+        # Blobs of purged artifacts no other artifact needs (directory members may add orphans).
+        assert gone <= set(planned.blobs) and not needed & set(planned.blobs)
+        if dry_run:
+            return
+        self.collected |= gone
+        for _ in ("gc.planned", "gc.swept"):
+            self.head += 1
+            self.snap()
+
+    @rule(data=st.data())
+    def check_the_past(self, data):
+        """Every lifecycle rule, checked again through as_of at a random earlier seq."""
+        snap = data.draw(st.sampled_from(self.snaps))
+        view = self.call(self.ledger.as_of, seq=snap.seq)
+        facade = view.artifacts(run_id="r1", graph_id="g1", node_id="n1")
+        live = [aid for aid in reversed(snap.ids) if aid not in snap.retired]
+        assert [a.artifact_id for a in self.call(facade.list, scope="all")] == live
+        for (ns, name), (aid, _) in snap.aliases.items():
+            if aid in snap.retired:
+                with pytest.raises(KeyError, match="retired"):
+                    self.call(facade.resolve, f"{ns}/{name}")
+            else:
+                assert self.call(facade.resolve, f"{ns}/{name}").artifact_id == aid
+            assert f"{ns}/{name}" in self.call(facade.get, aid).aliases
+        for ns in ("all", "p1", "p2"):
+            for name in ALIAS_NAMES:
+                if (ns, name) not in snap.aliases:
+                    with pytest.raises(KeyError, match="does not point"):
+                        self.call(facade.resolve, f"{ns}/{name}")
+        assert {(i.namespace, i.name): i.artifact_id for i in self.call(facade.aliases, every_namespace=True)} == {
+            k: v[0] for k, v in snap.aliases.items()}
+        aid = data.draw(st.sampled_from(snap.ids))
+        up = {s.artifact.artifact_id for s in self.call(facade.lineage, aid)}
+        assert up == self.ancestors(snap.parents, aid)
+        if aid in snap.purged:
+            with pytest.raises(ArtifactPurged):
+                self.call(facade.load_artifact_bytes, f"artifact://{aid}")
+        elif self.by_id(aid).purged and self.by_id(aid).sha256 in self.collected and self.by_id(aid).tree is None:
+            # Before its purge the metadata is there; the bytes a gc took are gone, and it says so.
+            assert self.call(facade.get, aid).artifact_id == aid
+            with pytest.raises(ArtifactPurged, match="purged later"):
+                self.call(facade.load_artifact_bytes, f"artifact://{aid}")
+
     # ------------------------------------------------------------ invariants
     @invariant()
     def everything_reads_back(self):
         got = self.call(self.facades[CONTEXTS[0]].list, scope="all")
-        self.check_same(got, sorted(self.model, key=lambda r: r.seq, reverse=True))
+        self.check_same(got, sorted((r for r in self.model if not r.retired), key=lambda r: r.seq, reverse=True))
         assert self.ledger.head[0] == self.head
 
     @invariant()
     def staging_is_empty(self):
         # Every rule stages only what it ingests, so nothing may linger.
         assert list((self.root / "staging").iterdir()) == []
+
+    @invariant()
+    def aliases_resolve_and_blobs_survive(self):
+        for (ns, name), (aid, _) in self.aliases.items():
+            facade = self.facades[CONTEXTS[0]]
+            if self.by_id(aid).retired:
+                with pytest.raises(KeyError, match="retired"):
+                    self.call(facade.resolve, f"{ns}/{name}")
+            else:
+                assert self.call(facade.resolve, f"{ns}/{name}").artifact_id == aid
+        # gc never takes a blob an artifact not purged needs.
+        for r in self.model:
+            if not r.purged:
+                assert self.ledger.store.exists(r.sha256), r
 
 
 def read_tree_of(files: dict, empty: set) -> tuple:

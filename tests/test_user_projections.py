@@ -463,7 +463,7 @@ def test_read_only_ledgers_project_but_never_write_checkpoints(root, tmp_path):
 def test_register_upcaster_refuses_bad_steps(monkeypatch):
     monkeypatch.setattr(E, "UPCASTERS", {})
     with pytest.raises(ValueError, match="unknown event type"):
-        register_upcaster("artifact.retired", 1)
+        register_upcaster("artifact.teleported", 1)
     with pytest.raises(ValueError, match="from_version"):
         register_upcaster("artifact.pin", 0)
     register_upcaster("artifact.pin", 1)(lambda raw: raw)
