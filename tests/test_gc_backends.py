@@ -4,7 +4,6 @@ blobs in S3 (SeaweedFS on loopback), so writers and a gc may run on different ma
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import anyio
 import boto3
