@@ -26,23 +26,34 @@ def root(tmp_path):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "file_only: a test of the segment-file backend only (skipped on postgres)")
+    config.addinivalue_line("markers", "local_blobs: a test of blob files in a local directory (skipped on s3 pairs)")
 
 
-@pytest.fixture(params=["file", "postgres"])
+@pytest.fixture(params=["file", "postgres", "file+s3", "postgres+s3"])
 def backend(request):
-    """Run the test once per log backend (see tests/backends.py); postgres schemas are dropped after."""
+    """Run the test once per (log, blobs) pair (see tests/backends.py); postgres schemas and S3
+    objects are removed after."""
     import backends
 
-    if request.param == "postgres":
+    log, _, blobs = request.param.partition("+")
+    if log == "postgres":
         if request.node.get_closest_marker("file_only"):
             pytest.skip("a test of the segment files themselves")
         backends.need_postgres()
+    if blobs == "s3":
+        if request.node.get_closest_marker("local_blobs"):
+            pytest.skip("a test of blob files in a local directory")
+        # Asked for here, not as an argument, so the local pairs never start the S3 server.
+        backends.CURRENT.s3 = request.getfixturevalue("s3_place")
     backends.CURRENT.name = request.param
     try:
         yield request.param
     finally:
         backends.CURRENT.name = "file"
-        backends.drop_schemas()
+        try:
+            backends.drop_schemas()
+        finally:
+            backends.drop_s3()
 
 
 @pytest.fixture
