@@ -62,6 +62,16 @@ def _wait_for_holds(victim: subprocess.Popen[bytes], path: Path) -> list[list[st
     raise AssertionError(f"the victim did not reach both hold points within {WAIT}s: {_acks(path)[-5:]}")
 
 
+def _right_after_an_ack(victim: subprocess.Popen[bytes], path: Path) -> None:
+    """Return as soon as the victim acknowledges one more call: the moment an acknowledgement given before
+    its event was durable would be lost by the kill."""
+    size = path.stat().st_size
+    deadline = time.monotonic() + WAIT
+    while path.stat().st_size == size:
+        assert victim.poll() is None and time.monotonic() < deadline, "the victim stopped acknowledging"
+        time.sleep(0.0005)
+
+
 def _expected_bytes(tag: str, op: str, i: int) -> bytes | dict[str, bytes]:
     return mw.tree(tag, i) if op == "dir" else mw.content(tag, op, i)
 
@@ -92,6 +102,7 @@ def test_four_machines_share_only_two_urls_and_a_killed_one_loses_nothing(pg_url
                                       stderr=open(tmp_path / f"{tag}.err", "wb"), env=env)
     try:
         _wait_for_holds(procs["victim"], tmp_path / "victim.acks")
+        _right_after_an_ack(procs["victim"], tmp_path / "victim.acks")
         os.kill(procs["victim"].pid, signal.SIGKILL)
         assert procs["victim"].wait(60) == -signal.SIGKILL
         for tag in tags[:SURVIVORS]:
