@@ -81,7 +81,9 @@ class WeedServer:
                 "-master.volumeSizeLimitMB=64", "-master.telemetry=false",
                 f"-volume.port={self.volume}", f"-volume.port.grpc={self.volume_grpc}", "-volume.max=100",
                 "-filer", f"-filer.port={self.filer}", f"-filer.port.grpc={self.filer_grpc}",
-                "-s3", f"-s3.port={self.s3}", f"-s3.port.grpc={self.s3_grpc}", f"-s3.config={self.config}"]
+                "-s3", f"-s3.port={self.s3}", f"-s3.port.grpc={self.s3_grpc}", f"-s3.config={self.config}",
+                # Off: their fixed default ports (8181, 9101) collide between test sessions run side by side.
+                "-s3.port.iceberg=0", "-s3.port.lance=0"]
         log = open(self.log, "ab")
         self.proc = subprocess.Popen(args, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
