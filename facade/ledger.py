@@ -647,14 +647,15 @@ async def _open_url(url: str, *, create: bool, fsync: bool, checkpoint_every: in
         except BaseException:
             log.close()
             raise
-        if place is not None and recorded is None and not read_only:
-            # Recorded only once the store answered (a bad bucket records nothing), atomically with appends.
-            try:
+        try:
+            if place is not None and recorded is None and not read_only:
+                # Recorded only once the store answered (a bad bucket records nothing), atomically with appends.
                 log.adopt_blob_place(place)
-            except BaseException:
-                log.close()
-                store.close()
-                raise
+            log.expect_blob_place(place if place is not None else recorded)
+        except BaseException:
+            log.close()
+            store.close()
+            raise
         led = Ledger(cache, log, store, checkpoint_every=checkpoint_every, fsync=fsync, read_only=read_only)
         # Read-only, nothing is recorded; a log whose events name local blobs is still not read from S3.
         check = (None if place is None or recorded is not None or not read_only

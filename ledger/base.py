@@ -118,6 +118,11 @@ class EventLog(Protocol):
         """
         ...
 
+    def expect_blob_place(self, place: str | None) -> None:
+        """From now on, refuse an append (AppendNotRecorded, nothing written) once the ledger records a blob
+        place other than ``place`` (None: this process keeps its blobs in a local directory)."""
+        ...
+
     @property
     def shared_checkpoints(self) -> bool:
         """Whether checkpoints are shared by every process of the log (then closing writes one only once

@@ -216,6 +216,10 @@ class FileEventLog:
             atomic_write(self.place_file, (place + "\n").encode(), fsync=self._fsync)
             return place
 
+    def expect_blob_place(self, place: str | None) -> None:
+        """Nothing to do: a ledger directory's place is checked when it is opened (``blobs/remote`` is written
+        only into a log without records, and a writer opened before that holds no lock across appends)."""
+
     def _holds_records(self) -> bool:
         """Whether any segment file is longer than its header (another process appended)."""
         d = self.location

@@ -173,6 +173,9 @@ class PostgresEventLog:
         self.head_hash = GENESIS_HASH
         self.head_ts = 0
         self._head_batch = 0
+        # The blob place this process stores blobs in, checked under the lock by every append (see
+        # expect_blob_place); False: not told, nothing checked.
+        self._expected_place: str | None | bool = False
         self._conn: psycopg.Connection[Any] | None = None
         # Reads outside the group committer (events(), history(), verify()) run in other threads
         # while an append may hold a transaction open on _conn: they get a connection of their own.
@@ -465,9 +468,19 @@ class PostgresEventLog:
                     self._catch_up_on(cur, mine.append, until=first + n - 1)
                     return mine
             self._catch_up_on(cur, on_record)
-            cur.execute("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+            # The place is read under the lock in the same round trip as the clock: a process that chose its
+            # blob store before another recorded a different place must not append events naming its blobs.
+            cur.execute(self._q("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint, "
+                                "(SELECT value FROM {s}.settings WHERE name = %s)"), (BLOB_PLACE,))
             now_row = cur.fetchone()
             now = int(now_row[0]) if now_row else 0
+            recorded = now_row[1] if now_row else None
+            if self._expected_place is not False and recorded != self._expected_place:
+                used = self._expected_place or "this machine's local blob directory"
+                raise AppendNotRecorded(
+                    f"the ledger at {self._safe_url} now keeps its blobs in {recorded}, but this process stores them "
+                    f"in {used} (another process recorded the place after this one opened); nothing was recorded: "
+                    f"reopen the ledger (without blobs=, or with blobs={recorded!r}) and save again")
             first = self.head_seq + 1
             prev, ts = self.head_hash, self.head_ts
             out: list[Record] = []
@@ -496,6 +509,10 @@ class PostgresEventLog:
             cur.execute(self._q("SELECT value FROM {s}.settings WHERE name = %s"), (BLOB_PLACE,))
             row = cur.fetchone()
             return None if row is None else str(row[0])
+
+    def expect_blob_place(self, place: str | None) -> None:
+        """Make every later append check, under the table lock, that the recorded place is still ``place``."""
+        self._expected_place = place
 
     def adopt_blob_place(self, place: str) -> str:
         """Record ``place`` unless another is recorded (ValueError naming both) or events already name
