@@ -250,3 +250,47 @@ def test_an_empty_version_2_schema_is_migrated_without_a_mark(pg_url, tmp_path):
 
     anyio.run(main)
     assert settings(pg_url) == {}
+
+
+# ---------------------------------------------------------------- the same contract on the file backend
+def test_the_file_log_adopts_a_place_only_while_no_segment_holds_a_record(tmp_path):
+    """FileEventLog.adopt_blob_place writes blobs/remote under the exclusive lock, refuses once another log
+    object appended (even though this one has read nothing), and refuses another place naming both."""
+    from artifact_ledger.ledger.backends import open_file_log
+
+    root = tmp_path / "L"
+
+    async def create():
+        async with open_ledger(root):
+            pass
+
+    anyio.run(create)
+    first, second = open_file_log(root, fsync=False), open_file_log(root, fsync=False)
+    try:
+        first.open(lambda rec: None, None)
+        second.open(lambda rec: None, None)
+        second.append_batch([b"an event naming a local blob"], lambda rec: None)
+        with pytest.raises(ValueError, match="already holds events"):
+            first.adopt_blob_place("s3://b/p")
+        assert first.blob_place() is None and not (root / "blobs" / "remote").exists()
+    finally:
+        first.close()
+        second.close()
+    fresh = tmp_path / "M"
+
+    async def create_fresh():
+        async with open_ledger(fresh):
+            pass
+
+    anyio.run(create_fresh)
+    log = open_file_log(fresh, fsync=False)
+    try:
+        log.open(lambda rec: None, None)
+        assert log.adopt_blob_place("s3://b/p") == "s3://b/p"
+        assert (fresh / "blobs" / "remote").read_text() == "s3://b/p\n"
+        assert log.adopt_blob_place("s3://b/p") == "s3://b/p"
+        with pytest.raises(ValueError) as info:
+            log.adopt_blob_place("s3://b/q")
+        assert "s3://b/p" in str(info.value) and "s3://b/q" in str(info.value)
+    finally:
+        log.close()
