@@ -30,7 +30,7 @@ from ..projections.query import pinned_at, seq_at_time
 from ..projections.query import runs as query_runs
 from ..store import is_remote, open_store, remote_place
 from ..store.base import BlobStore
-from ..store.durable import atomic_write, unique_hex
+from ..store.durable import unique_hex
 
 from . import audit, content, exporting
 from . import gc as gc_mod
@@ -704,6 +704,17 @@ async def _open_url(url: str, *, create: bool, fsync: bool, checkpoint_every: in
         log = open_log_url(url, create=create, fsync=fsync, read_only=read_only, lock_timeout=lock_timeout,
                            connect_timeout=connect_timeout)
         try:
+            # The log records where every process keeps the blobs: an open that forgot blobs= uses it,
+            # one naming another place (or a local directory) is refused before any store is opened.
+            recorded = log.blob_place()
+            if recorded is not None and place is not None and place != recorded:
+                raise ValueError(f"the ledger at {log.location} keeps its blobs in {recorded}, not {place}; open "
+                                 f"it with blobs={recorded!r} (or without blobs=)")
+            if recorded is not None and place is None and blobs is not None:
+                raise ValueError(f"the ledger at {log.location} keeps its blobs in {recorded}, not in the local "
+                                 f"directory {os.fspath(blobs)!r}; open it with blobs={recorded!r} (or without "
+                                 "blobs=)")
+            store_url = str(blobs) if place is not None else recorded
             cache = default_cache_dir(log.location) if cache_dir is None else Path(cache_dir).resolve()
             # The cache is this machine's scratch space, not the ledger: made even for read-only opens.
             for sub in ("", "blobs", "staging", "materialized"):
@@ -713,16 +724,28 @@ async def _open_url(url: str, *, create: bool, fsync: bool, checkpoint_every: in
                     sweep_root(cache)
                 except OSError as exc:  # leftovers cost space, never correctness: opening goes on
                     warnings.warn(f"sweeping leftovers of {cache} failed: {exc}", RuntimeWarning, stacklevel=2)
-            if place is not None:
-                store = open_store(str(blobs), cache_dir=cache / S3_CACHE, fsync=fsync, read_only=read_only)
+            if store_url is not None:
+                store = open_store(store_url, cache_dir=cache / S3_CACHE, fsync=fsync, read_only=read_only)
             else:
                 store = open_store(str(cache / "blobs" if blobs is None else Path(blobs).resolve()), fsync=fsync,
                                    read_only=read_only)
         except BaseException:
             log.close()
             raise
+        try:
+            if place is not None and recorded is None and not read_only:
+                # Recorded only once the store answered (a bad bucket records nothing), atomically with appends.
+                log.adopt_blob_place(place)
+            log.expect_blob_place(place if place is not None else recorded)
+        except BaseException:
+            log.close()
+            store.close()
+            raise
         led = Ledger(cache, log, store, checkpoint_every=checkpoint_every, fsync=fsync, read_only=read_only)
-        return _replay(led, accept_loss=accept_loss, progress=progress, registered=registered)
+        # Read-only, nothing is recorded; a log whose events name local blobs is still not read from S3.
+        check = (None if place is None or recorded is not None or not read_only
+                 else (lambda: _refuse_local_events(led, place)))
+        return _replay(led, accept_loss=accept_loss, progress=progress, registered=registered, after=check)
 
     return await anyio.to_thread.run_sync(blocking_open)
 
@@ -824,7 +847,15 @@ def _adopt_remote(led: Ledger, place: str) -> None:
         raise ValueError(f"the ledger at {led.root} already holds {led.catalog.head_seq} event(s) whose blobs are "
                          f"in its own blobs/ directory; it cannot move them to {place} (open it without blobs=)")
     if not led.read_only:
-        atomic_write(str(led.root / "blobs" / REMOTE_FILE), (place + "\n").encode(), fsync=led._fsync)
+        led._log.adopt_blob_place(place)
+
+
+def _refuse_local_events(led: Ledger, place: str) -> None:
+    """A read-only open naming an S3 place for a log that records none: refused once it holds events."""
+    if led.catalog.head_seq > 0:
+        raise ValueError(f"the ledger at {led._log.location} already holds {led.catalog.head_seq} event(s) and "
+                         f"records no blob place, so their blobs are in local blob directories, not {place} "
+                         "(open it without blobs=)")
 
 
 class OptionTypeError(TypeError, ValueError):

@@ -25,7 +25,8 @@ def open_file_log(root: Path, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES, fsy
     from .file import FileEventLog
 
     log = FileEventLog(str(root / "log"), str(root / "checkpoints"), segment_bytes=segment_bytes, fsync=fsync,
-                       read_only=read_only, lock_timeout=lock_timeout)
+                       read_only=read_only, lock_timeout=lock_timeout,
+                       place_file=str(root / "blobs" / "remote"))
     if log.lock_problem is not None:
         consequence = ("only writers of older library versions, which lock just that file, are not excluded"
                        if log.locks_directory else "so a batch still being written may be seen before its "

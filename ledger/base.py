@@ -116,6 +116,24 @@ class EventLog(Protocol):
         no append of any process can interleave until the context ends."""
         ...
 
+    def blob_place(self) -> str | None:
+        """The ``s3://bucket/prefix`` every process of this ledger keeps its blobs in (None: none recorded,
+        each machine's own blob directory)."""
+        ...
+
+    def adopt_blob_place(self, place: str) -> str:
+        """Record ``place`` as the ledger's blob place, atomically with respect to appends; returns it.
+
+        Raises ValueError naming both places when another is recorded, and when the log already holds
+        events (whose blobs are then in local directories); ReadOnlyError on a read-only log.
+        """
+        ...
+
+    def expect_blob_place(self, place: str | None) -> None:
+        """From now on, refuse an append (AppendNotRecorded, nothing written) once the ledger records a blob
+        place other than ``place`` (None: this process keeps its blobs in a local directory)."""
+        ...
+
     @property
     def shared_checkpoints(self) -> bool:
         """Whether checkpoints are shared by every process of the log (then closing writes one only once

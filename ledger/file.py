@@ -13,9 +13,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import checkpoints
 from .base import LogCheck, OnRecord, Restore
-from .errors import LedgerCorruption, LostRecordsWarning, RecordsLost
+from ..store.durable import atomic_write
+from .errors import LedgerCorruption, LostRecordsWarning, ReadOnlyError, RecordsLost
 from .filelog import DEFAULT_SEGMENT_BYTES, Position, SegmentLog, segment_name
-from .framing import Record
+from .framing import SEGMENT_HEADER_SIZE, Record
 from .lockfile import DEFAULT_LOCK_TIMEOUT
 
 
@@ -23,7 +24,10 @@ class FileEventLog:
     """The embedded log: segment files in ``log_dir``, checkpoints in ``checkpoint_dir`` (see FORMAT.md)."""
 
     def __init__(self, log_dir: str, checkpoint_dir: str, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-                 fsync: bool = True, read_only: bool = False, lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT):
+                 fsync: bool = True, read_only: bool = False, lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
+                 place_file: str | None = None):
+        # The ledger directory's ``blobs/remote`` (None: this log records no blob place).
+        self.place_file = place_file
         self.segments = SegmentLog(log_dir, segment_bytes=segment_bytes, fsync=fsync, read_only=read_only,
                                    lock_timeout=lock_timeout)
         self.checkpoint_dir = checkpoint_dir
@@ -192,6 +196,51 @@ class FileEventLog:
     def holding(self, on_record: OnRecord) -> Any:
         """The exclusive lock of the segment files, caught up (see ``SegmentLog.holding``)."""
         return self.segments.holding(on_record)
+
+    # ----------------------------------------------------------------- the blob place
+    def blob_place(self) -> str | None:
+        """The place ``blobs/remote`` names (None: the blobs are in the directory's own ``blobs/``)."""
+        if self.place_file is None:
+            return None
+        try:
+            with open(self.place_file, encoding="utf-8") as f:
+                return f.read().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def adopt_blob_place(self, place: str) -> str:
+        """Write ``blobs/remote`` under the exclusive log lock, unless another place is recorded or the
+        segments already hold records (ValueError)."""
+        if self.read_only:
+            raise ReadOnlyError(f"the ledger at {self.location} is open read-only; its blob place was not recorded")
+        if self.place_file is None:
+            raise ValueError(f"the log at {self.location} has no place to record a blob place in")
+        with self.segments.locked(True):
+            recorded = self.blob_place()
+            if recorded is not None:
+                if recorded != place:
+                    raise ValueError(f"the ledger at {os.path.dirname(self.location)} keeps its blobs in {recorded}, "
+                                     f"not {place}; open it with blobs={recorded!r} (or without blobs=)")
+                return recorded
+            if self.head_seq > 0 or self._holds_records():
+                raise ValueError(f"the ledger at {os.path.dirname(self.location)} already holds events whose blobs "
+                                 f"are in its own blobs/ directory; it cannot move them to {place} (open it without "
+                                 "blobs=)")
+            atomic_write(self.place_file, (place + "\n").encode(), fsync=self._fsync)
+            return place
+
+    def expect_blob_place(self, place: str | None) -> None:
+        """Nothing to do: a ledger directory's place is checked when it is opened (``blobs/remote`` is written
+        only into a log without records, and a writer opened before that holds no lock across appends)."""
+
+    def _holds_records(self) -> bool:
+        """Whether any segment file is longer than its header (another process appended)."""
+        d = self.location
+        try:
+            names = [n for n in os.listdir(d) if n.endswith(".seg")]
+            return any(os.path.getsize(os.path.join(d, n)) > SEGMENT_HEADER_SIZE for n in names)
+        except FileNotFoundError:
+            return False
 
     # ----------------------------------------------------------------- checkpoints
     @property

@@ -36,7 +36,7 @@ from .framing import GENESIS_HASH, Record, record_hash
 from .lockfile import DEFAULT_LOCK_TIMEOUT
 
 # The version of the tables this library writes; MIGRATIONS[v] takes a schema from v-1 to v.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 KEEP_CHECKPOINTS = 2  # newest snapshots kept in the checkpoints table
 DEFAULT_SCHEMA = "artifact_ledger"
 DEFAULT_CONNECT_TIMEOUT = 10  # seconds; a URL's own connect_timeout=... wins
@@ -70,7 +70,20 @@ MIGRATIONS: dict[int, list[str]] = {
             created_at timestamptz NOT NULL DEFAULT now()
         )""",
     ],
+    # 3: settings of the ledger shared by every process (the blob place). A ledger migrated with events
+    # in it records how far its blob place is unknown: version 2 let any open name any place.
+    3: [
+        """CREATE TABLE {s}.settings (
+            name text PRIMARY KEY,
+            value text NOT NULL,
+            set_at timestamptz NOT NULL DEFAULT now()
+        )""",
+        """INSERT INTO {s}.settings (name, value)
+            SELECT 'blob_place_unknown_through', max(seq)::text FROM {s}.events HAVING count(*) > 0""",
+    ],
 }
+BLOB_PLACE = "blob_place"  # settings row: the s3://bucket/prefix every process keeps this ledger's blobs in
+UNKNOWN_THROUGH = "blob_place_unknown_through"  # settings row: seq up to which a migrated ledger names no place
 
 
 class _Id(msgspec.Struct):
@@ -161,6 +174,9 @@ class PostgresEventLog:
         self.head_hash = GENESIS_HASH
         self.head_ts = 0
         self._head_batch = 0
+        # The blob place this process stores blobs in, checked under the lock by every append (see
+        # expect_blob_place); False: not told, nothing checked.
+        self._expected_place: str | None | bool = False
         self._conn: psycopg.Connection[Any] | None = None
         # Reads outside the group committer (events(), history(), verify()) run in other threads
         # while an append may hold a transaction open on _conn: they get a connection of their own.
@@ -472,11 +488,21 @@ class PostgresEventLog:
                     self._catch_up_on(cur, mine.append, until=first + n - 1)
                     return mine
             self._catch_up_on(cur, on_record)
-            if self.check_before_write is not None:
-                self.check_before_write(payloads)  # raising rolls the transaction back: nothing written
-            cur.execute("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+            # The place is read under the lock in the same round trip as the clock: a process that chose its
+            # blob store before another recorded a different place must not append events naming its blobs.
+            cur.execute(self._q("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint, "
+                                "(SELECT value FROM {s}.settings WHERE name = %s)"), (BLOB_PLACE,))
             now_row = cur.fetchone()
             now = int(now_row[0]) if now_row else 0
+            recorded = now_row[1] if now_row else None
+            if self._expected_place is not False and recorded != self._expected_place:
+                used = self._expected_place or "this machine's local blob directory"
+                raise AppendNotRecorded(
+                    f"the ledger at {self._safe_url} now keeps its blobs in {recorded}, but this process stores them "
+                    f"in {used} (another process recorded the place after this one opened); nothing was recorded: "
+                    f"reopen the ledger (without blobs=, or with blobs={recorded!r}) and save again")
+            if self.check_before_write is not None:
+                self.check_before_write(payloads)  # raising rolls the transaction back: nothing written
             first = self.head_seq + 1
             prev, ts = self.head_hash, self.head_ts
             out: list[Record] = []
@@ -497,6 +523,59 @@ class PostgresEventLog:
         last = out[-1]
         self.head_seq, self.head_hash, self.head_ts, self._head_batch = last.seq, last.hash, last.ts_us, first
         return out
+
+    # ----------------------------------------------------------------- the blob place
+    def blob_place(self) -> str | None:
+        """The blob place recorded in ``settings`` (None: none, the blobs are each machine's own)."""
+        with self._live().cursor() as cur:
+            cur.execute(self._q("SELECT value FROM {s}.settings WHERE name = %s"), (BLOB_PLACE,))
+            row = cur.fetchone()
+            return None if row is None else str(row[0])
+
+    def expect_blob_place(self, place: str | None) -> None:
+        """Make every later append check, under the table lock, that the recorded place is still ``place``."""
+        self._expected_place = place
+
+    def adopt_blob_place(self, place: str) -> str:
+        """Record ``place`` unless another is recorded (ValueError naming both) or events already name
+        blobs of no recorded place (ValueError); returns the place now recorded."""
+        if self.read_only:
+            raise ReadOnlyError(f"the ledger at {self._safe_url} is open read-only; its blob place was not recorded")
+        try:
+            return self._adopt_once(place)
+        except psycopg.errors.LockNotAvailable:
+            raise LockTimeout(f"the table lock of {self._table} was not granted within {self._lock_timeout} s "
+                              "(another process holds it); the blob place was not recorded", []) from None
+
+    def _adopt_once(self, place: str) -> str:
+        conn = self._live()
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT set_config('lock_timeout', %s, true)",
+                        (f"{max(1, int(self._lock_timeout * 1000))}ms" if self._lock_timeout is not None else "0",))
+            # The appenders' lock: no event can be appended between the emptiness check and the insert,
+            # and two first opens naming different places are serialised (the second sees the first's row).
+            cur.execute(self._q("LOCK TABLE {s}.events IN EXCLUSIVE MODE"))
+            cur.execute(self._q("SELECT name, value FROM {s}.settings WHERE name IN (%s, %s)"),
+                        (BLOB_PLACE, UNKNOWN_THROUGH))
+            rows = dict(cur.fetchall())
+            recorded = rows.get(BLOB_PLACE)
+            if recorded is not None:
+                if recorded != place:
+                    raise ValueError(blob_place_conflict(self._safe_url, recorded, place))
+                return str(recorded)
+            cur.execute(self._q("SELECT coalesce(max(seq), 0) FROM {s}.events"))
+            row = cur.fetchone()
+            head = int(row[0]) if row else 0
+            unknown = int(rows.get(UNKNOWN_THROUGH) or 0)
+            if head > unknown:
+                raise ValueError(
+                    f"the ledger at {self._safe_url} already holds {head} event(s) and records no blob place, so "
+                    f"their blobs are in the local blob directories of the machines that saved them; it cannot move "
+                    f"them to {place} (open it without blobs=, or start a new schema for S3 blobs)")
+            # Empty, or migrated from version 2 with nothing appended since: the place is taken on trust,
+            # as version 2 did on every open.
+            cur.execute(self._q("INSERT INTO {s}.settings (name, value) VALUES (%s, %s)"), (BLOB_PLACE, place))
+            return place
 
     # ----------------------------------------------------------------- checkpoints, verification
     @property
@@ -560,6 +639,12 @@ class PostgresEventLog:
             if conn is not None and os.getpid() == self._pid:
                 conn.close()
         self._conn = self._reader = None
+
+
+def blob_place_conflict(where: str, recorded: str, asked: str) -> str:
+    """The message for an open naming another blob place than the ledger records."""
+    return (f"the ledger at {where} keeps its blobs in {recorded}, not {asked}; open it with blobs={recorded!r} "
+            "(or without blobs=)")
 
 
 def warn_checkpoint(where: str, reason: str) -> None:
