@@ -8,7 +8,8 @@ Install with the ``testing`` extra (``pip install 'artifact-ledger[testing]'``),
 - ``check_projection(P)``: runs the laws every projection must obey as hypothesis tests, and raises
   ``LawViolation`` naming the law with the minimal history that breaks it.
 - ``ProjectionMachine``: a ``RuleBasedStateMachine`` driving a real ledger at random (save, ingest,
-  writer, pin, checkpoint, close and reopen); subclass it with your projection and a naive model.
+  writer, pin, alias, unalias, relate, retire, purge, gc, checkpoint, close and reopen); subclass it
+  with your projection and a naive model.
 """
 
 from __future__ import annotations
@@ -559,7 +560,8 @@ CONTEXTS = [(r, g, n, p) for r, p in zip(RUNS, PROJECTS) for g in GRAPHS for n i
 
 
 class ProjectionMachine(RuleBasedStateMachine):
-    """Drives a real ledger at random and compares ``projection``'s live state with ``expected(events)``.
+    """Drives a real ledger at random (lifecycle calls too) and compares ``projection``'s live state with
+    ``expected(events)``; a lifecycle call the ledger refuses must append nothing.
 
     Subclass it: set ``projection`` and define ``expected(self, events)``, your naive model computed
     from every committed ``LedgerEvent``; override ``same(actual, expected)`` to compare otherwise.
@@ -643,6 +645,49 @@ class ProjectionMachine(RuleBasedStateMachine):
     def pin(self, artifact: str, pinned: bool) -> None:
         """Pin or unpin a recorded artifact."""
         self.portal.call(lambda: self._facade(CONTEXTS[0]).pin(artifact, pinned))
+
+    def _maybe_refused(self, what: str, call: Callable[[], Awaitable[Any]]) -> None:
+        """Run a lifecycle call; a refusal (ValueError, KeyError: a rule does not hold) must append nothing."""
+        async def go() -> None:
+            before = (await self.ledger._refresh()).head_seq
+            try:
+                await call()
+            except (ValueError, KeyError) as exc:
+                after = (await self.ledger._refresh()).head_seq
+                assert after == before, f"{what} was refused ({exc}) but appended events {before + 1}..{after}"
+
+        self.portal.call(go)
+
+    @rule(artifact=artifacts, key=st.sampled_from(ALIAS_KEYS), protected=st.booleans(), force=st.booleans())
+    def alias(self, artifact: str, key: tuple[str, str], protected: bool, force: bool) -> None:
+        """Point an alias at an artifact (refused for a retired one, or a protected alias without force)."""
+        self._maybe_refused("alias", lambda: self._facade(CONTEXTS[0]).alias(
+            artifact, f"{key[0]}/{key[1]}", protected=protected, force=force))
+
+    @rule(key=st.sampled_from(ALIAS_KEYS), force=st.booleans())
+    def unalias(self, key: tuple[str, str], force: bool) -> None:
+        """Remove an alias (refused if it points nowhere, or is protected and not forced)."""
+        self._maybe_refused("unalias", lambda: self._facade(CONTEXTS[0]).unalias(f"{key[0]}/{key[1]}", force=force))
+
+    @rule(child=artifacts, parent=artifacts, relation=st.sampled_from(_RELATIONS))
+    def relate(self, child: str, parent: str, relation: str) -> None:
+        """Record a lineage edge (refused for a self-edge, a repeat or a cycle)."""
+        self._maybe_refused("relate", lambda: self._facade(CONTEXTS[0]).relate(child, parent, relation=relation))
+
+    @rule(artifact=artifacts, reason=st.sampled_from(REASONS), force=st.booleans())
+    def retire(self, artifact: str, reason: str, force: bool) -> None:
+        """Retire an artifact (refused if retired already, or pinned or aliased and not forced)."""
+        self._maybe_refused("retire", lambda: self._facade(CONTEXTS[0]).retire(artifact, reason, force=force))
+
+    @rule(artifact=artifacts, reason=st.sampled_from(REASONS), force=st.booleans())
+    def purge(self, artifact: str, reason: str, force: bool) -> None:
+        """Purge an artifact (refused if purged already, or pinned or aliased and not forced)."""
+        self._maybe_refused("purge", lambda: self._facade(CONTEXTS[0]).purge(artifact, reason, force=force))
+
+    @rule()
+    def gc(self) -> None:
+        """Run a garbage collection (no policy): the blobs of purged artifacts go, a plan and a result are logged."""
+        self.portal.call(lambda: self.ledger.gc(None, dry_run=False))
 
     @rule()
     def checkpoint(self) -> None:

@@ -11,6 +11,7 @@ import anyio
 import msgspec
 import pytest
 from hypothesis import Phase, find, given, settings
+from hypothesis.stateful import run_state_machine_as_test
 
 from artifact_ledger import LedgerEvent
 from artifact_ledger.facade import projecting
@@ -19,7 +20,7 @@ from artifact_ledger.ledger.events import (LIFECYCLE_EVENTS, AliasRemoved, Alias
 from artifact_ledger.ledger.framing import encode_record
 from artifact_ledger.ledger.events import encode_event
 from artifact_ledger.projections.catalog import Catalog, apply_decoded
-from artifact_ledger.testing import LawViolation, check_projection, events, histories, ledgers
+from artifact_ledger.testing import LawViolation, ProjectionMachine, check_projection, events, histories, ledgers
 
 
 class Count:
@@ -343,3 +344,45 @@ def test_ledgers_hold_the_generated_history(gen):
             assert sorted(encode_event(x.event) for x in got[:i]) == \
                 sorted(encode_event(x.event) for x in gen.generated[:j])
     assert_lifecycle_applies(got)
+
+
+# ------------------------------------------------------------ the stateful base class drives the lifecycle
+SEEN_TYPES: set[str] = set()
+
+
+class CountMachine(ProjectionMachine):
+    """The Count projection against itself folded naively; records which event types the runs committed."""
+
+    projection = Count()
+
+    def expected(self, events):
+        SEEN_TYPES.update(e.type for e in events)
+        state = Count().initial()
+        for e in events:
+            state = Count().apply(state, e)
+        return state
+
+
+MACHINE_RUNS = settings(max_examples=25, stateful_step_count=20, derandomize=True, deadline=None, database=None)
+
+
+def test_the_machine_drives_every_lifecycle_call_through_the_facade():
+    SEEN_TYPES.clear()
+    run_state_machine_as_test(CountMachine, settings=MACHINE_RUNS)
+    want = {cls.__struct_config__.tag for cls in LIFECYCLE_EVENTS}
+    assert want <= SEEN_TYPES, want - SEEN_TYPES
+
+
+def test_the_machine_fails_when_a_refused_lifecycle_call_appended(monkeypatch):
+    """Put a bug in the facade (retire appends, then refuses): the machine's refusal check reports it."""
+    from artifact_ledger.facade.lifecycle import LifecycleMixin
+
+    real = LifecycleMixin.retire
+
+    async def appends_then_refuses(self, artifact_id, reason, *, force=False):
+        await real(self, artifact_id, reason, force=True)
+        raise ValueError("refused after the fact")
+
+    monkeypatch.setattr(LifecycleMixin, "retire", appends_then_refuses)
+    with pytest.raises(AssertionError, match="retire was refused .* but appended events"):
+        run_state_machine_as_test(CountMachine, settings=MACHINE_RUNS)
