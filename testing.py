@@ -3,11 +3,13 @@
 Install with the ``testing`` extra (``pip install 'artifact-ledger[testing]'``), which brings hypothesis.
 
 - ``events()``, ``histories()``, ``ledgers()``: strategies that shrink to small histories; also
-  registered with hypothesis (``st.from_type(LedgerEvent)``, ``ArtifactRecorded``, ``PinChanged``).
+  registered with hypothesis (``st.from_type(LedgerEvent)``, ``ArtifactRecorded``, ``PinChanged`` and
+  every lifecycle event type).
 - ``check_projection(P)``: runs the laws every projection must obey as hypothesis tests, and raises
   ``LawViolation`` naming the law with the minimal history that breaks it.
 - ``ProjectionMachine``: a ``RuleBasedStateMachine`` driving a real ledger at random (save, ingest,
-  writer, pin, checkpoint, close and reopen); subclass it with your projection and a naive model.
+  writer, pin, alias, unalias, relate, retire, purge, gc, checkpoint, close and reopen); subclass it
+  with your projection and a naive model.
 """
 
 from __future__ import annotations
@@ -25,16 +27,28 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 import msgspec
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from .facade.audit import LedgerEvent
 from .facade.ledger import Ledger, open_ledger
 from .facade.model import utc_from_us
-from .ledger.events import ArtifactRecorded, Event, PinChanged, encode_event
+from .ledger.events import (RELATIONS, AliasRemoved, AliasSet, ArtifactRecorded, Event, GcPlanned,
+                            GcSwept, PinChanged, Purged, Related, Retired, encode_event)
 from .ledger.framing import encode_record
 from .projections.user import Spec, check, fold, fold_batch
+
+
+def _hypothesis_setup_hook() -> None:
+    """Called by hypothesis (entry point ``hypothesis``): lets ``st.from_type`` build the event types."""
+    # Defined before hypothesis is imported: importing this module first imports hypothesis, which
+    # calls this hook on the half-imported module; the module then registers them itself, at its end.
+    register = globals().get("_register_strategies")
+    if register is not None:
+        register()
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule  # noqa: E402
 
 __all__ = [
     "BLOBS",
@@ -110,34 +124,171 @@ def logged(events: Sequence[Event], *, first_seq: int = 1, prev_hash: bytes = by
     return out
 
 
+# Lifecycle pools: three aliases in two namespaces, so that aliases collide, move and get removed.
+ALIAS_KEYS = (("all", "best"), ("all", "prod"), ("p1", "best"))
+ALIAS_NAMESPACES = ("all", "p1")
+ALIAS_NAMES = ("best", "prod")
+REASONS = ("obsolete", "wrong data")
+_RELATIONS = tuple(sorted(RELATIONS))
+_which = st.integers(0, 50)  # an index into the artifacts recorded so far, newest first (modulo their number)
+
+# Lifecycle steps of a history, as tagged tuples: turned into valid events by _Lifecycle.event().
+_alias_steps = st.tuples(st.just("alias"), _which, st.sampled_from(ALIAS_KEYS), st.booleans(), st.booleans())
+_unalias_steps = st.tuples(st.just("unalias"), st.sampled_from(ALIAS_KEYS), st.booleans())
+_relate_steps = st.tuples(st.just("relate"), _which, _which, st.sampled_from(_RELATIONS))
+_retire_steps = st.tuples(st.just("retire"), _which, st.sampled_from(REASONS), st.booleans())
+_purge_steps = st.tuples(st.just("purge"), _which, st.sampled_from(REASONS), st.booleans())
+_gc_steps = st.tuples(st.just("gc"), st.lists(_which, max_size=3), st.booleans())
+_lifecycle_steps = st.one_of(_alias_steps, _unalias_steps, _relate_steps, _retire_steps, _purge_steps, _gc_steps)
+
+
+class _Lifecycle:
+    """The facade's rules, tracked while a history is generated, so that every lifecycle event applies."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.pinned: dict[str, bool] = {}
+        self.aliases: dict[tuple[str, str], tuple[str, bool]] = {}  # key -> (target, protected)
+        self.retired: set[str] = set()
+        self.purged: set[str] = set()
+        self.parents: dict[str, list[tuple[str, str]]] = {}
+        self.open_plans: list[str] = []
+        self.plans = 0
+
+    def record(self, ev: ArtifactRecorded) -> None:
+        self.ids.append(ev.artifact_id)
+        self.pinned[ev.artifact_id] = ev.pinned
+
+    def _pick(self, which: int) -> str:
+        # Counted from the newest, so that the simplest steps name the artifact just recorded.
+        return self.ids[-1 - which % len(self.ids)]
+
+    def _held(self, aid: str) -> bool:
+        """Pinned or aliased: retiring or purging it needs force."""
+        return self.pinned[aid] or any(t == aid for t, _ in self.aliases.values())
+
+    def _ancestor(self, start: str, target: str) -> bool:
+        stack, seen = [start], {start}
+        while stack:
+            for parent, _ in self.parents.get(stack.pop(), ()):
+                if parent == target:
+                    return True
+                if parent not in seen:
+                    seen.add(parent)
+                    stack.append(parent)
+        return False
+
+    def event(self, step: tuple[Any, ...]) -> list[Event]:
+        """The events of one lifecycle step (none if it cannot apply now); ``self.ids`` is not empty."""
+        tag = step[0]
+        if tag == "pin":
+            aid = self._pick(step[1])
+            self.pinned[aid] = step[2]
+            return [PinChanged(artifact_id=aid, pinned=step[2])]
+        if tag == "alias":
+            _, which, (ns, name), protected, force = step
+            aid = self._pick(which)
+            if aid in self.retired:
+                return []  # a retired artifact cannot be aliased
+            now = self.aliases.get((ns, name))
+            # A protected alias moves, or loses its protection, only with force.
+            force = force or (now is not None and now[1] and (now[0] != aid or not protected))
+            self.aliases[(ns, name)] = (aid, protected)
+            return [AliasSet(namespace=ns, name=name, artifact_id=aid, protected=protected, force=force)]
+        if tag == "unalias":
+            _, (ns, name), force = step
+            now = self.aliases.pop((ns, name), None)
+            if now is None:
+                return []
+            return [AliasRemoved(namespace=ns, name=name, force=force or now[1])]
+        if tag == "relate":
+            _, a, b, relation = step
+            child, parent = self._pick(a), self._pick(a + 1 + b)  # by default the two newest
+            if (child == parent or (parent, relation) in self.parents.get(child, ())
+                    or self._ancestor(parent, child)):  # no self-edges, repeats or cycles
+                return []
+            self.parents.setdefault(child, []).append((parent, relation))
+            return [Related(child=child, parent=parent, relation=relation)]
+        if tag in ("retire", "purge"):
+            _, which, reason, force = step
+            aid = self._pick(which)
+            if aid in (self.retired if tag == "retire" else self.purged):
+                return []
+            force = force or self._held(aid)
+            self.retired.add(aid)
+            if tag == "retire":
+                return [Retired(artifact_id=aid, reason=reason, force=force)]
+            self.purged.add(aid)
+            return [Purged(artifact_id=aid, reason=reason, force=force)]
+        assert tag == "gc", step
+        _, picks, swept = step
+        # A policy never selects pinned, aliased or purged artifacts.
+        purge = list(dict.fromkeys(a for a in map(self._pick, picks) if a not in self.purged and not self._held(a)))
+        self.purged.update(purge)
+        self.retired.update(purge)
+        self.plans += 1
+        plan_id = f"{self.plans:032x}"
+        out: list[Event] = [GcPlanned(plan_id=plan_id, purge=purge)]
+        if swept:  # else the gc died before its result: the next sweep finishes it
+            out.append(GcSwept(plan_id=plan_id, resumes=self.open_plans))
+            self.open_plans = []
+        else:
+            self.open_plans.append(plan_id)
+        return out
+
+
+def _lifecycle_strategies() -> dict[type, st.SearchStrategy[Any]]:
+    """One strategy per lifecycle event type (for ``events()`` and ``st.from_type``): artifacts named by id."""
+    aid = st.integers(1, 50).map(lambda i: f"{i:032x}")
+    reason = st.sampled_from(REASONS)
+    ns, name = st.sampled_from(ALIAS_NAMESPACES), st.sampled_from(ALIAS_NAMES)
+    return {
+        AliasSet: st.builds(AliasSet, namespace=ns, name=name, artifact_id=aid, protected=st.booleans(),
+                            force=st.booleans()),
+        AliasRemoved: st.builds(AliasRemoved, namespace=ns, name=name, force=st.booleans()),
+        Related: st.builds(lambda a, b, r: Related(child=f"{a + b:032x}", parent=f"{a:032x}", relation=r),
+                           st.integers(1, 50), st.integers(1, 50), st.sampled_from(_RELATIONS)),
+        Retired: st.builds(Retired, artifact_id=aid, reason=reason, force=st.booleans()),
+        Purged: st.builds(Purged, artifact_id=aid, reason=reason, force=st.booleans()),
+        GcPlanned: st.builds(GcPlanned, plan_id=aid, purge=st.lists(aid, max_size=3, unique=True)),
+        GcSwept: st.builds(GcSwept, plan_id=aid, blobs=st.integers(0, 5), bytes=st.integers(0, 500)),
+    }
+
+
 @st.composite
 def events(draw: st.DrawFn) -> LedgerEvent:
-    """One logged event (a recording or a pin) at some seq, as ``Ledger.events()`` yields it."""
-    ev = draw(st.one_of(_recorded(), _pins()))
+    """One logged event (a recording, a pin or a lifecycle event) at some seq, as ``Ledger.events()`` yields it."""
+    ev = draw(st.one_of(_recorded(), _pins(), *_lifecycle_strategies().values()))
     return logged([ev], first_seq=draw(st.integers(1, 10**6)))[0]
 
 
 @st.composite
 def histories(draw: st.DrawFn, min_size: int = 0, max_size: int = 30) -> list[LedgerEvent]:
-    """A valid logged history: seqs 1..n, recordings over several runs, graphs, nodes and projects,
-    and pins only of artifacts recorded earlier. Shrinks towards short histories of plain saves."""
+    """A valid logged history: seqs 1..n, recordings over several runs, graphs, nodes and projects, pins
+    and lifecycle events (aliases, lineage, retire, purge, gc) only of artifacts recorded earlier, each
+    one the facade would accept (no lineage cycles, protected aliases moved only with force, ...).
+    Shrinks towards short histories of plain saves."""
+    # Half recordings (as before lifecycle events existed), a quarter pins, a quarter lifecycle steps.
     steps: list[Any] = draw(st.lists(st.one_of(_recorded(artifact_id=""),
-                                               st.tuples(st.integers(0, 50), st.booleans())),
+                                               st.tuples(st.just("pin"), _which, st.booleans()) | _lifecycle_steps),
                                      min_size=min_size, max_size=max_size))
     evs: list[Event] = []
-    ids: list[str] = []
+    life = _Lifecycle()
+
+    def record(ev: ArtifactRecorded) -> None:
+        ev = msgspec.structs.replace(ev, artifact_id=f"{len(life.ids) + 1:032x}")
+        life.record(ev)
+        evs.append(ev)
+
     for step in steps:
         if isinstance(step, ArtifactRecorded):
-            aid = f"{len(ids) + 1:032x}"
-            ids.append(aid)
-            evs.append(msgspec.structs.replace(step, artifact_id=aid))
-        elif ids:
-            which, pinned = step
-            evs.append(PinChanged(artifact_id=ids[which % len(ids)], pinned=pinned))
-        else:  # nothing recorded yet to pin: a recording instead, so the size stays as drawn
-            aid = f"{len(ids) + 1:032x}"
-            ids.append(aid)
-            evs.append(draw(_recorded(artifact_id=aid)))
+            record(step)
+        elif life.ids:
+            evs.extend(life.event(step))
+        else:  # nothing recorded yet to name: a recording instead, so the size stays as drawn
+            record(draw(_recorded(artifact_id="")))
+    while len(evs) < min_size:  # lifecycle steps that could not apply made it short
+        record(draw(_recorded(artifact_id="")))
     return logged(evs)
 
 
@@ -163,24 +314,40 @@ def _blocking(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
 
 async def write_history(ledger: Ledger, history: Sequence[LedgerEvent], *, tasks: int = 1) -> None:
     """Append the events of ``history`` to ``ledger`` (contents of ``BLOBS`` are stored first), from
-    ``tasks`` concurrent tasks; each artifact's events stay in one task, in order."""
+    ``tasks`` concurrent tasks; each artifact's recordings and pins stay in one task, in order, and each
+    lifecycle event is appended alone, after every event before it, so it applies as it did when generated."""
     if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 1:
         raise ValueError(f"tasks must be an int >= 1, got {tasks!r}")
-    lanes: list[list[Event]] = [[] for _ in range(tasks)]
-    for e in history:
-        # Events naming no single artifact (lineage, gc) go to the first lane, after what they name there.
-        aid = getattr(e.event, "artifact_id", None)
-        lanes[int(aid, 16) % tasks if isinstance(aid, str) and _is_hex(aid) else 0].append(e.event)
+
+    async def append(ev: Event) -> None:
+        if isinstance(ev, ArtifactRecorded) and ev.sha256 in _SHA:
+            await anyio.to_thread.run_sync(ledger.store.put_bytes, _SHA[ev.sha256])
+        await ledger._append(ev)
 
     async def lane(evs: list[Event]) -> None:
         for ev in evs:
-            if isinstance(ev, ArtifactRecorded) and ev.sha256 in _SHA:
-                await anyio.to_thread.run_sync(ledger.store.put_bytes, _SHA[ev.sha256])
-            await ledger._append(ev)
+            await append(ev)
 
-    async with anyio.create_task_group() as tg:
-        for evs in lanes:
-            tg.start_soon(lane, evs)
+    async def concurrently(evs: list[ArtifactRecorded | PinChanged]) -> None:
+        lanes: list[list[Event]] = [[] for _ in range(tasks)]
+        for ev in evs:
+            aid = ev.artifact_id
+            lanes[int(aid, 16) % tasks if _is_hex(aid) else 0].append(ev)
+        async with anyio.create_task_group() as tg:
+            for mine in lanes:
+                tg.start_soon(lane, mine)
+
+    # A lifecycle event's rules depend on other artifacts and on aliases (a retirement without force
+    # needs its artifact unaliased and unpinned): it is a barrier between concurrent segments.
+    segment: list[ArtifactRecorded | PinChanged] = []
+    for e in history:
+        if isinstance(e.event, (ArtifactRecorded, PinChanged)):
+            segment.append(e.event)
+        else:
+            await concurrently(segment)
+            segment = []
+            await append(e.event)
+    await concurrently(segment)
 
 
 def _is_hex(s: str) -> bool:
@@ -393,7 +560,8 @@ CONTEXTS = [(r, g, n, p) for r, p in zip(RUNS, PROJECTS) for g in GRAPHS for n i
 
 
 class ProjectionMachine(RuleBasedStateMachine):
-    """Drives a real ledger at random and compares ``projection``'s live state with ``expected(events)``.
+    """Drives a real ledger at random (lifecycle calls too) and compares ``projection``'s live state with
+    ``expected(events)``; a lifecycle call the ledger refuses must append nothing.
 
     Subclass it: set ``projection`` and define ``expected(self, events)``, your naive model computed
     from every committed ``LedgerEvent``; override ``same(actual, expected)`` to compare otherwise.
@@ -478,6 +646,49 @@ class ProjectionMachine(RuleBasedStateMachine):
         """Pin or unpin a recorded artifact."""
         self.portal.call(lambda: self._facade(CONTEXTS[0]).pin(artifact, pinned))
 
+    def _maybe_refused(self, what: str, call: Callable[[], Awaitable[Any]]) -> None:
+        """Run a lifecycle call; a refusal (ValueError, KeyError: a rule does not hold) must append nothing."""
+        async def go() -> None:
+            before = (await self.ledger._refresh()).head_seq
+            try:
+                await call()
+            except (ValueError, KeyError) as exc:
+                after = (await self.ledger._refresh()).head_seq
+                assert after == before, f"{what} was refused ({exc}) but appended events {before + 1}..{after}"
+
+        self.portal.call(go)
+
+    @rule(artifact=artifacts, key=st.sampled_from(ALIAS_KEYS), protected=st.booleans(), force=st.booleans())
+    def alias(self, artifact: str, key: tuple[str, str], protected: bool, force: bool) -> None:
+        """Point an alias at an artifact (refused for a retired one, or a protected alias without force)."""
+        self._maybe_refused("alias", lambda: self._facade(CONTEXTS[0]).alias(
+            artifact, f"{key[0]}/{key[1]}", protected=protected, force=force))
+
+    @rule(key=st.sampled_from(ALIAS_KEYS), force=st.booleans())
+    def unalias(self, key: tuple[str, str], force: bool) -> None:
+        """Remove an alias (refused if it points nowhere, or is protected and not forced)."""
+        self._maybe_refused("unalias", lambda: self._facade(CONTEXTS[0]).unalias(f"{key[0]}/{key[1]}", force=force))
+
+    @rule(child=artifacts, parent=artifacts, relation=st.sampled_from(_RELATIONS))
+    def relate(self, child: str, parent: str, relation: str) -> None:
+        """Record a lineage edge (refused for a self-edge, a repeat or a cycle)."""
+        self._maybe_refused("relate", lambda: self._facade(CONTEXTS[0]).relate(child, parent, relation=relation))
+
+    @rule(artifact=artifacts, reason=st.sampled_from(REASONS), force=st.booleans())
+    def retire(self, artifact: str, reason: str, force: bool) -> None:
+        """Retire an artifact (refused if retired already, or pinned or aliased and not forced)."""
+        self._maybe_refused("retire", lambda: self._facade(CONTEXTS[0]).retire(artifact, reason, force=force))
+
+    @rule(artifact=artifacts, reason=st.sampled_from(REASONS), force=st.booleans())
+    def purge(self, artifact: str, reason: str, force: bool) -> None:
+        """Purge an artifact (refused if purged already, or pinned or aliased and not forced)."""
+        self._maybe_refused("purge", lambda: self._facade(CONTEXTS[0]).purge(artifact, reason, force=force))
+
+    @rule()
+    def gc(self) -> None:
+        """Run a garbage collection (no policy): the blobs of purged artifacts go, a plan and a result are logged."""
+        self.portal.call(lambda: self.ledger.gc(None, dry_run=False))
+
     @rule()
     def checkpoint(self) -> None:
         """Write a checkpoint now (the catalogue's and the registered projection's)."""
@@ -512,8 +723,13 @@ class ProjectionMachine(RuleBasedStateMachine):
 
 
 # ------------------------------------------------------------ hypothesis entry point
-def _hypothesis_setup_hook() -> None:
-    """Called by hypothesis (entry point ``hypothesis``): lets ``st.from_type`` build the event types."""
+def _register_strategies() -> None:
+    """Register the strategies with hypothesis for ``st.from_type`` (idempotent)."""
     st.register_type_strategy(LedgerEvent, events())
     st.register_type_strategy(ArtifactRecorded, _recorded())
     st.register_type_strategy(PinChanged, _pins())
+    for cls, strategy in _lifecycle_strategies().items():
+        st.register_type_strategy(cls, strategy)
+
+
+_register_strategies()

@@ -13,12 +13,18 @@ import anyio
 import msgspec
 import pytest
 
-from artifact_ledger import CheckpointWarning, ProjectionError, ProjectionWarning, open_ledger
+from artifact_ledger import CheckpointWarning, ProjectionError, ProjectionWarning
 from artifact_ledger.facade import projecting
 from artifact_ledger.ledger import events as E
 from artifact_ledger.ledger.events import ArtifactRecorded, register_upcaster
 from artifact_ledger.projections.leaderboard import Leaderboard
 from artifact_ledger.projections.storage import StorageAccounting
+
+import backends
+from backends import open_ledger  # the real one under the file backend; a schema of its own under postgres
+
+# The lifecycles (live across processes, past, fold, registered with checkpoints) run on every log backend.
+every_backend = pytest.mark.usefixtures("backend")
 
 R = {"run_id": "r1", "graph_id": "g", "node_id": "n"}
 APPLIED: list[int] = []  # seqs Counted.apply saw, to tell a checkpoint load from a full replay
@@ -96,6 +102,7 @@ async def folded(led, projection):
 
 
 # ------------------------------------------------------------ live
+@every_backend
 def test_live_state_follows_own_commits_at_once(root, tmp_path):
     async def main():
         async with open_ledger(root, fsync=False) as led:
@@ -112,15 +119,23 @@ def test_live_state_follows_own_commits_at_once(root, tmp_path):
     anyio.run(main)
 
 
+def child_target(root) -> list[str]:
+    """How a child process opens the ledger at ``root`` on the current backend: [target, cache_dir?]."""
+    if backends.CURRENT.name == "file":
+        return [str(root)]
+    return [backends.url_for(backends.schema_for(root)), str(root)]
+
+
 CHILD = textwrap.dedent("""
     import anyio, sys
     from artifact_ledger import open_ledger
 
     async def main():
-        async with open_ledger(sys.argv[1], fsync=False) as led:
+        cache = {"cache_dir": sys.argv[3]} if len(sys.argv) > 3 else {}
+        async with open_ledger(sys.argv[1], fsync=False, **cache) as led:
             arts = led.artifacts(run_id="other", graph_id="g", node_id="n")
             for i in range(int(sys.argv[2])):
-                p = sys.argv[1] + f"/../child{i}"
+                p = sys.argv[3 if cache else 1] + f"/../child{i}"
                 open(p, "wb").write(b"child %d" % i)
                 art = await arts.save(p, kind="image")
             print(art.seq)
@@ -129,12 +144,14 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@every_backend
 def test_live_state_picks_up_other_processes_commits(root, tmp_path):
     async def main():
         async with open_ledger(root, fsync=False) as led:
             await save_many(led, tmp_path, 1)
             counted, kinds = await led.project(Counted()), await led.project(Kinds())
-            out = await anyio.run_process([sys.executable, "-c", CHILD, str(root), "3"])
+            out = await anyio.run_process([sys.executable, "-c", CHILD, child_target(root)[0], "3",
+                                           *child_target(root)[1:]])
             seq = int(out.stdout.decode().strip())
             assert seq == 4 and counted.seq == 1  # nothing read the log yet
             with anyio.fail_after(30):
@@ -145,6 +162,7 @@ def test_live_state_picks_up_other_processes_commits(root, tmp_path):
     anyio.run(main)
 
 
+@every_backend
 def test_wait_refuses_bad_seqs_and_closed_handles(root, tmp_path):
     async def main():
         async with open_ledger(root, fsync=False) as led:
@@ -162,6 +180,7 @@ def test_wait_refuses_bad_seqs_and_closed_handles(root, tmp_path):
 
 
 # ------------------------------------------------------------ past and one-shot
+@every_backend
 def test_past_state_equals_folding_the_first_n_events(root, tmp_path):
     async def main():
         async with open_ledger(root, fsync=False) as led:
@@ -181,6 +200,7 @@ def test_past_state_equals_folding_the_first_n_events(root, tmp_path):
     anyio.run(main)
 
 
+@every_backend
 def test_fold_since_until_by_seq_and_time(root, tmp_path):
     async def main():
         async with open_ledger(root, fsync=False) as led:
@@ -200,6 +220,7 @@ def _pckpt(root: Path, name: str = "counted", version: int = 1) -> Path:
     return root / "checkpoints" / "projections" / f"{name}.v{version}.pckpt"
 
 
+@every_backend
 def test_registered_projection_is_checkpointed_and_reopens_from_it(root, tmp_path):
     async def first():
         async with open_ledger(root, fsync=False, projections=[Counted(), Kinds()]) as led:
@@ -226,6 +247,7 @@ def test_registered_projection_is_checkpointed_and_reopens_from_it(root, tmp_pat
     anyio.run(second)
 
 
+@every_backend
 def test_register_on_an_open_ledger_catches_up_and_is_checkpointed_on_close(root, tmp_path):
     async def main():
         async with open_ledger(root, fsync=False) as led:
@@ -241,6 +263,7 @@ def test_register_on_an_open_ledger_catches_up_and_is_checkpointed_on_close(root
     anyio.run(main)
 
 
+@every_backend
 def test_a_new_version_rebuilds_from_the_log_with_a_warning(root, tmp_path):
     async def main():
         async with open_ledger(root, fsync=False, projections=[Counted()]) as led:
@@ -270,6 +293,7 @@ def _reopen_warns(root: Path, match: str) -> dict:
 
 
 @pytest.mark.parametrize("where", ["header", "payload", "magic", "cut"])
+@every_backend
 def test_a_damaged_projection_checkpoint_is_rebuilt_from_the_log(root, tmp_path, where):
     async def build():
         async with open_ledger(root, fsync=False, projections=[Counted()]) as led:
@@ -286,6 +310,7 @@ def test_a_damaged_projection_checkpoint_is_rebuilt_from_the_log(root, tmp_path,
     assert _reopen_warns(root, "ignoring the checkpoint of projection 'counted'")["recorded"] == 3
 
 
+@every_backend
 def test_a_checkpoint_of_another_log_is_rebuilt(root, tmp_path):
     """Same seq, other history: the log's hash at that seq decides (the log wins)."""
     other = tmp_path / "other"
@@ -300,6 +325,7 @@ def test_a_checkpoint_of_another_log_is_rebuilt(root, tmp_path):
     _reopen_warns(root, "does not match the log's record at seq 3")
 
 
+@every_backend
 def test_a_checkpoint_beyond_the_log_head_is_rebuilt(root, tmp_path):
     """A checkpoint at seq 5 on a log that ends at seq 2 (as accept_loss can leave it)."""
     five = tmp_path / "five"
@@ -314,6 +340,7 @@ def test_a_checkpoint_beyond_the_log_head_is_rebuilt(root, tmp_path):
     assert _reopen_warns(root, "at seq 5, beyond the log's head 2")["recorded"] == 2
 
 
+@every_backend
 def test_a_checkpoint_whose_decode_raises_is_rebuilt(root, tmp_path, monkeypatch):
     async def build():
         async with open_ledger(root, fsync=False, projections=[Counted()]) as led:
@@ -324,6 +351,7 @@ def test_a_checkpoint_whose_decode_raises_is_rebuilt(root, tmp_path, monkeypatch
     _reopen_warns(root, "raised")
 
 
+@every_backend
 def test_a_failing_projection_checkpoint_write_warns_and_keeps_the_old_one(root, tmp_path, monkeypatch):
     async def main():
         async with open_ledger(root, fsync=False, projections=[Counted()]) as led:
@@ -353,16 +381,19 @@ KILLED = textwrap.dedent("""
     from pathlib import Path
 
     async def main():
-        led = await open_ledger(sys.argv[1], fsync=True, checkpoint_every=3, projections=[Counted()])
-        await save_many(led, Path(sys.argv[1]).parent, 10)
+        cache = {"cache_dir": sys.argv[3]} if len(sys.argv) > 3 else {}
+        led = await open_ledger(sys.argv[1], fsync=True, checkpoint_every=3, projections=[Counted()], **cache)
+        await save_many(led, Path(sys.argv[3] if cache else sys.argv[1]).parent, 10)
         os.kill(os.getpid(), signal.SIGKILL)  # no close, no final checkpoint
 
     anyio.run(main)
 """)
 
 
+@every_backend
 def test_after_sigkill_the_projection_reopens_at_the_log_head(root, tmp_path):
-    proc = subprocess.run([sys.executable, "-c", KILLED, str(root), str(Path(__file__).parent)],
+    target, *cache = child_target(root)
+    proc = subprocess.run([sys.executable, "-c", KILLED, target, str(Path(__file__).parent), *cache],
                           capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
@@ -377,6 +408,7 @@ def test_after_sigkill_the_projection_reopens_at_the_log_head(root, tmp_path):
 
 
 # ------------------------------------------------------------ isolation
+@every_backend
 def test_a_raising_projection_is_isolated(root, tmp_path):
     async def main():
         async with open_ledger(root, fsync=False, projections=[Counted(), Fragile()]) as led:
@@ -403,6 +435,7 @@ def test_a_raising_projection_is_isolated(root, tmp_path):
     anyio.run(main)
 
 
+@every_backend
 def test_a_raising_one_shot_or_past_fold_names_projection_and_seq(root, tmp_path):
     async def main():
         async with open_ledger(root, fsync=False) as led:
@@ -448,6 +481,7 @@ async def _open(root, projections):
         pass
 
 
+@every_backend
 def test_read_only_ledgers_project_but_never_write_checkpoints(root, tmp_path):
     async def main():
         async with open_ledger(root, fsync=False) as led:
@@ -471,6 +505,7 @@ def test_register_upcaster_refuses_bad_steps(monkeypatch):
         register_upcaster("artifact.pin", 1)(lambda raw: raw)
 
 
+@every_backend
 def test_a_projection_written_against_v1_keeps_working_after_an_upcast(root, tmp_path, monkeypatch):
     """Records written as v1, read by a (pretend) release whose events are v2: every projection
     lifecycle sees upcast events, and the v1 projections give the same answers."""
@@ -511,6 +546,7 @@ def shutil_rm(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@every_backend
 def test_background_checkpoints_carry_the_registered_projections(root, tmp_path):
     async def main():
         async with open_ledger(root, fsync=False, checkpoint_every=2, projections=[Counted()]) as led:
@@ -523,6 +559,8 @@ def test_background_checkpoints_carry_the_registered_projections(root, tmp_path)
     anyio.run(main)
 
 
+@every_backend
+@backends.file_only  # temporary checkpoint files of dead processes, on disk
 def test_open_sweeps_projection_checkpoint_temps_of_dead_processes(root, tmp_path):
     from test_sweep import _dead_owner_tag
 
