@@ -11,7 +11,7 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 import heapq
 from itertools import compress
-from typing import Any
+from typing import Any, Collection, Container
 
 from .catalog import Catalog, Row
 from .labels import RESERVED, canon
@@ -286,12 +286,17 @@ def _table_key(f: Filter) -> tuple[str, Any] | None:
     return None
 
 
-def _scan_best_rows(state: Catalog, f: Filter, metric: str, upto: int | None) -> list[int]:
-    """[max row, min row] (-1 when none) by one pass; later rows win ties (they are newer)."""
+def _scan_best_rows(state: Catalog, f: Filter, metric: str, upto: int | None,
+                    skip: Container[int] = ()) -> list[int]:
+    """[max row, min row] (-1 when none) by one pass; later rows win ties (they are newer).
+
+    Rows in ``skip`` (row numbers: retired ones, say) never win."""
     hi = lo = -1
     hv: Any = None
     lv: Any = None
     for v, i in _metric_rows(state, _Plan(state, f), metric, upto):
+        if skip and i in skip:
+            continue
         if hi < 0 or v >= hv:
             hi, hv = i, v
         if lo < 0 or v <= lv:
@@ -299,9 +304,11 @@ def _scan_best_rows(state: Catalog, f: Filter, metric: str, upto: int | None) ->
     return [hi, lo]
 
 
-def _scan_best(state: Catalog, f: Filter, metric: str, upto: int | None) -> list[Row | None]:
-    """[max row, min row] as Row handles (None when none)."""
-    return [None if i < 0 else Row(state, i) for i in _scan_best_rows(state, f, metric, visible(state, upto))]
+def _scan_best(state: Catalog, f: Filter, metric: str, upto: int | None,
+               skip: Container[int] = ()) -> list[Row | None]:
+    """[max row, min row] as Row handles (None when none), rows in ``skip`` left out."""
+    return [None if i < 0 else Row(state, i)
+            for i in _scan_best_rows(state, f, metric, visible(state, upto), skip)]
 
 
 def best(state: Catalog, f: Filter, metric: str, mode: str, upto: int | None = None) -> Row | None:
@@ -374,25 +381,36 @@ def count(state: Catalog, f: Filter, metric: str | None = None, upto: int | None
     return sum(1 for j in range(plan.bound(state, upto)) if matches(state, cand[j]))
 
 
-def runs(state: Catalog, upto: int | None = None, project_id: str | None = None) -> list[tuple[str, int, int, int]]:
+def runs(state: Catalog, upto: int | None = None, project_id: str | None = None,
+         skip: Collection[int] = ()) -> list[tuple[str, int, int, int]]:
     """``(run_id, artifacts, first ts, last ts)`` per run (as of ``upto``), most recently active first.
 
-    With ``project_id``, only that project's artifacts count (a run may span projects).
+    With ``project_id``, only that project's artifacts count (a run may span projects). Rows in ``skip``
+    (row numbers: those retired as of ``upto``) do not count; a run left with none is not listed.
     """
     n = state.rows_at(visible(state, upto))
     strs, ts, run_s = state.strs, state.ts, state.run_s
     out: list[tuple[str, int, int, int]] = []
     if project_id is None:
-        # Each run's rows are an ascending index: its count and ends are a cut of it, not a scan.
+        skipped = {run_s[i] for i in skip if i < n}
+        # Each run's rows are an ascending index: its count and ends are a cut of it, not a scan
+        # (only a run with skipped rows is filtered row by row).
         for sid in set(run_s[:n]):
             run = strs[sid]
             rows = state.by_label[("run_id", run)]
             k = bisect_left(rows, n)
+            if sid in skipped:
+                live = [i for i in rows[:k] if i not in skip]
+                if live:
+                    out.append((run, len(live), ts[live[0]], ts[live[-1]]))  # type: ignore[arg-type]
+                continue
             out.append((run, k, ts[rows[0]], ts[rows[k - 1]]))  # type: ignore[arg-type]
     else:
         rows = state.by_label.get(("project_id", project_id), array("i"))
         found: dict[int, list[int]] = {}
         for i in rows[: bisect_left(rows, n)]:
+            if skip and i in skip:
+                continue
             entry = found.get(run_s[i])
             if entry is None:
                 found[run_s[i]] = [1, ts[i], ts[i]]
@@ -402,3 +420,9 @@ def runs(state: Catalog, upto: int | None = None, project_id: str | None = None)
         out = [(strs[sid], c, lo, hi) for sid, (c, lo, hi) in found.items()]  # type: ignore[misc]
     out.sort(key=lambda r: (-r[3], r[0]))
     return out
+
+
+def retired_rows(state: Catalog, upto: int | None = None) -> set[int]:
+    """Row numbers of the artifacts retired (purges included) as of ``upto``: hidden from every answer."""
+    id_rows = state.id_rows
+    return {id_rows[aid] for aid, (s, _) in state.life.retired.items() if upto is None or s <= upto}
