@@ -331,6 +331,34 @@ def best(state: Catalog, f: Filter, metric: str, mode: str, upto: int | None = N
     return None if i < 0 else Row(state, i)
 
 
+LIVE_BEST_CACHE = 4096  # entries kept before the cache starts over
+
+
+def best_live(state: Catalog, f: Filter, metric: str, mode: str, upto: int | None = None) -> Row | None:
+    """``best`` among the rows not retired as of ``upto``: O(1) while the tables' winner is live, else one
+    pass over the candidates, remembered until a row is added or another artifact is retired."""
+    life = state.life
+    if not life.retired:
+        return best(state, f, metric, mode, upto)
+    upto = visible(state, upto)
+    hidden = retired_rows(state, upto)
+    row = best(state, f, metric, mode, upto)
+    if row is None or row.i not in hidden:
+        return row
+    stamp = (len(state.ids), len(life.retired))
+    key = (f, metric, upto)
+    hit = life.live_best.get(key)
+    if hit is not None and hit[0] == stamp:
+        entry = hit[1]
+    else:
+        entry = _scan_best_rows(state, f, metric, upto, hidden)
+        if len(life.live_best) >= LIVE_BEST_CACHE:
+            life.live_best.clear()
+        life.live_best[key] = (stamp, entry)
+    i = entry[0] if mode == "max" else entry[1]
+    return None if i < 0 else Row(state, i)
+
+
 def pinned_at(state: Catalog, row: Row, upto: int | None) -> bool:
     """An artifact's pin state after event ``upto`` (current state when None)."""
     i = row.i
@@ -426,3 +454,32 @@ def retired_rows(state: Catalog, upto: int | None = None) -> set[int]:
     """Row numbers of the artifacts retired (purges included) as of ``upto``: hidden from every answer."""
     id_rows = state.id_rows
     return {id_rows[aid] for aid, (s, _) in state.life.retired.items() if upto is None or s <= upto}
+
+
+def count_among(state: Catalog, f: Filter, rows: Collection[int], metric: str | None = None,
+                upto: int | None = None) -> int:
+    """How many of ``rows`` (row numbers) ``count(state, f, metric, upto)`` counts: what hiding them takes off."""
+    plan = _Plan(state, f)
+    if plan.empty or not rows:
+        return 0
+    name_id = -1
+    if metric is not None:
+        name_id = state.str_ids.get(metric, -1)
+        if name_id < 0:
+            return 0
+    cand = plan.cand
+    assert cand is not None
+    n = state.rows_at(visible(state, upto))
+    off, names = state.metric_off, state.metric_name
+    found = 0
+    for i in rows:
+        if i >= n:
+            continue
+        # matches() leaves out what the candidate list guarantees: a row not taken from it must be in it.
+        j = bisect_left(cand, i)
+        if j == len(cand) or cand[j] != i or not plan.matches(state, i):
+            continue
+        if metric is not None and name_id not in names[off[i]:off[i + 1]]:
+            continue
+        found += 1
+    return found

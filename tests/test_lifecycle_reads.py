@@ -103,3 +103,53 @@ def test_diff_best_skips_artifacts_retired_at_either_end(tmp_path):
         whole = await led.diff(0, led.head[0])
         assert all(c.new is None for c in whole.best)
     go(tmp_path, t)
+
+
+def test_best_count_and_search_look_past_retired_rows_without_losing_any(tmp_path):
+    async def t(led, save):
+        fa = led.artifacts(**R1)
+        arts = [await save(R1, bytes([i]), metrics={"acc": i / 10}, labels={"even": i % 2 == 0}) for i in range(8)]
+        ids = [a.artifact_id for a in arts]
+
+        async def check(view, live):
+            v = view.artifacts(**R1)
+            by_acc = sorted(live, key=lambda i: -i)
+            assert [x.artifact_id for x in await v.search(metric="acc", mode="max", limit=3)] == \
+                [ids[i] for i in by_acc[:3]]
+            assert [x.artifact_id for x in await v.search(limit=3)] == [ids[i] for i in sorted(live)[::-1][:3]]
+            assert [x.artifact_id for x in await v.search(labels={"even": True}, limit=2)] == \
+                [ids[i] for i in sorted(live)[::-1] if i % 2 == 0][:2]
+            assert await v.count() == len(live)
+            assert await v.count(metric="acc", labels={"even": True}) == len([i for i in live if i % 2 == 0])
+            assert await v.count(kind="model", scope="all") == len(live)
+            for scope in ("run", "all"):
+                got = await v.best(kind="model", metric="acc", mode="max", scope=scope)
+                assert (got and got.artifact_id) == (ids[by_acc[0]] if live else None)
+                got = await v.best(kind="model", metric="acc", mode="min", scope=scope)
+                assert (got and got.artifact_id) == (ids[by_acc[-1]] if live else None)
+
+        live = set(range(8))
+        await check(led, live)
+        seqs = []
+        for i in (7, 6, 0, 4):  # the top twice, the bottom, one in the middle: each answer must look past them
+            await fa.retire(ids[i], "bench")
+            live.discard(i)
+            seqs.append((led.head[0], set(live)))
+            await check(led, live)
+        # A new best after the retirements (the cached live winner must not hide it), then its retirement.
+        arts.append(await save(R1, b"new", metrics={"acc": 0.65}, labels={"even": True}))
+        ids.append(arts[-1].artifact_id)
+        live.add(8)
+        await check(led, live)
+        await fa.retire(ids[8], "bench")
+        live.discard(8)
+        await check(led, live)
+        for seq, was in seqs:  # every past view answers as of its seq
+            await check(await led.as_of(seq=seq), was)
+        # A retired artifact without the metric takes nothing off a count by that metric.
+        with_acc = await fa.count(metric="acc", labels={"even": True})
+        bare = await save(R1, b"bare", labels={"even": True})
+        await fa.retire(bare.artifact_id, "no metrics")
+        assert await fa.count(metric="acc", labels={"even": True}) == with_acc
+        assert await fa.count(labels={"even": True}) == with_acc
+    go(tmp_path, t)
