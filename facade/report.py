@@ -164,7 +164,10 @@ class _Effects:
         for aid, (seq, reason) in life.retired.items():
             if seq <= upto:
                 self.retired.setdefault(seq, []).append((aid, reason))
-        self.purged = {(aid, seq) for aid, (seq, _) in life.purged.items() if seq <= upto}
+        self.purged: dict[int, list[tuple[str, str]]] = {}  # a purge may follow the artifact's retirement
+        for aid, (seq, reason) in life.purged.items():
+            if seq <= upto:
+                self.purged.setdefault(seq, []).append((aid, reason))
         self.alias: dict[int, tuple[str | None, str | None]] = {}  # seq -> (target before, target after)
         for hist in life.alias_hist.values():
             prev: str | None = None
@@ -184,13 +187,15 @@ def _fold_lifecycle(data: ReportData, fx: _Effects, e: LedgerEvent) -> bool:
     ev = e.event
     scoped = data.run is not None or data.project is not None
     retired_here = fx.retired.get(e.seq, [])
+    purged_here = fx.purged.get(e.seq, [])
     for aid, reason in retired_here:
         if aid in data.artifacts:
             data.retired[aid] = (e.seq, reason)
-            if (aid, e.seq) in fx.purged:
-                data.purged[aid] = (e.seq, reason)
             for board in data.boards.values():
                 board.retire(e.seq, e.time, aid)
+    for aid, reason in purged_here:
+        if aid in data.artifacts:
+            data.purged[aid] = (e.seq, reason)
     forced = " <b>(forced)</b>" if getattr(ev, "force", False) else ""
     if isinstance(ev, (AliasSet, AliasRemoved)):
         key = (ev.namespace, ev.name)
@@ -229,12 +234,11 @@ def _fold_lifecycle(data: ReportData, fx: _Effects, e: LedgerEvent) -> bool:
         if scoped and ev.artifact_id not in data.artifacts:
             return False
         verb = "retired" if isinstance(ev, Retired) else "purged (bytes collectable once unreferenced)"
-        took = any(aid == ev.artifact_id for aid, _ in retired_here) or (
-            isinstance(ev, Purged) and (ev.artifact_id, e.seq) in fx.purged)
+        took = any(aid == ev.artifact_id for aid, _ in (purged_here if isinstance(ev, Purged) else retired_here))
         what = (f"{verb} {_code(ev.artifact_id)}: <q>{_e(ev.reason)}</q>{forced}"
                 + ("" if took else ": no effect (already retired, or pinned/aliased without force, when folded in)"))
     elif isinstance(ev, GcPlanned):
-        mine = [aid for aid, _ in retired_here if aid in data.artifacts]
+        mine = [aid for aid, _ in purged_here if aid in data.artifacts]
         if scoped and not mine:
             return False
         part = f" (part {ev.part}/{ev.parts})" if ev.parts > 1 else ""

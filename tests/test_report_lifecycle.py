@@ -40,6 +40,9 @@ async def _build(root, tmp) -> dict:
         await a.retire(ids["top"], "trained on <leaked> test data")
         await a.purge(ids["child"], "GDPR erasure request", force=True)  # aliased: needs force
         await b.retire(ids["other"], "r2 reason")
+        ids["before_low"] = led.head[0]
+        await a.retire(ids["low"], "first retired")  # then purged: the purge comes after the retirement
+        await a.purge(ids["low"], "then purged")
         await led.gc(None, dry_run=False, grace=0)
         ids["head"] = led.head[0]
         return ids
@@ -83,16 +86,19 @@ def test_report_timeline_describes_every_lifecycle_event(root, tmp_path):
     assert "&lt;leaked&gt;" in page and "<leaked>" not in page  # the reason is shown as text
     assert f"purged (bytes collectable once unreferenced) {short['child']}: GDPR erasure request (forced)" in text
     assert re.search(r"gc plan \w+: policy none \(only unreferenced blobs\); purges 0 artifact\(s\); "
-                     r"expects to delete 1 blob\(s\)", text), text
-    assert re.search(r"gc result of plan \w+: deleted 1 blob\(s\)", text), text
+                     r"expects to delete 2 blob\(s\)", text), text
+    assert re.search(r"gc result of plan \w+: deleted 2 blob\(s\)", text), text
     assert "no effect" not in text
     # The runs table says which artifacts are retired or purged, and why.
     row = re.search(rf'<tr data-artifact="{ids["child"]}" class="purged">.*?<td class="status">(.*?)</td>', page)
     assert html.unescape(row.group(1)).startswith("purged at seq ") and "GDPR erasure request" in row.group(1)
     row = re.search(rf'<tr data-artifact="{ids["top"]}" class="retired">.*?<td class="status">(.*?)</td>', page)
     assert "retired at seq" in row.group(1)
-    assert re.search(rf'<tr data-artifact="{ids["low"]}"><td>', page)
-    assert 'data-run="r1" data-live="1"' in page and "3 artifacts (2 retired)" in page
+    row = re.search(rf'<tr data-artifact="{ids["low"]}" class="purged">.*?<td class="status">(.*?)</td>', page)
+    assert "purged at seq" in row.group(1) and "then purged" in row.group(1)
+    assert f"retired {short['low']}: first retired" in text
+    assert f"purged (bytes collectable once unreferenced) {short['low']}: then purged" in text
+    assert 'data-run="r1" data-live="0"' in page and "3 artifacts (3 retired)" in page
     # The aliases section: production points at the purged child (forced), candidate nowhere.
     assert re.findall(r'<tr data-alias="([^"]+)" data-artifact="([^"]+)"', page) == [("p/production", ids["child"])]
 
@@ -100,7 +106,9 @@ def test_report_timeline_describes_every_lifecycle_event(root, tmp_path):
 def test_report_best_skips_retired_artifacts_as_best_does(root, tmp_path):
     ids = anyio.run(_build, root, tmp_path)
     page = anyio.run(_report, root)
-    assert _board(page) == anyio.run(_best, root) == ids["low"]
+    assert _board(page) == "" and anyio.run(_best, root) is None  # every artifact is retired by the head
+    past_gc = anyio.run(lambda: _report(root, upto=ids["before_low"]))
+    assert _board(past_gc) == anyio.run(lambda: _best(root, ids["before_low"])) == ids["low"]
     assert "after <code>" in page  # the leader changes the retirements caused are listed
     past = anyio.run(lambda: _report(root, upto=ids["before_retire"]))
     assert _board(past) == anyio.run(lambda: _best(root, ids["before_retire"])) == ids["other"]
