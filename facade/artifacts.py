@@ -20,7 +20,7 @@ from ..ledger.events import ArtifactRecorded, PinChanged
 from ..projections.catalog import Catalog, Row
 from ..projections.query import Filter, by_blob, rank_rows, select_rows
 from ..projections.query import count as count_rows
-from ..projections.query import best_live, count_among, retired_rows
+from ..projections.query import best_live, count_among, retired_count, retired_rows
 from ..store.durable import unique_hex, unshare
 from ..store.base import BlobCorrupted, BlobInfo, check_sha
 
@@ -530,7 +530,7 @@ class ArtifactFacade(LifecycleMixin):
         if cat.life.retired or only is not None:
             # Hidden rows must not use up the limit: ask for as many more as could be hidden (at most
             # every retired row), filter, then cut; an alias filter keeps one row, so it reads all.
-            hidden = len(retired_rows(cat, self._src.upto))
+            hidden = retired_count(cat, self._src.upto)
             wide = None if limit is None or only is not None else limit + hidden
             if metric is not None:
                 rows = rank_rows(cat, f, metric, mode, wide, upto=self._src.upto)  # type: ignore[arg-type]

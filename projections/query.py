@@ -341,10 +341,11 @@ def best_live(state: Catalog, f: Filter, metric: str, mode: str, upto: int | Non
     if not life.retired:
         return best(state, f, metric, mode, upto)
     upto = visible(state, upto)
-    hidden = retired_rows(state, upto)
     row = best(state, f, metric, mode, upto)
-    if row is None or row.i not in hidden:
-        return row
+    gone = None if row is None else life.retired.get(state.ids[row.i])
+    if gone is None or (upto is not None and gone[0] > upto):
+        return row  # the tables' winner is live: no need to look at the retired rows at all
+    hidden = retired_rows(state, upto)
     stamp = (len(state.ids), len(life.retired))
     key = (f, metric, upto)
     hit = life.live_best.get(key)
@@ -448,6 +449,12 @@ def runs(state: Catalog, upto: int | None = None, project_id: str | None = None,
         out = [(strs[sid], c, lo, hi) for sid, (c, lo, hi) in found.items()]  # type: ignore[misc]
     out.sort(key=lambda r: (-r[3], r[0]))
     return out
+
+
+def retired_count(state: Catalog, upto: int | None = None) -> int:
+    """How many artifacts are retired (purges included) as of ``upto``."""
+    retired = state.life.retired
+    return len(retired) if upto is None else sum(1 for s, _ in retired.values() if s <= upto)
 
 
 def retired_rows(state: Catalog, upto: int | None = None) -> set[int]:
