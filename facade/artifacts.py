@@ -18,8 +18,9 @@ from ..ledger.errors import BlobCollected
 from ..ledger.errors import ReadOnlyError as ReadOnlyError  # re-exported by facade/__init__
 from ..ledger.events import ArtifactRecorded, PinChanged
 from ..projections.catalog import Catalog, Row
-from ..projections.query import Filter, best as best_row, by_blob, rank_rows, select_rows
+from ..projections.query import Filter, by_blob, rank_rows, select_rows
 from ..projections.query import count as count_rows
+from ..projections.query import best_live, count_among, retired_count, retired_rows
 from ..store.durable import unique_hex, unshare
 from ..store.base import BlobCorrupted, BlobInfo, check_sha
 
@@ -527,11 +528,14 @@ class ArtifactFacade(LifecycleMixin):
         cat = await self._src._refresh()
         only = self._alias_rows(cat, alias)
         if cat.life.retired or only is not None:
-            # Hidden rows must not use up the limit: filter the full answer, then cut it.
+            # Hidden rows must not use up the limit: ask for as many more as could be hidden (at most
+            # every retired row), filter, then cut; an alias filter keeps one row, so it reads all.
+            hidden = retired_count(cat, self._src.upto)
+            wide = None if limit is None or only is not None else limit + hidden
             if metric is not None:
-                rows = rank_rows(cat, f, metric, mode, None, upto=self._src.upto)  # type: ignore[arg-type]
+                rows = rank_rows(cat, f, metric, mode, wide, upto=self._src.upto)  # type: ignore[arg-type]
             else:
-                rows = select_rows(cat, f, None, upto=self._src.upto)
+                rows = select_rows(cat, f, wide, upto=self._src.upto)
             rows = [i for i in self._live(cat, rows) if only is None or i in only]
             return self._out(cat, rows if limit is None else rows[:limit])
         if metric is not None:
@@ -546,10 +550,7 @@ class ArtifactFacade(LifecycleMixin):
         check_ranking(metric, mode, required=True)
         f = self._filter(scope, kind, filters, None, labels_name="filters")
         cat = await self._src._refresh()
-        if cat.life.retired:
-            live = self._live(cat, rank_rows(cat, f, metric, mode, None, upto=self._src.upto))
-            return self._src._to_artifact(Row(cat, live[0]), cat) if live else None
-        row = best_row(cat, f, metric, mode, upto=self._src.upto)
+        row = best_live(cat, f, metric, mode, upto=self._src.upto)
         return None if row is None else self._src._to_artifact(row, cat)
 
     # ------------------------------------------------------------ conveniences
@@ -574,11 +575,11 @@ class ArtifactFacade(LifecycleMixin):
             raise TypeError(f"metric must be a non-empty string, got {metric!r}")
         f = self._filter(scope, kind, labels, extra_scope_labels)
         cat = await self._src._refresh()
+        total = count_rows(cat, f, metric, upto=self._src.upto)
         if cat.life.retired:
-            if metric is not None:
-                return len(self._live(cat, rank_rows(cat, f, metric, "max", None, upto=self._src.upto)))
-            return len(self._live(cat, select_rows(cat, f, None, upto=self._src.upto)))
-        return count_rows(cat, f, metric, upto=self._src.upto)
+            # Take off the hidden rows the query counted, rather than list every match to filter it.
+            total -= count_among(cat, f, retired_rows(cat, self._src.upto), metric, upto=self._src.upto)
+        return total
 
     async def local_path(self, uri: str) -> Path:
         """A local path to an artifact's bytes, without reading them: the blob itself (files) or the

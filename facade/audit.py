@@ -13,7 +13,7 @@ from ..ledger.errors import LedgerCorruption
 from ..ledger.events import ArtifactRecorded, Event, EventDecodeError, PinChanged, decode_event
 from ..ledger.framing import Record
 from ..projections.catalog import Catalog, Row, scope_keys_of
-from ..projections.query import Filter, _scan_best, pinned_at
+from ..projections.query import Filter, _scan_best, pinned_at, retired_rows
 from ..store.base import BlobStore
 
 from . import content
@@ -153,8 +153,13 @@ def diff(cat: Catalog, a: int, b: int, to_artifact: Callable[[Row, int], Artifac
         before, after = pinned_at(cat, row, a), pinned_at(cat, row, b)
         if before != after:
             pins.append(PinChange(aid, before, after))
+    life = cat.life
+    # A best table changes when an artifact is added to it or its winner is retired: the tables of
+    # artifacts retired in (a, b] are compared too, each end without the artifacts retired by then.
+    hidden_a = retired_rows(cat, a) if life.retired else set()
+    hidden_b = retired_rows(cat, b) if life.retired else set()
     keys: dict[tuple[str, Any, str, str], None] = {}
-    for r in added_rows:
+    for r in added_rows + [Row(cat, i) for i in sorted(hidden_b - hidden_a) if i < cat.rows_at(a)]:
         ev = r.ev
         for metric in ev.metrics:
             for scope, key in scope_keys_of(ev):
@@ -162,8 +167,8 @@ def diff(cat: Catalog, a: int, b: int, to_artifact: Callable[[Row, int], Artifac
     changes: list[BestChange] = []
     for scope, key, kind, metric in keys:
         f = Filter.build(_scope_dict(scope, key), None, kind)
-        old = _scan_best(cat, f, metric, a)
-        new = _scan_best(cat, f, metric, b)
+        old = _scan_best(cat, f, metric, a, hidden_a)
+        new = _scan_best(cat, f, metric, b, hidden_b)
         for i, mode in enumerate(("max", "min")):
             o, n = old[i], new[i]
             if (o is None) != (n is None) or (o is not None and n is not None and o.seq != n.seq):
@@ -171,7 +176,6 @@ def diff(cat: Catalog, a: int, b: int, to_artifact: Callable[[Row, int], Artifac
                     scope, _scope_dict(scope, key), kind, metric, mode,
                     None if o is None else to_artifact(o, a), None if n is None else to_artifact(n, b),
                 ))
-    life = cat.life
     aliases = []
     for key in sorted(life.alias_hist):
         old_a, new_a = life.alias_at(key, a), life.alias_at(key, b)

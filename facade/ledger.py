@@ -28,6 +28,7 @@ from ..projections import snapshot
 from ..projections.catalog import Catalog, Row, apply_decoded
 from ..projections.query import pinned_at, seq_at_time
 from ..projections.query import runs as query_runs
+from ..projections.query import retired_rows
 from ..store import is_remote, open_store, remote_place
 from ..store.base import BlobStore
 from ..store.durable import unique_hex
@@ -581,8 +582,10 @@ def run_summaries(cat: Catalog, upto: int | None, project_id: str | None) -> lis
     """``runs()`` of the catalogue as of ``upto``, as user-facing records."""
     if project_id is not None:
         check_id("project_id", project_id)
+    # Retired artifacts are hidden from list/search/best, so they count in no summary either.
+    hidden = retired_rows(cat, upto) if cat.life.retired else ()
     return [RunSummary(run_id=run, artifacts=n, first_at=utc_from_us(first), last_at=utc_from_us(last))
-            for run, n, first, last in query_runs(cat, upto, project_id)]
+            for run, n, first, last in query_runs(cat, upto, project_id, hidden)]
 
 
 def apply_records(cat: Catalog, records: list[Record]) -> None:

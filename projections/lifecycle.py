@@ -62,6 +62,9 @@ class Lifecycle:
         self.sweeps: dict[str, int] = {}  # plan id -> seq of its result
         self.touched: dict[str, list[int]] = {}  # artifact -> seqs of lifecycle events naming it
         self.dirty: list[str] = []  # artifacts touched by the event being folded (not saved; see catalog.apply)
+        # Best-by-metric winners among live rows, for queries whose table winner is retired (not saved: a
+        # cache, keyed by filter, metric and view; valid while the row and retirement counts are unchanged).
+        self.live_best: dict[Any, tuple[tuple[int, int], list[int]]] = {}
 
     # ------------------------------------------------------------ reading
     def alias_at(self, key: AliasKey, upto: int | None) -> tuple[int, str | None, bool] | None:

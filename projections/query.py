@@ -11,7 +11,7 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 import heapq
 from itertools import compress
-from typing import Any
+from typing import Any, Collection, Container
 
 from .catalog import Catalog, Row
 from .labels import RESERVED, canon
@@ -286,12 +286,17 @@ def _table_key(f: Filter) -> tuple[str, Any] | None:
     return None
 
 
-def _scan_best_rows(state: Catalog, f: Filter, metric: str, upto: int | None) -> list[int]:
-    """[max row, min row] (-1 when none) by one pass; later rows win ties (they are newer)."""
+def _scan_best_rows(state: Catalog, f: Filter, metric: str, upto: int | None,
+                    skip: Container[int] = ()) -> list[int]:
+    """[max row, min row] (-1 when none) by one pass; later rows win ties (they are newer).
+
+    Rows in ``skip`` (row numbers: retired ones, say) never win."""
     hi = lo = -1
     hv: Any = None
     lv: Any = None
     for v, i in _metric_rows(state, _Plan(state, f), metric, upto):
+        if skip and i in skip:
+            continue
         if hi < 0 or v >= hv:
             hi, hv = i, v
         if lo < 0 or v <= lv:
@@ -299,9 +304,11 @@ def _scan_best_rows(state: Catalog, f: Filter, metric: str, upto: int | None) ->
     return [hi, lo]
 
 
-def _scan_best(state: Catalog, f: Filter, metric: str, upto: int | None) -> list[Row | None]:
-    """[max row, min row] as Row handles (None when none)."""
-    return [None if i < 0 else Row(state, i) for i in _scan_best_rows(state, f, metric, visible(state, upto))]
+def _scan_best(state: Catalog, f: Filter, metric: str, upto: int | None,
+               skip: Container[int] = ()) -> list[Row | None]:
+    """[max row, min row] as Row handles (None when none), rows in ``skip`` left out."""
+    return [None if i < 0 else Row(state, i)
+            for i in _scan_best_rows(state, f, metric, visible(state, upto), skip)]
 
 
 def best(state: Catalog, f: Filter, metric: str, mode: str, upto: int | None = None) -> Row | None:
@@ -320,6 +327,35 @@ def best(state: Catalog, f: Filter, metric: str, mode: str, upto: int | None = N
         entry = tables.get(sk)  # type: ignore[assignment]
         if entry is None:
             entry = tables[sk] = _scan_best_rows(state, f, metric, None)
+    i = entry[0] if mode == "max" else entry[1]
+    return None if i < 0 else Row(state, i)
+
+
+LIVE_BEST_CACHE = 4096  # entries kept before the cache starts over
+
+
+def best_live(state: Catalog, f: Filter, metric: str, mode: str, upto: int | None = None) -> Row | None:
+    """``best`` among the rows not retired as of ``upto``: O(1) while the tables' winner is live, else one
+    pass over the candidates, remembered until a row is added or another artifact is retired."""
+    life = state.life
+    if not life.retired:
+        return best(state, f, metric, mode, upto)
+    upto = visible(state, upto)
+    row = best(state, f, metric, mode, upto)
+    gone = None if row is None else life.retired.get(state.ids[row.i])
+    if gone is None or (upto is not None and gone[0] > upto):
+        return row  # the tables' winner is live: no need to look at the retired rows at all
+    hidden = retired_rows(state, upto)
+    stamp = (len(state.ids), len(life.retired))
+    key = (f, metric, upto)
+    hit = life.live_best.get(key)
+    if hit is not None and hit[0] == stamp:
+        entry = hit[1]
+    else:
+        entry = _scan_best_rows(state, f, metric, upto, hidden)
+        if len(life.live_best) >= LIVE_BEST_CACHE:
+            life.live_best.clear()
+        life.live_best[key] = (stamp, entry)
     i = entry[0] if mode == "max" else entry[1]
     return None if i < 0 else Row(state, i)
 
@@ -374,25 +410,36 @@ def count(state: Catalog, f: Filter, metric: str | None = None, upto: int | None
     return sum(1 for j in range(plan.bound(state, upto)) if matches(state, cand[j]))
 
 
-def runs(state: Catalog, upto: int | None = None, project_id: str | None = None) -> list[tuple[str, int, int, int]]:
+def runs(state: Catalog, upto: int | None = None, project_id: str | None = None,
+         skip: Collection[int] = ()) -> list[tuple[str, int, int, int]]:
     """``(run_id, artifacts, first ts, last ts)`` per run (as of ``upto``), most recently active first.
 
-    With ``project_id``, only that project's artifacts count (a run may span projects).
+    With ``project_id``, only that project's artifacts count (a run may span projects). Rows in ``skip``
+    (row numbers: those retired as of ``upto``) do not count; a run left with none is not listed.
     """
     n = state.rows_at(visible(state, upto))
     strs, ts, run_s = state.strs, state.ts, state.run_s
     out: list[tuple[str, int, int, int]] = []
     if project_id is None:
-        # Each run's rows are an ascending index: its count and ends are a cut of it, not a scan.
+        skipped = {run_s[i] for i in skip if i < n}
+        # Each run's rows are an ascending index: its count and ends are a cut of it, not a scan
+        # (only a run with skipped rows is filtered row by row).
         for sid in set(run_s[:n]):
             run = strs[sid]
             rows = state.by_label[("run_id", run)]
             k = bisect_left(rows, n)
+            if sid in skipped:
+                live = [i for i in rows[:k] if i not in skip]
+                if live:
+                    out.append((run, len(live), ts[live[0]], ts[live[-1]]))  # type: ignore[arg-type]
+                continue
             out.append((run, k, ts[rows[0]], ts[rows[k - 1]]))  # type: ignore[arg-type]
     else:
         rows = state.by_label.get(("project_id", project_id), array("i"))
         found: dict[int, list[int]] = {}
         for i in rows[: bisect_left(rows, n)]:
+            if skip and i in skip:
+                continue
             entry = found.get(run_s[i])
             if entry is None:
                 found[run_s[i]] = [1, ts[i], ts[i]]
@@ -402,3 +449,44 @@ def runs(state: Catalog, upto: int | None = None, project_id: str | None = None)
         out = [(strs[sid], c, lo, hi) for sid, (c, lo, hi) in found.items()]  # type: ignore[misc]
     out.sort(key=lambda r: (-r[3], r[0]))
     return out
+
+
+def retired_count(state: Catalog, upto: int | None = None) -> int:
+    """How many artifacts are retired (purges included) as of ``upto``."""
+    retired = state.life.retired
+    return len(retired) if upto is None else sum(1 for s, _ in retired.values() if s <= upto)
+
+
+def retired_rows(state: Catalog, upto: int | None = None) -> set[int]:
+    """Row numbers of the artifacts retired (purges included) as of ``upto``: hidden from every answer."""
+    id_rows = state.id_rows
+    return {id_rows[aid] for aid, (s, _) in state.life.retired.items() if upto is None or s <= upto}
+
+
+def count_among(state: Catalog, f: Filter, rows: Collection[int], metric: str | None = None,
+                upto: int | None = None) -> int:
+    """How many of ``rows`` (row numbers) ``count(state, f, metric, upto)`` counts: what hiding them takes off."""
+    plan = _Plan(state, f)
+    if plan.empty or not rows:
+        return 0
+    name_id = -1
+    if metric is not None:
+        name_id = state.str_ids.get(metric, -1)
+        if name_id < 0:
+            return 0
+    cand = plan.cand
+    assert cand is not None
+    n = state.rows_at(visible(state, upto))
+    off, names = state.metric_off, state.metric_name
+    found = 0
+    for i in rows:
+        if i >= n:
+            continue
+        # matches() leaves out what the candidate list guarantees: a row not taken from it must be in it.
+        j = bisect_left(cand, i)
+        if j == len(cand) or cand[j] != i or not plan.matches(state, i):
+            continue
+        if metric is not None and name_id not in names[off[i]:off[i + 1]]:
+            continue
+        found += 1
+    return found

@@ -221,3 +221,28 @@ def test_report_of_a_past_position_and_of_one_run(browser, root, tmp_path):
     assert ("image", "acc", "min") in boards
     _check_page(dom, one, _run(lambda: _answers(root, boards, run="r2")))
     assert dom["runs"] == ["r2"]
+
+
+def test_report_in_chromium_with_retired_leaders_still_shows_best(browser, root, tmp_path):
+    ids = _run(_build, root, tmp_path)
+
+    async def lifecycle():
+        async with open_ledger(root) as led:
+            a = led.artifacts(run_id="r1", graph_id="g", node_id="n", project_id="p")
+            b = led.artifacts(run_id="r2", graph_id="g", node_id="n", project_id="p")
+            c = led.artifacts(run_id="r3", graph_id="g", node_id="n", project_id="q")
+            await c.retire(ids["img4"], "the best image acc, retired")  # the lead passes to a 0.9 image
+            await b.retire(ids["model5"], "the best val_loss, retired")
+            await a.alias(ids["model3"], "production", protected=True)
+            await a.relate(ids["model1"], ids["model0"], relation="consumed")
+            await led.gc(None, dry_run=False, grace=0)
+            return led.head[0]
+    head = _run(lifecycle)
+    out = tmp_path / "life.html"
+    assert _report(root, out).returncode == 0
+    dom = _open_in_browser(browser, out, tmp_path / "life.png")
+    boards = [(b["kind"], b["metric"], b["mode"]) for b in dom["boards"]]
+    answers = _run(lambda: _answers(root, boards))
+    assert answers[("image", "acc")][0] != ids["img4"] and answers[("model", "val_loss")][0] != ids["model5"]
+    _check_page(dom, out, answers)
+    assert dom["timeline"] == head
