@@ -17,7 +17,8 @@ import anyio
 import anyio.to_thread
 
 from ..ledger import checkpoints
-from ..ledger.backends import DEFAULT_SEGMENT_BYTES, MIN_SEGMENT_BYTES, is_log_url, open_file_log, open_log_url
+from ..ledger.backends import (DEFAULT_SEGMENT_BYTES, MIN_SEGMENT_BYTES, directory_blob_place, is_log_url,
+                               open_file_log, open_log_url)
 from ..ledger.base import EventLog
 from ..ledger.errors import BlobCollected, LedgerClosed, LedgerCorruption, ReadOnlyError, RecordsLost
 from ..ledger.events import Event, EventDecodeError, decode_event, decode_events
@@ -806,7 +807,6 @@ def _replay(led: Ledger, *, accept_loss: bool, progress: Callable[[int, int], No
     return led
 
 
-REMOTE_FILE = "remote"  # in blobs/: the s3://bucket/prefix this ledger's blobs live in
 S3_CACHE = "s3-cache"  # in the cache_dir of a log opened by URL: blobs fetched from S3
 
 
@@ -818,10 +818,7 @@ def _open_remote_blobs(path: Path, blobs: str | None, place: str | None, cache_d
     A ledger remembers where its blobs are (``blobs/remote``), so a later open needs no ``blobs=``,
     and an open naming another place is refused before anything is read from it.
     """
-    try:
-        remote: str | None = (path / "blobs" / REMOTE_FILE).read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        remote = None
+    remote = directory_blob_place(path)
     if place is not None and remote is not None and place != remote:
         raise ValueError(f"the ledger at {path} keeps its blobs in {remote}, not {place}; open it with "
                          f"blobs={remote!r} (or without blobs=)")

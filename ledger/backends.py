@@ -19,6 +19,18 @@ MIN_SEGMENT_BYTES = SEGMENT_HEADER_SIZE + 64
 __all__ = ["DEFAULT_SEGMENT_BYTES", "MIN_SEGMENT_BYTES", "is_log_url", "open_file_log", "open_log_url"]
 
 
+def place_file(root: Path) -> Path:
+    """Where a ledger directory records the ``s3://bucket/prefix`` its blobs live in."""
+    return root / "blobs" / "remote"
+
+
+def directory_blob_place(root: Path) -> str | None:
+    """The blob place a ledger directory records, read before its log is opened (None: its own ``blobs/``)."""
+    from .file import read_blob_place
+
+    return read_blob_place(str(place_file(root)))
+
+
 def open_file_log(root: Path, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES, fsync: bool = True,
                   read_only: bool = False, lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> EventLog:
     """The segment log of the ledger directory ``root`` (``root/log``, checkpoints in ``root/checkpoints``)."""
@@ -26,7 +38,7 @@ def open_file_log(root: Path, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES, fsy
 
     log = FileEventLog(str(root / "log"), str(root / "checkpoints"), segment_bytes=segment_bytes, fsync=fsync,
                        read_only=read_only, lock_timeout=lock_timeout,
-                       place_file=str(root / "blobs" / "remote"))
+                       place_file=str(place_file(root)))
     if log.lock_problem is not None:
         consequence = ("only writers of older library versions, which lock just that file, are not excluded"
                        if log.locks_directory else "so a batch still being written may be seen before its "

@@ -20,6 +20,15 @@ from .framing import SEGMENT_HEADER_SIZE, Record
 from .lockfile import DEFAULT_LOCK_TIMEOUT
 
 
+def read_blob_place(place_file: str) -> str | None:
+    """The place a ledger directory's ``blobs/remote`` names (None: absent or empty, blobs in ``blobs/``)."""
+    try:
+        with open(place_file, encoding="utf-8") as f:
+            return f.read().strip() or None
+    except FileNotFoundError:
+        return None
+
+
 class FileEventLog:
     """The embedded log: segment files in ``log_dir``, checkpoints in ``checkpoint_dir`` (see FORMAT.md)."""
 
@@ -200,13 +209,7 @@ class FileEventLog:
     # ----------------------------------------------------------------- the blob place
     def blob_place(self) -> str | None:
         """The place ``blobs/remote`` names (None: the blobs are in the directory's own ``blobs/``)."""
-        if self.place_file is None:
-            return None
-        try:
-            with open(self.place_file, encoding="utf-8") as f:
-                return f.read().strip() or None
-        except FileNotFoundError:
-            return None
+        return None if self.place_file is None else read_blob_place(self.place_file)
 
     def adopt_blob_place(self, place: str) -> str:
         """Write ``blobs/remote`` under the exclusive log lock, unless another place is recorded or the
