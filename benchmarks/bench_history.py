@@ -266,17 +266,17 @@ def cached(label: str, build_args: list[str], rebuild: bool) -> tuple[Path, floa
 # --------------------------------------------------------------------------- children
 def spy_checkpoint_loads() -> list:
     """Record what each open's checkpoint load returned (a seq, or None for a full rebuild)."""
-    import artifact_ledger.facade.ledger as fl
+    from artifact_ledger.ledger.file import FileEventLog
 
     loads: list = []
-    orig = fl._load_checkpoint
+    orig = FileEventLog._load_checkpoint
 
-    def spy(led, log):
-        info = orig(led, log)
+    def spy(log, restore):
+        info = orig(log, restore)
         loads.append(None if info is None else info.position.seq)
         return info
 
-    fl._load_checkpoint = spy
+    FileEventLog._load_checkpoint = spy  # type: ignore[method-assign]
     return loads
 
 
