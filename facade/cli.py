@@ -17,7 +17,8 @@ from typing import Any, Sequence
 
 import anyio
 
-from ..ledger.errors import LedgerCorruption, SchemaTooNew
+from ..ledger.errors import LedgerCorruption, LockTimeout, RecordsLost, SchemaTooNew
+from ..ledger.lockfile import DEFAULT_LOCK_TIMEOUT, check_lock_timeout
 from ..store.base import BlobStoreError
 
 from . import cli_commands as cmd
@@ -54,6 +55,11 @@ checked against the ledger's own record otherwise. The S3 endpoint, region and
 credentials come from the AWS environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ...). Fetched blobs are cached in
 --cache-dir DIR (or {CACHE_ENV}); without it, a private temporary directory.
+
+--lock-timeout SECONDS bounds each wait for the log lock (default
+{DEFAULT_LOCK_TIMEOUT:g}; none: no limit). --accept-loss opens a log that lost
+committed records instead of failing (a writing command then drops the
+checkpoints past its end).
 
 Positions (--since, --until, diff A B, as-of --time) are a seq number or an
 ISO 8601 time (2024-05-01T12:00:00Z; a time without a zone is UTC). A time
@@ -110,14 +116,34 @@ def _common() -> _Parser:
     p.add_argument("--cache-dir", metavar="DIR", default=argparse.SUPPRESS,
                    help=f"this machine's local state: for --log, staging, materialised copies and local blobs; "
                         f"the cache of blobs fetched from S3 (default: ${CACHE_ENV})")
+    p.add_argument("--lock-timeout", metavar="SECONDS", type=_lock_timeout, default=argparse.SUPPRESS,
+                   help=f"wait at most this long for the log lock; 'none' waits until interrupted "
+                        f"(default: {DEFAULT_LOCK_TIMEOUT:g})")
+    p.add_argument("--accept-loss", action="store_true", default=argparse.SUPPRESS,
+                   help="open a log that lost committed records (a segment deleted or cut short) instead of "
+                        "failing; a writing command then drops the checkpoints past its end")
     return p
 
 
-def blob_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``blobs=`` and ``cache_dir=`` for open_ledger, from --blobs/--cache-dir or their environment variables."""
+def _lock_timeout(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return check_lock_timeout(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds or 'none', got {text!r}") from None
+
+
+def open_options(args: argparse.Namespace) -> dict[str, Any]:
+    """open_ledger's ``blobs``, ``cache_dir``, ``lock_timeout`` and ``accept_loss`` from the common options.
+
+    ``--blobs`` and ``--cache-dir`` fall back to their environment variables.
+    """
     blobs = getattr(args, "blobs", None) or os.environ.get(BLOBS_ENV) or None
     cache = getattr(args, "cache_dir", None) or os.environ.get(CACHE_ENV) or None
-    return {"blobs": blobs, "cache_dir": cache}
+    return {"blobs": blobs, "cache_dir": cache,
+            "lock_timeout": getattr(args, "lock_timeout", DEFAULT_LOCK_TIMEOUT),
+            "accept_loss": bool(getattr(args, "accept_loss", False))}
 
 
 def _add_query_args(p: argparse.ArgumentParser, *, ranking: str) -> None:
@@ -297,9 +323,9 @@ def _root(args: argparse.Namespace, *, must_exist: bool = True) -> Any:
     return root
 
 
-async def _open(root: Any, read_only: bool = True, blobs: dict[str, Any] | None = None) -> Any:
+async def _open(root: Any, read_only: bool = True, options: dict[str, Any] | None = None) -> Any:
     """Open without creating (read-only unless told); a replay that takes a while gets a progress bar."""
-    blobs = blobs or {}
+    options = options or {}
     bar = Progress(f"replaying the log of {root if isinstance(root, str) else root.name}")
     started = time.monotonic()
 
@@ -309,7 +335,7 @@ async def _open(root: Any, read_only: bool = True, blobs: dict[str, Any] | None 
             bar.update(done, total)
 
     try:
-        return await open_ledger(root, create=False, progress=rebuild_progress, read_only=read_only, **blobs)
+        return await open_ledger(root, create=False, progress=rebuild_progress, read_only=read_only, **options)
     finally:
         bar.close()
 
@@ -325,13 +351,13 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command == "repair":
         if isinstance(root, str):
             raise CliError("repair fixes a ledger directory (--root DIR); a log in PostgreSQL needs no repair")
-        return await _repair(root, json_mode, blob_options(args))
+        return await _repair(root, json_mode, open_options(args))
     try:
         # Every command but checkpoint only reads: open read-only, so it works with read
         # permission alone and never writes into the ledger (no close-time checkpoint, no repair).
         # The lifecycle commands that record (alias, retire, gc, ...) open it for writing too.
         ledger = await _open(root, read_only=args.command != "checkpoint" and not cli_lifecycle.writes(args),
-                             blobs=blob_options(args))
+                             options=open_options(args))
     except BlobStoreError:
         raise  # before FileNotFoundError's "no ledger": a missing bucket is one too, and must say so
     except FileNotFoundError as exc:
@@ -354,10 +380,10 @@ async def _run(args: argparse.Namespace) -> int:
     return result.code
 
 
-async def _repair(root: Path, json_mode: bool, blobs: dict[str, Any]) -> int:
+async def _repair(root: Path, json_mode: bool, options: dict[str, Any]) -> int:
     """``repair``: fix what keeps the ledger from opening, then sweep what dead processes left."""
     done = await anyio.to_thread.run_sync(repair_ledger, root)
-    ledger = await open_ledger(root, create=False, **blobs)
+    ledger = await open_ledger(root, create=False, **options)
     try:
         done += await ledger.sweep()
     finally:
@@ -396,8 +422,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return anyio.run(_run, args)
     except CliError as exc:
         return _fail(str(exc), exc.code)
+    except RecordsLost as exc:
+        return _fail(f"{exc} With this tool: --accept-loss.", EXIT_FAILED)
     except (LedgerCorruption, LedgerNeedsRepair, SchemaTooNew) as exc:
         return _fail(str(exc), EXIT_FAILED)
+    except LockTimeout as exc:
+        return _fail(f"{exc}; with this tool: --lock-timeout SECONDS", EXIT_ENV)
     except ValueError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except KeyError as exc:

@@ -278,7 +278,7 @@ async def cmd_import(root: Path, args: argparse.Namespace) -> tuple[dict[str, An
     in full before the ledger is opened, so a bad source writes nothing.
     """
     from ..store.base import BlobStoreError
-    from .cli import blob_options
+    from .cli import open_options
     from .cli_commands import EXIT_FAILED, EXIT_OK, CliError
     from .ledger import open_ledger
 
@@ -287,7 +287,7 @@ async def cmd_import(root: Path, args: argparse.Namespace) -> tuple[dict[str, An
     except ImportSourceError as exc:
         raise CliError(str(exc)) from None
     try:
-        ledger = await open_ledger(root, create=bool(args.create), **blob_options(args))
+        ledger = await open_ledger(root, create=bool(args.create), **open_options(args))
     except BlobStoreError:
         raise  # before FileNotFoundError's "no ledger": a missing bucket is one too, and must say so
     except FileNotFoundError:
