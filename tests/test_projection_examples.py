@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 
 from artifact_ledger import open_ledger
-from artifact_ledger.ledger.events import ArtifactRecorded
+from artifact_ledger.ledger.events import ArtifactRecorded, Purged, Retired
 from artifact_ledger.projections.leaderboard import Lead, Leaderboard
 from artifact_ledger.projections.storage import StorageAccounting
 from artifact_ledger.testing import ProjectionMachine, check_projection, histories
@@ -16,24 +16,41 @@ MODES = {"loss": "min"}
 
 
 def naive_leads(events, modes=MODES, default="max"):
-    """Brute force: a board's leads are the recordings strictly better than every earlier one on it."""
+    """Brute force: after each event, every board's leader is the best live artifact (ties: the newest);
+    each change of leader is a Lead naming the one it replaced."""
     out: dict = {}
-    recs = [e for e in events if isinstance(e.event, ArtifactRecorded)]
-    keys = {(e.event.project_id, e.event.kind, m) for e in recs for m in e.event.metrics}
-    for key in keys:
-        p, kind, m = key
-        on = [e for e in recs if (e.event.project_id, e.event.kind) == (p, kind) and m in e.event.metrics]
-        leads = []
-        for i, e in enumerate(on):
-            v = e.event.metrics[m]
-            earlier = [x.event.metrics[m] for x in on[:i]]
-            if modes.get(m, default) == "min":
-                wins = all(v < x for x in earlier)
+    leader: dict = {}
+    recorded: dict = {}  # artifact id -> (seq, event), first recording only
+    gone: set = set()
+    for e in events:
+        ev = e.event
+        if isinstance(ev, ArtifactRecorded):
+            if ev.artifact_id in recorded:
+                continue
+            recorded[ev.artifact_id] = (e.seq, ev)
+        elif isinstance(ev, (Retired, Purged)):
+            if ev.artifact_id not in recorded or ev.artifact_id in gone:
+                continue
+            gone.add(ev.artifact_id)
+        else:
+            continue
+        keys = {(r.project_id, r.kind, m) for _, r in recorded.values() for m in r.metrics}
+        for key in keys:
+            p, kind, m = key
+            cands = [(r.metrics[m], s, a) for a, (s, r) in recorded.items()
+                     if a not in gone and (r.project_id, r.kind) == (p, kind) and m in r.metrics]
+            if not cands:
+                new = (None, None)
+            elif modes.get(m, default) == "min":
+                best = min(cands, key=lambda c: (c[0], -c[1]))
+                new = (best[2], best[0])
             else:
-                wins = all(v > x for x in earlier)
-            if wins:
-                leads.append(Lead(e.seq, e.event.artifact_id, v, leads[-1].artifact_id if leads else None))
-        out[key] = leads
+                best = max(cands, key=lambda c: (c[0], c[1]))
+                new = (best[2], best[0])
+            old = leader.get(key)
+            if new[0] != old:
+                out.setdefault(key, []).append(Lead(e.seq, new[0], new[1], old))
+                leader[key] = new[0]
     return out
 
 
@@ -86,23 +103,45 @@ def test_leaderboard_refuses_bad_modes():
         Leaderboard(default="up")
 
 
-def test_leaderboard_ties_keep_the_earlier_leader_and_history_is_kept(root, tmp_path):
+def test_leaderboard_follows_best_through_ties_retirements_and_purges(root, tmp_path):
+    """At every step the board's leader is what best(scope="project") answers: a tie goes to the newer
+    artifact, a retired or purged leader hands over to the next best, and an emptied board has none."""
     async def main():
         async with open_ledger(root, fsync=False, projections=[Leaderboard(MODES)]) as led:
             arts = led.artifacts(run_id="r", graph_id="g", node_id="n", project_id="p")
+
+            async def agree() -> None:
+                board = (await led.project(Leaderboard(MODES))).state
+                best = await arts.best(kind="model", metric="loss", mode="min", scope="project")
+                lead = board.leader("p", "model", "loss")
+                assert (None if lead is None else lead.artifact_id) == (None if best is None else best.artifact_id)
+
             saved = []
             for i, loss in enumerate([3, 2, 2.0, 5, 1]):
                 src = tmp_path / f"m{i}"
                 src.write_bytes(b"%d" % i)
                 saved.append(await arts.save(str(src), kind="model", metrics={"loss": loss}))
-            board = (await led.project(Leaderboard(MODES))).state
+                await agree()
             ids = [a.artifact_id for a in saved]
-            assert board.leader("p", "model", "loss").artifact_id == ids[4]
+            await arts.retire(ids[4], reason="leaked test data")
+            await agree()
+            await arts.purge(ids[2], reason="pii")
+            await agree()
+            for i in (1, 0, 3):
+                await arts.retire(ids[i], reason="old")
+                await agree()
+            board = (await led.project(Leaderboard(MODES))).state
+            assert board.leader("p", "model", "loss") is None and board.boards() == []
             assert [(c.artifact_id, c.value, c.previous) for c in board.history("p", "model", "loss")] == [
-                (ids[0], 3, None), (ids[1], 2, ids[0]), (ids[4], 1, ids[1])]
-            # Agrees with the facade's own best().
-            best = await arts.best(kind="model", metric="loss", mode="min", scope="project")
-            assert best.artifact_id == board.leader("p", "model", "loss").artifact_id
+                (ids[0], 3, None), (ids[1], 2, ids[0]), (ids[2], 2.0, ids[1]), (ids[4], 1, ids[2]),
+                (ids[2], 2.0, ids[4]), (ids[1], 2, ids[2]), (ids[0], 3, ids[1]), (ids[3], 5, ids[0]),
+                (None, None, ids[3])]
+
+        # The registered projection's checkpoint (written on close) gives the same board on reopen.
+        async with open_ledger(root, fsync=False, projections=[Leaderboard(MODES)]) as led:
+            again = (await led.project(Leaderboard(MODES))).state
+            assert again.history("p", "model", "loss")[-1] == Lead(again.history("p", "model", "loss")[-1].seq,
+                                                                   None, None, ids[3])
 
     anyio.run(main)
 
