@@ -11,7 +11,10 @@ credentials point at another store (``--external``), then, alternating the two s
 Each run uses fresh bytes, so neither side finds the object already there. Prints medians and the ratio
 raw/ledger (the goal is at least 0.8: the ledger at least 80 % of the raw client's throughput).
 
-Usage: ``python benchmarks/bench_s3.py [--mib 256] [--runs 5] [--external]``.
+With ``--verify N`` it instead saves N small artifacts and times ``verify()`` over them, one read at a
+time (``read_concurrency=1``, the previous walk) against the store's default, alternating.
+
+Usage: ``python benchmarks/bench_s3.py [--mib 256] [--runs 5] [--external] [--verify N]``.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ def main() -> None:
     ap.add_argument("--external", action="store_true", help="use the store AWS_ENDPOINT_URL points at")
     ap.add_argument("--bucket", default="bench-s3", help="bucket to use (created if missing)")
     ap.add_argument("--options", default="", help="blob URL options, e.g. part_size=8388608&max_concurrency=8")
+    ap.add_argument("--verify", type=int, default=0, metavar="N",
+                    help="time verify() over N small artifacts instead of a large save")
     args = ap.parse_args()
 
     import boto3
@@ -81,6 +86,9 @@ def main() -> None:
             except Exception as exc:  # already there
                 if "BucketAlready" not in repr(exc):
                     raise
+            if args.verify:
+                bench_verify(work, args.bucket, args.verify, args.runs)
+                return
             size = args.mib << 20
             src = work / "big.bin"
             ledger_s: list[float] = []
@@ -117,6 +125,41 @@ def main() -> None:
         finally:
             if server is not None:
                 server.stop()
+
+
+def bench_verify(work: Path, bucket: str, n: int, runs: int) -> None:
+    """verify() over ``n`` small S3 blobs: one read at a time against the store's read_concurrency."""
+    from artifact_ledger.facade import open_ledger
+
+    url = f"s3://{bucket}/verify-{os.getpid()}"
+    times: dict[int, list[float]] = {}
+
+    async def main() -> None:
+        async with open_ledger(work / "V", blobs=url, cache_dir=work / "vcache") as led:
+            fa = led.artifacts(run_id="bench", graph_id="g", node_id="n")
+            for i in range(n):
+                src = work / "small.bin"
+                src.write_bytes(os.urandom(4096))
+                await fa.save(str(src), kind="bin")
+            store = led.store
+            default = store.read_concurrency
+            for r in range(runs):
+                for width in ((1, default) if r % 2 == 0 else (default, 1)):
+                    store.read_concurrency = width
+                    t0 = time.perf_counter()
+                    res = await led.verify()
+                    times.setdefault(width, []).append(time.perf_counter() - t0)
+                    assert res.ok and res.blobs == n, res.problems
+            store.read_concurrency = default
+
+    anyio.run(main)
+    print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}; load {os.getloadavg()[0]:.1f}; {n} blobs of 4 KiB, "
+          f"{runs} runs each")
+    one, many = (statistics.median(times[w]) for w in sorted(times))
+    for w in sorted(times):
+        print(f"verify, read_concurrency={w:<3}: median {statistics.median(times[w]):.2f} s  "
+              f"({n / statistics.median(times[w]):.0f} blobs/s)  runs {[round(x, 2) for x in times[w]]}")
+    print(f"speed-up: {one / many:.1f}x")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import msgspec
 
@@ -231,6 +233,46 @@ def collectable_blobs(cat: Catalog) -> set[str]:
     return dead - alive
 
 
+def _size_and_members(store: BlobStore, sha: str, is_dir: bool) -> tuple[int, list[str]]:
+    """A blob's size and, for a directory manifest, its members; (0, []) if either cannot be read
+    (the checking pass reports what is wrong)."""
+    try:
+        size = store.size(sha)
+        if not is_dir:
+            return size, []
+        return size, [e["sha256"] for e in content.decode_manifest(store.read_bytes(sha))["files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0, []
+
+
+def _check_blob(store: BlobStore, sha: str, is_dir: bool) -> tuple[str, int, list[str] | str | None]:
+    """Re-hash one blob: ("missing" | "changed" | "ok", its size, its manifest's members or why the
+    manifest is invalid, for a directory)."""
+    try:
+        if not store.verify(sha):
+            return "changed", 0, None
+        size = store.size(sha)
+    except FileNotFoundError:
+        return "missing", 0, None
+    if not is_dir:
+        return "ok", size, None
+    try:
+        return "ok", size, [e["sha256"] for e in content.decode_manifest(store.read_bytes(sha))["files"]]
+    except (ValueError, KeyError) as exc:
+        return "ok", size, str(exc)
+
+
+@contextmanager
+def _reads(store: BlobStore) -> Iterator[Callable[[Callable[[Any], Any], list[Any]], Iterable[Any]]]:
+    """A map over blobs that keeps ``store.read_concurrency`` reads in flight, results in input order."""
+    width = store.read_concurrency
+    if width <= 1:
+        yield lambda fn, items: map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=width, thread_name_prefix="verify") as pool:
+        yield pool.map
+
+
 def verify(log: EventLog, store: BlobStore, referenced: list[tuple[str, str, bool]], *,
            expect_head: tuple[int, str] | None = None,
            progress: Callable[[int, int], None] | None = None,
@@ -248,19 +290,16 @@ def verify(log: EventLog, store: BlobStore, referenced: list[tuple[str, str, boo
     dir_shas = {sha for sha, _, is_dir in referenced if is_dir}
     blob_bytes = 0
     sized: set[str] = set()
-    pending = list(shas)
-    while pending:
-        sha = pending.pop()
-        if sha in sized:
-            continue
-        sized.add(sha)
-        try:
-            blob_bytes += store.size(sha)
-            if sha in dir_shas:
-                # Directory members are re-hashed too, so their bytes belong in the total.
-                pending.extend(e["sha256"] for e in content.decode_manifest(store.read_bytes(sha))["files"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # the checking pass below reports what is wrong with this blob
+    level = list(shas)
+    with _reads(store) as read_all:
+        while level:
+            level = [sha for sha in dict.fromkeys(level) if sha not in sized]
+            sized.update(level)
+            nxt: list[str] = []
+            for size, members in read_all(lambda sha: _size_and_members(store, sha, sha in dir_shas), level):
+                blob_bytes += size
+                nxt.extend(members)
+            level = nxt
     total = seg_bytes + blob_bytes
     done = 0
     problems: list[str] = []
@@ -298,35 +337,39 @@ def verify(log: EventLog, store: BlobStore, referenced: list[tuple[str, str, boo
     soft = collectable or set()
     # Blobs some artifact not purged needs first (with their directory members), then those only purged
     # artifacts name: missing, those (and members of their manifests no one else needs) were collected.
-    for gone_ok in (False, True):
-        queue = [(sha, owner) for sha, owner in shas.items() if (sha in soft) == gone_ok]
-        while queue:
-            sha, owner = queue.pop(0)
-            if sha in checked:
-                continue
-            checked.add(sha)
-            blobs += 1
-            try:
-                intact = store.verify(sha)
-                size = store.size(sha) if intact else 0
-            except FileNotFoundError:
-                if gone_ok:
-                    collected.append(sha)
-                else:
-                    problems.append(f"blob {sha} (artifact {owner}) is missing from the store")
-                continue
-            if not intact:
-                problems.append(f"blob {sha} (artifact {owner}) does not match its SHA-256: its bytes changed")
-                continue
-            done += size
-            if progress is not None:
-                progress(min(done, total), total)
-            if sha in dir_shas:
-                try:
-                    manifest = content.decode_manifest(store.read_bytes(sha))
-                    queue.extend((e["sha256"], owner) for e in manifest["files"])
-                except (ValueError, KeyError) as exc:
-                    problems.append(f"blob {sha} (artifact {owner}) is not a valid directory manifest: {exc}")
+    with _reads(store) as read_all:
+        for gone_ok in (False, True):
+            # Breadth first, one level of manifests at a time; each level's reads run together and are
+            # reported in order, so the problems come out as a one-at-a-time walk would list them.
+            queue = [(sha, owner) for sha, owner in shas.items() if (sha in soft) == gone_ok]
+            while queue:
+                batch: list[tuple[str, str]] = []
+                for sha, owner in queue:
+                    if sha not in checked:
+                        checked.add(sha)
+                        batch.append((sha, owner))
+                queue = []
+                for (sha, owner), (state, size, manifest) in zip(
+                        batch, read_all(lambda item: _check_blob(store, item[0], item[0] in dir_shas), batch)):
+                    blobs += 1
+                    if state == "missing":
+                        if gone_ok:
+                            collected.append(sha)
+                        else:
+                            problems.append(f"blob {sha} (artifact {owner}) is missing from the store")
+                        continue
+                    if state == "changed":
+                        problems.append(f"blob {sha} (artifact {owner}) does not match its SHA-256: "
+                                        "its bytes changed")
+                        continue
+                    done += size
+                    if progress is not None:
+                        progress(min(done, total), total)
+                    if isinstance(manifest, str):
+                        problems.append(f"blob {sha} (artifact {owner}) is not a valid directory manifest: "
+                                        f"{manifest}")
+                    elif manifest is not None:
+                        queue.extend((m, owner) for m in manifest)
     if progress is not None:
         progress(total, total)
     return VerifyResult(not problems, head, records, blobs, done, problems[0] if problems else None, problems, lost,

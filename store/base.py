@@ -65,6 +65,9 @@ class BlobStore(Protocol):
     """Content-addressed blob storage; every method is blocking (run it in a thread)."""
 
     location: str  # where the blobs live (a directory or a URL), for messages
+    # How many reads (verify, size) a caller walking many blobs may run at once: 1 for a local disk,
+    # more where each read waits on a round trip (S3).
+    read_concurrency: int
 
     def put_file(self, path: str, *, adopt: bool = False) -> BlobInfo:
         """Store a file's bytes; with ``adopt`` the store may share the file's inode (``BlobInfo.linked``)."""

@@ -65,6 +65,7 @@ class LocalBlobStore:
         self._pending_dirs: set[str] = set()  # shards of deduplicated blobs whose names must be flushed
         self._pending_lock = threading.Lock()
         self.location = str(self.root)
+        self.read_concurrency = 1  # hashing is bound by this machine's disk and CPU, not by latency
         self._objects = self.root / "sha256"
         self._tmp = self.root / "tmp"
         if not read_only:  # a read-only ledger creates nothing; its store is only read

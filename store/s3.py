@@ -42,6 +42,7 @@ CHUNK = MiB
 DEFAULT_PART_SIZE = 16 * MiB
 DEFAULT_MULTIPART_THRESHOLD = 64 * MiB
 DEFAULT_MAX_CONCURRENCY = 4
+READ_CONCURRENCY = 16  # reads a walk over many objects (verify) keeps in flight
 # Bounded waits, so a bad endpoint fails in seconds, never hangs: each attempt waits at most
 # connect_timeout for the connection and read_timeout between two packets of an answer.
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -153,6 +154,8 @@ class S3BlobStore:
         self.part_size = part_size
         self.multipart_threshold = max(multipart_threshold, part_size)
         self.max_concurrency = max_concurrency
+        # Each verify or size is a round trip: a walk over many blobs keeps this many in flight.
+        self.read_concurrency = READ_CONCURRENCY
         self.connect_timeout = float(connect_timeout)
         self.read_timeout = float(read_timeout)
         self.max_attempts = max_attempts
@@ -179,7 +182,7 @@ class S3BlobStore:
         config = botocore.config.Config(
             connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
             retries={"mode": "standard", "max_attempts": self.max_attempts},
-            max_pool_connections=max(10, 2 * self.max_concurrency), tcp_keepalive=True,
+            max_pool_connections=max(10, 2 * self.max_concurrency, READ_CONCURRENCY + 2), tcp_keepalive=True,
             # The store sends its own SHA-256 with every upload; no second checksum is computed.
             request_checksum_calculation="when_required", response_checksum_validation="when_required",
         )

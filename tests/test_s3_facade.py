@@ -233,3 +233,47 @@ def test_the_stores_own_uri_of_a_blob_loads_it(tmp_path, place):
                     await fa.load_artifact(bad)
 
     run(main)
+
+
+def test_verify_keeps_several_s3_reads_in_flight_and_reports_in_order(tmp_path, place):
+    """verify() on S3 re-hashes several objects at once (the store's read_concurrency), and its problems
+    list the blobs in the order a one-at-a-time walk would."""
+    import threading
+
+    bucket, prefix, url = place
+    n = 6
+
+    async def main():
+        async with open_ledger(tmp_path / "L", blobs=url, cache_dir=tmp_path / "cache") as led:
+            fa = led.artifacts(**R)
+            shas = []
+            for i in range(n):
+                src = tmp_path / f"b{i}"
+                src.write_bytes(b"blob %d" % i)
+                shas.append((await fa.save(str(src), kind="bin")).sha256)
+            store = led.store
+            assert store.read_concurrency >= n
+            # Every read waits for all n to be under way: one at a time, the first would break the barrier.
+            barrier = threading.Barrier(n, timeout=60)
+            real = store.verify
+
+            def verify(sha):
+                barrier.wait()
+                return real(sha)
+
+            store.verify = verify
+            try:
+                res = await led.verify()
+            finally:
+                store.verify = real
+            assert res.ok and res.blobs == n, res.problems
+            client = boto3.client("s3")
+            for sha in (shas[4], shas[1]):
+                client.delete_object(Bucket=bucket, Key=obj_key(prefix, sha))
+            res = await led.verify()
+            assert not res.ok and len(res.problems) == 2 and all("missing" in p for p in res.problems)
+            store.read_concurrency = 1
+            sequential = await led.verify()
+            assert res.problems == sequential.problems and res.blobs == sequential.blobs == n
+
+    run(main)
