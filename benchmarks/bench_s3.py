@@ -137,7 +137,7 @@ def bench_verify(work: Path, bucket: str, n: int, runs: int) -> None:
     async def main() -> None:
         async with open_ledger(work / "V", blobs=url, cache_dir=work / "vcache") as led:
             fa = led.artifacts(run_id="bench", graph_id="g", node_id="n")
-            for i in range(n):
+            for _ in range(n):
                 src = work / "small.bin"
                 src.write_bytes(os.urandom(4096))
                 await fa.save(str(src), kind="bin")
