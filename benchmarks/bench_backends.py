@@ -10,7 +10,8 @@ Prints, for the embedded file log and the PostgreSQL log in the same run:
 
   * with ``--worker-open N``: a worker's open plus first save on an N-artifact
     PostgreSQL ledger (wall time, peak RSS of that process), from the shared
-    checkpoint and by full replay, and best()/search() latency there.
+    checkpoint and by full replay, and best()/search() latency there; then the
+    same on a ledger directory holding the same events, from its checkpoint.
 
 Usage: ``python benchmarks/bench_backends.py [--seconds S] [--samples N] [--pg URL] [--worker-open N]``
 (default URL: the loopback test server, database ``test``; a fresh schema is made and dropped).
@@ -159,10 +160,17 @@ def build_big(url: str, n: int, work: Path) -> None:
     anyio.run(snapshot)
 
 
+def peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries that over fork and exec, so a spawned
+    child would report its parent's peak (here, the builder's) whenever that was higher."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def worker_open(url: str, cache: str, out) -> None:
     """Open, save one 4 KiB file, time best()/search(); report (open+save s, peak RSS MiB, best s, search s)."""
-    import resource
-
     async def run() -> None:
         t0 = time.perf_counter()
         async with open_ledger(url, cache_dir=cache) as led:
@@ -179,7 +187,7 @@ def worker_open(url: str, cache: str, out) -> None:
                 t = time.perf_counter()
                 await fac.search(labels={"tag": "t7"}, scope="project")
                 searches.append(time.perf_counter() - t)
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            rss = peak_rss_mib()
             out.put((opened, rss, statistics.median(bests), statistics.median(searches)))
 
     anyio.run(run)
@@ -221,11 +229,14 @@ def main() -> None:
                 t0 = time.perf_counter()
                 build_big(big, args.worker_open, Path(d))
                 print(f"built a {args.worker_open}-artifact PostgreSQL ledger in {time.perf_counter() - t0:.1f} s")
-                for how in ("shared checkpoint", "full replay"):
+                # The same events in a ledger directory: the embedded backend's figures, for comparison.
+                local = str(Path(d) / "file-ledger")
+                build_big(local, args.worker_open, Path(d))
+                for how in ("shared checkpoint", "full replay", "file log, its checkpoint"):
                     if how == "full replay":
                         with psycopg.connect(args.pg, autocommit=True) as conn:
                             conn.execute(f'DELETE FROM "{schema}_big".checkpoints')
-                    opened, rss, b, srch = worker_figures(big, Path(d))
+                    opened, rss, b, srch = worker_figures(local if how.startswith("file") else big, Path(d))
                     print(f"worker open + first save ({how}): {opened:.2f} s, peak RSS {rss:.0f} MiB; "
                           f"best() median {b * 1e6:.0f} us, search() median {srch * 1e6:.0f} us")
         for kind in () if args.skip_rates else ("file", "postgres"):

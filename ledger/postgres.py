@@ -358,12 +358,11 @@ class PostgresEventLog:
                     # The log wins: a snapshot of a history the table no longer holds is not used.
                     warn_checkpoint(where, f"it does not match the events row at seq {seq}")
                     continue
-                cur.execute(self._q("SELECT snapshot FROM {s}.checkpoints WHERE seq = %s"), (seq,))
-                row = cur.fetchone()
-                if row is None:
+                snapshot = self._fetch_snapshot(int(seq))
+                if snapshot is None:
                     continue  # pruned by another process meanwhile
                 try:
-                    restore(int(schema), memoryview(bytes(row[0])), int(seq))
+                    restore(int(schema), memoryview(snapshot), int(seq))
                 except ValueError as exc:
                     warn_checkpoint(where, str(exc))
                     continue
@@ -371,6 +370,17 @@ class PostgresEventLog:
                     int(batch_first)
                 return int(seq)
         return 0
+
+    def _fetch_snapshot(self, seq: int) -> bytes | None:
+        """A checkpoint's snapshot bytes, or None if it is gone.
+
+        Fetched in binary (text mode sends bytea as hex, twice its size, held by libpq while it is
+        decoded) on a cursor closed before returning, so only one copy is alive when it is restored.
+        """
+        with self._live().cursor(binary=True) as cur:
+            cur.execute(self._q("SELECT snapshot FROM {s}.checkpoints WHERE seq = %s"), (seq,))
+            row = cur.fetchone()
+        return None if row is None else bytes(row[0])
 
     def has_news(self) -> bool:
         """Always True: this is called on the event loop, where no network round trip may run; the
