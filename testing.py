@@ -28,6 +28,7 @@ import anyio.from_thread
 import anyio.to_thread
 import msgspec
 
+from .facade import content
 from .facade.audit import LedgerEvent
 from .facade.ledger import Ledger, open_ledger
 from .facade.model import utc_from_us
@@ -52,6 +53,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule  
 
 __all__ = [
     "BLOBS",
+    "TREES",
     "GeneratedLedger",
     "LAWS",
     "LawViolation",
@@ -78,6 +80,21 @@ METRIC_KEYS = ("loss", "acc", "f1")
 BLOBS = (b"", b"a", b"same bytes", b"\x00\xff\xfe", b"x" * 100, b"hello\n")
 _SHA = {hashlib.sha256(b).hexdigest(): b for b in BLOBS}
 _BLOB_OF = [(hashlib.sha256(b).hexdigest(), len(b)) for b in BLOBS]
+
+
+def _tree(files: dict[str, bytes], dirs: list[str]) -> bytes:
+    entries = [{"path": path, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+               for path, data in sorted(files.items())]
+    return content.encode_manifest(entries, sorted(dirs))
+
+
+#: The trees generated directory artifacts (origin "ingest_dir") have: (files by path, subdirectories),
+#: made of ``BLOBS``; an artifact's sha256 is its manifest's and its size the files' total.
+TREES: tuple[tuple[dict[str, bytes], list[str]], ...] = (({}, []), ({"a.txt": b"a", "sub/b": b"hello\n"}, ["sub"]),
+         ({"copy": b"same bytes", "same": b"same bytes", "empty": b""}, ["nothing-here"]))
+_TREE_OF = [(hashlib.sha256(_tree(f, d)).hexdigest(), sum(map(len, f.values()))) for f, d in TREES]
+_SHA.update({hashlib.sha256(_tree(f, d)).hexdigest(): _tree(f, d) for f, d in TREES})
+_MEMBERS = {hashlib.sha256(_tree(f, d)).hexdigest(): sorted(set(f.values())) for f, d in TREES}
 _EXTREMES = (0, 1, 1.0, -1, 0.5, -0.0, 2**53, -(2**63), 2**63 - 1, 1.7976931348623157e308,
              -1.7976931348623157e308, 5e-324)
 _T0 = 1_750_000_000_000_000  # microseconds: the first event's commit time in generated histories
@@ -97,11 +114,16 @@ machine_metric_maps = st.dictionaries(st.sampled_from(METRIC_KEYS[:2]), _tie_val
 
 @st.composite
 def _recorded(draw: st.DrawFn, artifact_id: str | None = None) -> ArtifactRecorded:
-    sha, size = draw(st.sampled_from(_BLOB_OF))
+    # One draw picks a file's content or a tree (the last few choices): no extra draw for the kind of
+    # artifact, so histories shrink as they did before trees were added.
+    sha, size = draw(st.sampled_from(_BLOB_OF + _TREE_OF))
+    directory = (sha, size) in _TREE_OF
+    origin = draw(st.sampled_from(ORIGINS))
+    origin = "ingest_dir" if directory else origin
     aid = artifact_id if artifact_id is not None else draw(st.text("0123456789abcdef", min_size=32, max_size=32))
     return ArtifactRecorded(
-        artifact_id=aid, origin=draw(st.sampled_from(ORIGINS)), kind=draw(st.sampled_from(KINDS)),
-        sha256=sha, size=size, mime="application/octet-stream", labels=draw(label_maps),
+        artifact_id=aid, origin=origin, kind=draw(st.sampled_from(KINDS)), sha256=sha, size=size,
+        mime=content.DIR_MIME if directory else "application/octet-stream", labels=draw(label_maps),
         metrics=draw(metric_maps), pinned=draw(st.booleans()), run_id=draw(st.sampled_from(RUNS)),
         graph_id=draw(st.sampled_from(GRAPHS)), node_id=draw(st.sampled_from(NODES)),
         project_id=draw(st.sampled_from(PROJECTS)))
@@ -313,7 +335,7 @@ def _blocking(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
 
 
 async def write_history(ledger: Ledger, history: Sequence[LedgerEvent], *, tasks: int = 1) -> None:
-    """Append the events of ``history`` to ``ledger`` (contents of ``BLOBS`` are stored first), from
+    """Append the events of ``history`` to ``ledger`` (contents of ``BLOBS`` and ``TREES`` are stored first), from
     ``tasks`` concurrent tasks; each artifact's recordings and pins stay in one task, in order, and each
     lifecycle event is appended alone, after every event before it, so it applies as it did when generated."""
     if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 1:
@@ -321,7 +343,8 @@ async def write_history(ledger: Ledger, history: Sequence[LedgerEvent], *, tasks
 
     async def append(ev: Event) -> None:
         if isinstance(ev, ArtifactRecorded) and ev.sha256 in _SHA:
-            await anyio.to_thread.run_sync(ledger.store.put_bytes, _SHA[ev.sha256])
+            for data in (*_MEMBERS.get(ev.sha256, ()), _SHA[ev.sha256]):  # a tree's files before its manifest
+                await anyio.to_thread.run_sync(ledger.store.put_bytes, data)
         await ledger._append(ev)
 
     async def lane(evs: list[Event]) -> None:

@@ -404,3 +404,40 @@ def test_the_machine_fails_when_a_refused_lifecycle_call_appended(monkeypatch):
     monkeypatch.setattr(LifecycleMixin, "retire", appends_then_refuses)
     with pytest.raises(AssertionError, match="retire was refused .* but appended events"):
         run_state_machine_as_test(CountMachine, settings=MACHINE_RUNS)
+
+
+def test_histories_hold_directory_artifacts_that_ledgers_store_whole(tmp_path):
+    """Generated histories include ingest_dir artifacts of every tree in TREES; write_history stores the
+    manifest and its files, so the ledger verifies and each tree loads back byte for byte."""
+    from hypothesis import find
+
+    from artifact_ledger import open_ledger
+    from artifact_ledger.facade import content
+    from artifact_ledger.testing import _TREE_OF, TREES, logged, write_history
+
+    found = find(histories(), lambda h: any(e.event.origin == "ingest_dir" for e in h
+                                            if isinstance(e.event, ArtifactRecorded)),
+                 settings=settings(max_examples=500, database=None, derandomize=True))
+    dirs = [e.event for e in found if isinstance(e.event, ArtifactRecorded) and e.event.origin == "ingest_dir"]
+    assert dirs and all(ev.mime == content.DIR_MIME for ev in dirs)
+    evs = [msgspec.structs.replace(dirs[0], artifact_id=f"{i + 1:032x}", sha256=sha, size=size)
+           for i, (sha, size) in enumerate(_TREE_OF)]
+
+    async def main():
+        async with open_ledger(tmp_path / "L", fsync=False) as led:
+            await write_history(led, logged(evs))
+            assert (await led.verify()).ok
+            fa = led.artifacts(run_id=evs[0].run_id, graph_id=evs[0].graph_id, node_id=evs[0].node_id)
+            for ev, (files, subdirs) in zip(evs, TREES):
+                root = await fa.local_path(f"artifact://{ev.artifact_id}")
+                got = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+                assert got == files
+                assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_dir()) == \
+                    sorted({*subdirs, *(d for f in files for d in _parents(f))})
+
+    anyio.run(main)
+
+
+def _parents(path: str) -> list[str]:
+    parts = path.split("/")[:-1]
+    return ["/".join(parts[:i + 1]) for i in range(len(parts))]
