@@ -4,7 +4,9 @@
 A retired artifact is hidden from best, count and search. Prints the median latency of each query on the
 same ledger before and after retiring a few artifacts (those that lead the rankings, so each answer changes).
 
-Usage: ``python benchmarks/bench_retired.py [--runs 20] [--per-run 1000] [--retire 5] [--reps 30]``.
+With ``--bulk N`` the N newest artifacts are retired as well, as a large purge would leave them.
+
+Usage: ``python benchmarks/bench_retired.py [--runs 20] [--per-run 1000] [--retire 5] [--reps 30] [--bulk N]``.
 """
 
 from __future__ import annotations
@@ -96,6 +98,15 @@ async def main(args: argparse.Namespace) -> None:
                 top = await QUERIES["search(all, limit=10)"](fa)
                 if top and len(led.catalog.life.retired) < args.retire:
                     await fa.retire(top[0].artifact_id, "bench")
+            if args.bulk:
+                # Many retirements at once, as a large purge leaves them: the newest artifacts, which
+                # newest-first searches meet first (retired straight through the log, without the checks).
+                from artifact_ledger.ledger.events import Retired
+
+                cat = led.catalog
+                for aid in [cat.ids[i] for i in range(len(cat.ids) - 1, -1, -1)][:args.bulk]:
+                    if aid not in cat.life.retired:
+                        await led._append(Retired(artifact_id=aid, reason="bench"))
             after = await timings(fa, args.reps)
             print(f"machine: {os.cpu_count()} cpus, {cpu_model()}, python {platform.python_version()}")
             print(f"ledger: {args.runs * args.per_run} artifacts; {len(led.catalog.life.retired)} retired; "
@@ -111,4 +122,5 @@ if __name__ == "__main__":
     ap.add_argument("--per-run", type=int, default=1000)
     ap.add_argument("--retire", type=int, default=5)
     ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--bulk", type=int, default=0, metavar="N", help="then retire the N newest artifacts too")
     anyio.run(main, ap.parse_args())

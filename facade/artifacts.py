@@ -528,16 +528,25 @@ class ArtifactFacade(LifecycleMixin):
         cat = await self._src._refresh()
         only = self._alias_rows(cat, alias)
         if cat.life.retired or only is not None:
-            # Hidden rows must not use up the limit: ask for as many more as could be hidden (at most
-            # every retired row), filter, then cut; an alias filter keeps one row, so it reads all.
+            # Hidden rows must not use up the limit. Every ordering is a fixed total order whose first
+            # W rows are the same for any limit W, so: take a few more than asked, drop the hidden ones,
+            # and widen the window eightfold until enough are live, the rows run out, or it covers every
+            # row that could be hidden (so at worst about 8/7 of reading that many at once). An alias
+            # filter keeps one row, so it reads all.
             hidden = retired_count(cat, self._src.upto)
-            wide = None if limit is None or only is not None else limit + hidden
-            if metric is not None:
-                rows = rank_rows(cat, f, metric, mode, wide, upto=self._src.upto)  # type: ignore[arg-type]
-            else:
-                rows = select_rows(cat, f, wide, upto=self._src.upto)
-            rows = [i for i in self._live(cat, rows) if only is None or i in only]
-            return self._out(cat, rows if limit is None else rows[:limit])
+            most = None if limit is None or only is not None else limit + hidden
+            wide = None if most is None or limit is None else min(most, 2 * limit + 16)
+            while True:
+                if metric is not None:
+                    rows = rank_rows(cat, f, metric, mode, wide, upto=self._src.upto)  # type: ignore[arg-type]
+                else:
+                    rows = select_rows(cat, f, wide, upto=self._src.upto)
+                got = len(rows)
+                rows = [i for i in self._live(cat, rows) if only is None or i in only]
+                if wide is None or most is None or limit is None or len(rows) >= limit or got < wide \
+                        or wide >= most:
+                    return self._out(cat, rows if limit is None else rows[:limit])
+                wide = min(most, 8 * wide)
         if metric is not None:
             return self._out(cat, rank_rows(cat, f, metric, mode, limit,  # type: ignore[arg-type]
                                             upto=self._src.upto))

@@ -153,3 +153,38 @@ def test_best_count_and_search_look_past_retired_rows_without_losing_any(tmp_pat
         assert await fa.count(metric="acc", labels={"even": True}) == with_acc
         assert await fa.count(labels={"even": True}) == with_acc
     go(tmp_path, t)
+
+
+def test_search_limit_looks_past_many_retired_leaders(tmp_path):
+    """With far more retired rows at the top than the limit, search(limit=) still returns the first live
+    rows of the full order, ranked and newest first, now and in a view older than some retirements."""
+    async def t(led, save):
+        fa = led.artifacts(**R1)
+        arts = [await save(R1, b"%d" % i, metrics={"loss": float(i % 70)}) for i in range(90)]
+        by_loss = sorted(arts, key=lambda a: (a.metrics["loss"], -a.seq))  # ties: the newer first
+        newest = sorted(arts, key=lambda a: -a.seq)
+        doomed = [a.artifact_id for a in by_loss[:40]] + [a.artifact_id for a in newest[:30]]
+        doomed = list(dict.fromkeys(doomed))
+        for aid in doomed[:25]:
+            await fa.retire(aid, reason="bench")
+        mid = led.head[0]
+        for aid in doomed[25:]:
+            await fa.retire(aid, reason="bench")
+
+        async def check(src, gone):
+            for limit in (1, 3, 10):
+                ranked = await src.search(metric="loss", mode="min", limit=limit, scope="run")
+                full = [a.artifact_id for a in await src.search(metric="loss", mode="min", scope="run")]
+                want = [a.artifact_id for a in by_loss if a.artifact_id not in gone][:limit]
+                assert [a.artifact_id for a in ranked] == want == full[:limit]
+                recent = await src.search(limit=limit, scope="run")
+                want = [a.artifact_id for a in newest if a.artifact_id not in gone][:limit]
+                assert [a.artifact_id for a in recent] == want
+            everything = await src.search(limit=1000, scope="run")
+            assert len(everything) == 90 - len(gone)
+
+        await check(fa, set(doomed))
+        view = await led.as_of(seq=mid)
+        await check(view.artifacts(**R1), set(doomed[:25]))
+
+    go(tmp_path, t)
