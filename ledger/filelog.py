@@ -21,9 +21,10 @@ import zlib
 from bisect import bisect_right
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 from ..store.durable import fsync_dir as _fsync_dir
+from ..store.durable import syncfs_fd as _syncfs_fd
 
 from .base import BatchFailed
 from .errors import LedgerCorruption, LedgerPoisoned, ReadOnlyError, RecordsLost
@@ -58,6 +59,21 @@ class TornTailWarning(UserWarning):
     """A partly written record at the end of the log was truncated on open (ignored, when read-only)."""
 
 
+class BatchBlobs(Protocol):
+    """The blob store's side of one flush per batch (``LocalBlobStore`` with ``enable_one_flush()``)."""
+
+    sync_fd: int | None
+
+    def publish(self) -> list: ...  # noqa: E704 - rename the pending blobs in (under the log lock)
+
+    def unpublish(self, published: list) -> None: ...  # noqa: E704 - undo publish() after a failed flush
+
+
+# Recovery's check of the log's last batch: None if every blob its records name is whole, else
+# (what is wrong, a cleanup that removes the incomplete blob files) -- see FORMAT.md, "One flush per batch".
+LastBatchCheck = Callable[[list[Record]], "tuple[str, Callable[[], None]] | None"]
+
+
 @dataclass(frozen=True, slots=True)
 class _Durable:
     """What the log held before a write began, to go back to if it fails."""
@@ -81,6 +97,13 @@ class Position:
     ts_us: int
     segment_first_seq: int
     offset: int
+
+
+def _after(rec: Record) -> _Durable:
+    """The log's state just after ``rec`` (to go back to when the batch after it is cut)."""
+    first = int(rec.segment[: -len(SEGMENT_SUFFIX)])
+    end = rec.offset + rec.length
+    return _Durable(first, end, rec.seq, rec.hash, rec.ts_us, (first, rec.offset, end), rec.batch_first, 0)
 
 
 def _file_crc(path: str, length: int) -> int:
@@ -137,6 +160,11 @@ class SegmentLog:
         self._mark = os.path.join(directory, POISON_MARK)
         self._stop: int | None = None  # while the log is marked, readers stop at the mark's seq
         self._ignore_mark = False  # set by repair() only
+        # One flush per batch: the blobs renamed in under the lock and flushed with the records by one
+        # syncfs (None: blobs are made durable before append_batch, and the batch is fdatasynced).
+        self.batch_blobs: BatchBlobs | None = None
+        # Run by recover() on the log's last batch before its records are reported (see LastBatchCheck).
+        self.check_last_batch: LastBatchCheck | None = None
 
     # ----------------------------------------------------------------- locking
     @property
@@ -258,12 +286,84 @@ class SegmentLog:
         if start is not None:
             self._seek(start, start_record_offset)
         self._report_torn = self.read_only
+        check = self.check_last_batch
+        if check is None:
+            try:
+                self._read_committed(on_record)
+                with self.locked(exclusive=not self.read_only):
+                    self._catch_up(on_record, repair=not self.read_only)
+            finally:
+                self._report_torn = False
+            return
+        # The records of the newest batch are held back until the log is read to its end: if that batch
+        # is the last, its blobs are checked (under the lock) before anything of it is reported.
+        before = self._durable()
+        held: list[Record] = []
+
+        def hold(rec: Record) -> None:
+            nonlocal before
+            if held and rec.batch_first != held[0].batch_first:
+                for r in held:
+                    on_record(r)
+                before = _after(held[-1])
+                held.clear()
+            if rec.batch_first:
+                held.append(rec)
+            else:
+                on_record(rec)  # version 1: written before one flush per batch existed
+                before = _after(rec)
+
         try:
-            self._read_committed(on_record)
+            self._read_committed(hold)
             with self.locked(exclusive=not self.read_only):
-                self._catch_up(on_record, repair=not self.read_only)
+                self._catch_up(hold, repair=not self.read_only)
+                if held:
+                    self._judge_last_batch(held, before, check)
+                for r in held:
+                    on_record(r)
         finally:
             self._report_torn = False
+
+    def _judge_last_batch(self, held: list[Record], before: _Durable, check: LastBatchCheck) -> None:
+        """Cut the log's last batch (``held``, read but not yet reported) if a blob it names is not whole.
+
+        Under one flush per batch, every batch but the last is wholly durable (the lock is held until its
+        syncfs returns, and a later batch is written only after that), so only the last can name blobs a
+        power cut left incomplete; such a batch was never acknowledged. Read-only, it is left out in memory.
+        """
+        first = held[0]
+        if int(first.segment[: -len(SEGMENT_SUFFIX)]) != self._seg_first:
+            return  # a later segment was created after it, so a later append found it durable
+        found = check(held)
+        if found is None:
+            return
+        problem, cleanup = found
+        name = first.segment
+        if not self.read_only and first.seq <= self.must_reach:
+            # A checkpoint exists only once its record was durable: this batch was acknowledged.
+            raise RecordsLost(first.seq - 1, self.must_reach, f"{self.must_reach_evidence} (the log's last "
+                              f"batch, seq {first.seq}..{held[-1].seq}, names incomplete blobs: {problem})",
+                              segment=name, offset=first.offset)
+        self.head_seq, self.head_hash, self.head_ts = before.head_seq, before.head_hash, before.head_ts
+        self._head_at = before.head_at
+        self._head_batch = before.head_batch if first.offset > SEGMENT_HEADER_SIZE else -1
+        self._sparse = [s for s in self._sparse if s[0] < first.seq]
+        self._end = first.offset
+        lost = f"seq {first.seq}..{held[-1].seq} ({len(held)} record(s), {problem})"
+        held.clear()
+        if self.read_only:
+            warnings.warn(f"ignored the last batch of segment {name} at offset {first.offset}: {lost}; the "
+                          f"batch was never acknowledged; not truncated (read-only); the ledger ends at seq "
+                          f"{self.head_seq}", TornTailWarning, stacklevel=4)
+            return
+        assert self._seg_fd is not None
+        os.ftruncate(self._seg_fd, first.offset)
+        if self.fsync:
+            os.fsync(self._seg_fd)
+        cleanup()
+        warnings.warn(f"truncated the last batch of segment {name} at offset {first.offset}: {lost}; the "
+                      f"batch was never acknowledged (a power cut before its flush); the ledger ends at seq "
+                      f"{self.head_seq}", TornTailWarning, stacklevel=4)
 
     def catch_up(self, on_record: Callable[[Record], None]) -> None:
         """Read records other processes appended since we last looked (holding the lock only briefly)."""
@@ -780,6 +880,9 @@ class SegmentLog:
             self._catch_up(on_record, repair=True)
             if self.check_before_write is not None:
                 self.check_before_write(payloads)
+            blobs = self.batch_blobs if self.fsync else None
+            # One flush per batch: the blobs get their names now, and the batch's syncfs flushes them.
+            published = blobs.publish() if blobs is not None else None
             out: list[Record] = []
             try:
                 if self._seg_fd is None or self._seg_version != FORMAT_VERSION:
@@ -790,7 +893,13 @@ class SegmentLog:
                     self._new_segment()
                     done = self._append_part(payloads, done, out)
             except _Failed as failed:
+                if blobs is not None and published is not None and not out:
+                    blobs.unpublish(published)  # no event names them durably: their bytes may be lost
                 raise BatchFailed(out, failed.cause, failed.undone, failed.mark) from failed.cause
+            except BaseException:
+                if blobs is not None and published is not None and not out:
+                    blobs.unpublish(published)
+                raise
             return out
 
     def _append_part(self, payloads: list[bytes], i: int, out: list[Record]) -> int:
@@ -867,8 +976,13 @@ class SegmentLog:
                 raise OSError(errno.ENOSPC, f"short write to ledger segment {name}: {written} of {len(buf)} "
                               f"bytes at offset {start} ({os.strerror(errno.ENOSPC)}?)", path)
             if self.fsync:
+                blobs = self.batch_blobs
                 try:
-                    os.fdatasync(self._seg_fd)
+                    if blobs is not None and blobs.sync_fd is not None:
+                        # One device flush for the batch: its records and the blobs it renamed in.
+                        _syncfs_fd(blobs.sync_fd, path)
+                    else:
+                        os.fdatasync(self._seg_fd)
                 except OSError as exc:
                     raise OSError(exc.errno, f"flushing ledger segment {name} failed: {exc.strerror}", path) from exc
         self._end = start + len(buf)
