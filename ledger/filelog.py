@@ -165,6 +165,8 @@ class SegmentLog:
         self.batch_blobs: BatchBlobs | None = None
         # Run by recover() on the log's last batch before its records are reported (see LastBatchCheck).
         self.check_last_batch: LastBatchCheck | None = None
+        # Read-only: (segment, offset, hash of its first record) of a last batch left out as unproven.
+        self._unproven: tuple[int, int, bytes] | None = None
 
     # ----------------------------------------------------------------- locking
     @property
@@ -324,6 +326,18 @@ class SegmentLog:
         finally:
             self._report_torn = False
 
+    def _cap(self, size: int) -> int:
+        """How much of the current segment (``size`` bytes) to read: a read-only process stops before a last
+        batch it left out as unproven, until a writer has cut it (its first record is gone or changed)."""
+        u = self._unproven
+        if u is None or u[0] != self._seg_first:
+            return size
+        rec = self.record_at(u[0], u[1])
+        if rec is None or rec.hash != u[2]:
+            self._unproven = None
+            return size
+        return min(size, u[1])
+
     def _judge_last_batch(self, held: list[Record], before: _Durable, check: LastBatchCheck) -> None:
         """Cut the log's last batch (``held``, read but not yet reported) if a blob it names is not whole.
 
@@ -334,6 +348,8 @@ class SegmentLog:
         first = held[0]
         if int(first.segment[: -len(SEGMENT_SUFFIX)]) != self._seg_first:
             return  # a later segment was created after it, so a later append found it durable
+        if first.batch_first != first.seq:
+            return  # it began before the checkpoint reading started from: it was acknowledged
         found = check(held)
         if found is None:
             return
@@ -352,6 +368,7 @@ class SegmentLog:
         lost = f"seq {first.seq}..{held[-1].seq} ({len(held)} record(s), {problem})"
         held.clear()
         if self.read_only:
+            self._unproven = (self._seg_first, first.offset, first.hash)
             warnings.warn(f"ignored the last batch of segment {name} at offset {first.offset}: {lost}; the "
                           f"batch was never acknowledged; not truncated (read-only); the ledger ends at seq "
                           f"{self.head_seq}", TornTailWarning, stacklevel=4)
@@ -409,7 +426,7 @@ class SegmentLog:
         while True:
             if self._seg_first not in segs:
                 return False
-            size = last_size if self._seg_first == last else os.fstat(self._seg_fd).st_size  # type: ignore[arg-type]
+            size = self._cap(last_size if self._seg_first == last else os.fstat(self._seg_fd).st_size)  # type: ignore[arg-type]
             if not self._scan_committed(on_record, size):
                 return False
             if self._seg_first == last:
@@ -563,7 +580,7 @@ class SegmentLog:
 
     def _scan_current(self, on_record: Callable[[Record], None], *, repair: bool) -> None:
         assert self._seg_fd is not None
-        size = os.fstat(self._seg_fd).st_size
+        size = self._cap(os.fstat(self._seg_fd).st_size)
         if size <= self._end:
             return
         name = segment_name(self._seg_first)
@@ -878,11 +895,15 @@ class SegmentLog:
         with self.locked(exclusive=True):
             self._refuse_if_marked()
             self._catch_up(on_record, repair=True)
+            blobs = self.batch_blobs if self.fsync else None
+            # One flush per batch: the blobs get their names now (before the check, which looks for them
+            # at their addresses), and the batch's syncfs flushes them. Left named if the check refuses
+            # the batch: unreferenced names, which dedup re-hashes before trusting, flushed by a later batch.
+            published = blobs.publish() if blobs is not None else None
             if self.check_before_write is not None:
                 self.check_before_write(payloads)
-            blobs = self.batch_blobs if self.fsync else None
-            # One flush per batch: the blobs get their names now, and the batch's syncfs flushes them.
-            published = blobs.publish() if blobs is not None else None
+                if blobs is not None and published is not None:
+                    published += blobs.publish()  # blobs the check stored again (collected by a gc meanwhile)
             out: list[Record] = []
             try:
                 if self._seg_fd is None or self._seg_version != FORMAT_VERSION:
