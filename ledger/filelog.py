@@ -317,6 +317,13 @@ class SegmentLog:
 
         try:
             self._read_committed(hold)
+            if held and check(held) is None:
+                # Whole already (it stays so): reported before the lock is taken, so that a long last
+                # batch is replayed without holding up writers. Only a batch found wanting is judged locked.
+                for r in held:
+                    on_record(r)
+                before = _after(held[-1])
+                held.clear()
             with self.locked(exclusive=not self.read_only):
                 self._catch_up(hold, repair=not self.read_only)
                 if held:
