@@ -68,6 +68,12 @@ class BatchBlobs(Protocol):
 
     def unpublish(self, published: list) -> None: ...  # noqa: E704 - undo publish() after a failed flush
 
+    def needs_syncfs(self) -> bool: ...  # noqa: E704 - whether the batch published bytes only a syncfs flushes
+
+    def flush_names(self) -> None: ...  # noqa: E704 - else: fsync the directories the batch renamed into
+
+    def batch_flushed(self) -> None: ...  # noqa: E704 - the batch's flush returned
+
 
 # Recovery's check of the log's last batch: None if every blob its records name is whole, else
 # (what is wrong, a cleanup that removes the incomplete blob files) -- see FORMAT.md, "One flush per batch".
@@ -1006,11 +1012,17 @@ class SegmentLog:
             if self.fsync:
                 blobs = self.batch_blobs
                 try:
-                    if blobs is not None and blobs.sync_fd is not None:
+                    if blobs is not None and blobs.sync_fd is not None and blobs.needs_syncfs():
                         # One device flush for the batch: its records and the blobs it renamed in.
                         _syncfs_fd(blobs.sync_fd, path)
                     else:
+                        if blobs is not None:
+                            # Only large blobs (their bytes flushed at put), or none: their names and
+                            # the records, without flushing what other writers left on the filesystem.
+                            blobs.flush_names()
                         os.fdatasync(self._seg_fd)
+                    if blobs is not None:
+                        blobs.batch_flushed()
                 except OSError as exc:
                     raise OSError(exc.errno, f"flushing ledger segment {name} failed: {exc.strerror}", path) from exc
         self._end = start + len(buf)

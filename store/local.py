@@ -84,6 +84,10 @@ class LocalBlobStore:
         # One-flush protocol: opened before any blob is written, so a syncfs through it reports every
         # writeback error of the filesystem since (Linux checks errors against the fd's open time).
         self.sync_fd: int | None = None
+        # Since the last batch flush: whether a blob under LARGE_BLOB was renamed in (only a syncfs makes
+        # its bytes durable), and the directories renames went into or dedup found names in.
+        self._batch_small = False
+        self._batch_dirs: set[str] = set()
 
     @property
     def one_flush(self) -> bool:
@@ -337,19 +341,39 @@ class LocalBlobStore:
         self._refuse_if_failed()
         with self._pending_lock:
             pending, self._pending = self._pending, []
-            self._pending_dirs.clear()
+            self._batch_dirs |= self._pending_dirs
+            self._pending_dirs = set()
         try:
             for p in pending:
                 final = self.path(p.sha)
-                if self._intact(final, p.sha, os.stat(p.tmp).st_size):
+                size = os.stat(p.tmp).st_size
+                if self._intact(final, p.sha, size):
                     os.unlink(p.tmp)
                     continue
-                self._rename_in(p.tmp, p.sha, sync_dirs=False)
+                self._batch_dirs.update(self._rename_in(p.tmp, p.sha, sync_dirs=False))
                 p.renamed = True
+                self._batch_small = self._batch_small or size < LARGE_BLOB
         except BaseException:
             self.unpublish(pending)
             raise
         return pending
+
+    def needs_syncfs(self) -> bool:
+        """Whether the batch published a blob under LARGE_BLOB, whose bytes only the batch's syncfs flushes."""
+        return self._batch_small
+
+    def flush_names(self) -> None:
+        """For a batch that published only large blobs (bytes flushed at put), or none: fsync each directory
+        it renamed into or found a deduplicated name in (deepest first) instead of a syncfs, which would
+        also flush every other writer's dirty pages on the filesystem."""
+        for d in sorted(self._batch_dirs, key=len, reverse=True):
+            _fsync_dir(d)
+        self._batch_dirs.clear()
+
+    def batch_flushed(self) -> None:
+        """The batch's flush returned: what it published is durable."""
+        self._batch_small = False
+        self._batch_dirs.clear()
 
     def unpublish(self, published: list[_Pending]) -> None:
         """The batch's flush failed: remove the names ``publish()`` gave (their bytes may never reach the

@@ -188,7 +188,12 @@ def test_one_syncfs_per_batch_and_no_acknowledgement_before_it_returns(root, tmp
 
     addresses = anyio.run(main)
     kinds = [e[0] for e in events]
-    assert "fdatasync" not in kinds and not [e for e in events if e[0] == "fsync" and "/blobs/" in e[1]]
+    assert not [e for e in events if e[0] == "fsync" and "/blobs/" in e[1]]
+    # The flush after each small blob's rename is a syncfs; a batch whose blobs an earlier batch already
+    # renamed in (and flushed) may fdatasync instead.
+    for i, kind in enumerate(kinds):
+        if kind == "rename":
+            assert next(k for k in kinds[i:] if k in ("syncfs", "fdatasync")) == "syncfs"
     first_syncfs = kinds.index("syncfs")
     renamed = {e[1] for e in events[:first_syncfs] if e[0] == "rename"}
     first_append = kinds.index("append")
@@ -222,6 +227,42 @@ def test_a_large_blob_is_fsynced_before_its_name_exists(root, tmp_path, monkeypa
     renames = [e[1] for e in events if e[0] == "rename"]
     assert len(fsyncs) == 1 and len(renames) == 2
     assert events.index(("fsync", fsyncs[0])) < events.index(("rename", fsyncs[0]))
+
+
+@needs_one_flush
+def test_a_batch_without_small_blobs_flushes_its_names_and_records_not_the_filesystem(root, tmp_path, monkeypatch):
+    """A batch that renamed in only large blobs (bytes flushed at put) fsyncs the directories it renamed into,
+    then fdatasyncs the segment, and calls no syncfs (which would flush every other writer's dirty pages);
+    a batch naming no new blob (a pin) only fdatasyncs. A small blob brings the syncfs back."""
+    events: list[tuple] = []
+    real_syncfs, real_fsync_dir, real_fdatasync = filelog._syncfs_fd, local._fsync_dir, os.fdatasync
+    monkeypatch.setattr(filelog, "_syncfs_fd", lambda fd, what: (events.append(("syncfs",)), real_syncfs(fd, what)))
+    monkeypatch.setattr(local, "_fsync_dir", lambda d: (events.append(("dir", str(d))), real_fsync_dir(d)))
+    monkeypatch.setattr(filelog.os, "fdatasync", lambda fd: (events.append(("fdatasync", fd_path(fd))),
+                                                             real_fdatasync(fd)))
+    big = os.urandom(LARGE_BLOB)
+
+    async def main():
+        async with open_ledger(root) as led:
+            fa = led.artifacts(**RUN)
+            await fa.save(_src(tmp_path, "warm", b"warm"), kind="blob")
+            events.clear()
+            art = await fa.save(_src(tmp_path, "big", big), kind="blob")
+            big_events = list(events)
+            events.clear()
+            await fa.pin(art.artifact_id)
+            pin_events = list(events)
+            events.clear()
+            await fa.save(_src(tmp_path, "small", b"small again"), kind="blob")
+            return big_events, pin_events, list(events)
+
+    big_events, pin_events, small_events = anyio.run(main)
+    shard = str(_blob(root, big).parent)
+    assert ("syncfs",) not in big_events and ("dir", shard) in big_events
+    datasync = [i for i, e in enumerate(big_events) if e[0] == "fdatasync" and e[1].endswith(".seg")]
+    assert datasync and big_events.index(("dir", shard)) < datasync[0]
+    assert ("syncfs",) not in pin_events and any(e[0] == "fdatasync" for e in pin_events)
+    assert ("syncfs",) in small_events and not any(e[0] == "fdatasync" for e in small_events)
 
 
 @needs_one_flush
