@@ -4,8 +4,11 @@
 Prints, for the machine it runs on:
   * saves/s of 4 KiB files with fsync on: sequential awaits and 64 concurrent
     tasks, beside the raw cost of ``write + fsync + rename + dir fsync`` in the
-    same filesystem;
-  * one durable 256 MiB save against a raw write+fsync of the same bytes;
+    same filesystem, with one flush per batch (the default where it is safe)
+    and with the three-flush protocol (``ARTIFACT_LEDGER_BATCH_FLUSH=three``)
+    in the same run, as its baseline;
+  * one durable 256 MiB save against a raw write+fsync of the same bytes (both
+    protocols);
   * on a 100,000-artifact ledger over 100 runs: median ``best(scope="run")``
     latency, median label ``search`` latency, open (replay) time and peak RSS
     of a process that only opens the ledger.
@@ -249,11 +252,27 @@ async def run_concurrent(led, files: list[str], tasks: int = CONCURRENCY) -> flo
     return len(files) / dt
 
 
+@contextlib.contextmanager
+def flush_protocol(name: str):
+    """Open ledgers with ARTIFACT_LEDGER_BATCH_FLUSH=name (read when a ledger is opened)."""
+    old = os.environ.get("ARTIFACT_LEDGER_BATCH_FLUSH")
+    os.environ["ARTIFACT_LEDGER_BATCH_FLUSH"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["ARTIFACT_LEDGER_BATCH_FLUSH"]
+        else:
+            os.environ["ARTIFACT_LEDGER_BATCH_FLUSH"] = old
+
+
 def bench_saves(cfg: dict, tmp: Path, rng: random.Random) -> dict:
     reps = cfg["reps"]
     warm = cfg["warm_saves"]
-    srcs = make_sources(tmp / "src", warm + cfg["seq_saves"] + reps * (cfg["seq_saves"] + cfg["conc_saves"]), rng)
-    res: dict = {"seq": [], "conc": [], "raw": [], "raw_thr": [], "raw_batched": [], "raw_rename": []}
+    srcs = make_sources(tmp / "src", 2 * (warm + cfg["seq_saves"] + reps * (cfg["seq_saves"] + cfg["conc_saves"])),
+                        rng)
+    res: dict = {"seq": [], "conc": [], "raw": [], "raw_thr": [], "raw_batched": [], "raw_rename": [],
+                 "seq_three": [], "conc_three": []}
 
     async def session() -> None:
         cursor = 0
@@ -263,21 +282,35 @@ def bench_saves(cfg: dict, tmp: Path, rng: random.Random) -> dict:
             cursor += n
             return srcs[cursor - n:cursor]
 
-        async with open_ledger(tmp / "saves") as led:
-            # A brand-new store creates its 256 shard directories as blobs arrive;
-            # measure that once, then warm up so the repetitions see a store in use.
-            res["cold_seq"] = await run_sequential(led, take(cfg["seq_saves"]))
-            res["warm_conc"] = await run_concurrent(led, take(warm))
-            res["shards"] = sum(1 for _ in (led.store.root / "sha256").iterdir())
-            for r in range(reps):
-                res["raw"].append(raw_durable_writes(tmp / f"raw{r}", cfg["raw_ops"], rng))
-                res["seq"].append(await run_sequential(led, take(cfg["seq_saves"])))
-                res["conc"].append(await run_concurrent(led, take(cfg["conc_saves"])))
-                res["raw_thr"].append(
-                    raw_durable_writes_threaded(tmp / f"rawt{r}", cfg["conc_saves"] // 2, rng, CONCURRENCY))
-                res["raw_batched"].append(raw_durable_writes(tmp / f"rawb{r}", cfg["raw_ops"], rng, 32))
-                res["raw_rename"].append(raw_rename_fsync_loop(tmp / f"rawr{r}", cfg["raw_ops"], rng))
-            res["artifacts"] = len(led.catalog.rows)
+        with flush_protocol("three"):
+            three = await open_ledger(tmp / "saves-three")
+        try:
+            async with open_ledger(tmp / "saves") as led:
+                res["protocol"], res["protocol_three"] = led.flush_protocol, three.flush_protocol
+                # A brand-new store creates its 256 shard directories as blobs arrive;
+                # measure that once, then warm up so the repetitions see a store in use.
+                res["cold_seq"] = await run_sequential(led, take(cfg["seq_saves"]))
+                res["warm_conc"] = await run_concurrent(led, take(warm))
+                await run_sequential(three, take(cfg["seq_saves"]))
+                await run_concurrent(three, take(warm))
+                res["shards"] = sum(1 for _ in (led.store.root / "sha256").iterdir())
+                await repetitions(led, three, take)
+        finally:
+            await three.aclose()
+
+    async def repetitions(led, three, take) -> None:
+        for r in range(reps):
+            res["raw"].append(raw_durable_writes(tmp / f"raw{r}", cfg["raw_ops"], rng))
+            # The two protocols alternate (which goes first too), so load drifts hit both alike.
+            order = [(led, "seq", "conc"), (three, "seq_three", "conc_three")]
+            for lg, s_key, c_key in order if r % 2 == 0 else order[::-1]:
+                res[s_key].append(await run_sequential(lg, take(cfg["seq_saves"])))
+                res[c_key].append(await run_concurrent(lg, take(cfg["conc_saves"])))
+            res["raw_thr"].append(
+                raw_durable_writes_threaded(tmp / f"rawt{r}", cfg["conc_saves"] // 2, rng, CONCURRENCY))
+            res["raw_batched"].append(raw_durable_writes(tmp / f"rawb{r}", cfg["raw_ops"], rng, 32))
+            res["raw_rename"].append(raw_rename_fsync_loop(tmp / f"rawr{r}", cfg["raw_ops"], rng))
+        res["artifacts"] = len(led.catalog.rows)
 
     anyio.run(session)
     raw = statistics.median(res["raw"])
@@ -308,8 +341,18 @@ def bench_saves(cfg: dict, tmp: Path, rng: random.Random) -> dict:
           f"(reps: " + ", ".join(f"{1 / x:.0f}" for x in res["raw_rename"]) + ")")
     print(f"(info) raw baseline, dir fsync once per 32 renames: {1 / statistics.median(res['raw_batched']):8.0f} "
           f"ops/s (what batching directory fsyncs would leave)")
+    conc3, seq3 = statistics.median(res["conc_three"]), statistics.median(res["seq_three"])
+    gain = statistics.median(x / y for x, y in zip(res["conc"], res["conc_three"]))
+    thr3 = statistics.median(x * b for x, b in zip(res["conc_three"], res["raw_thr"]))
+    print(f"protocols     the figures above: {res['protocol']!r}; same-run baseline {res['protocol_three']!r} "
+          f"(ARTIFACT_LEDGER_BATCH_FLUSH=three, its own warmed ledger, alternating with it):")
+    print(f"              three flushes: concurrent {conc3:8.0f} saves/s (reps: "
+          + ", ".join(f"{x:.0f}" for x in res["conc_three"]) + f"), {thr3:5.2f}x the {CONCURRENCY}-thread raw "
+          f"baseline; sequential {seq3:8.0f} saves/s (reps: " + ", ".join(f"{x:.0f}" for x in res["seq_three"])
+          + ")")
+    print(f"              concurrent {res['protocol']} / three, per repetition: {gain:5.2f}x")
     print()
-    return {"seq": seq, "conc": conc, "raw_ops_s": 1 / raw}
+    return {"seq": seq, "conc": conc, "raw_ops_s": 1 / raw, "conc_three": conc3}
 
 
 # --------------------------------------------------------------------------- one large file
@@ -335,7 +378,7 @@ def bench_large_save(tmp: Path, mib: int, reps: int) -> dict:
     with open(src, "wb") as f:
         for i in range(mib):
             f.write(i.to_bytes(8, "little") + block[8:])  # no two MiB alike, so nothing dedups
-    raws, saves = [], []
+    raws, saves, saves3 = [], [], []
 
     async def save_once(r: int) -> float:
         # A fresh ledger per repetition, so the blob is written every time (no dedup).
@@ -350,12 +393,19 @@ def bench_large_save(tmp: Path, mib: int, reps: int) -> dict:
         (tmp / f"raw-large{r}.bin").unlink()
         saves.append(anyio.run(save_once, r))
         shutil.rmtree(tmp / f"large-ledger{r}")
+        with flush_protocol("three"):
+            saves3.append(anyio.run(save_once, r))
+        shutil.rmtree(tmp / f"large-ledger{r}")
     ratio = statistics.median(raw / save for raw, save in zip(raws, saves))
+    ratio3 = statistics.median(raw / save for raw, save in zip(raws, saves3))
     print(f"== one {mib} MiB file, fsync on (median of {reps} repetitions, a fresh ledger each)")
     print(f"raw baseline  copy + fsync in plain Python: {mib / statistics.median(raws):8.1f} MiB/s   (reps: "
           + ", ".join(f"{mib / x:.0f}" for x in raws) + ")")
     print(f"save()        {mib / statistics.median(saves):8.1f} MiB/s   speed ratio to raw baseline "
           f"{ratio:5.2f}x (pairs)   (reps: " + ", ".join(f"{mib / x:.0f}" for x in saves) + ")")
+    print(f"save(), three {mib / statistics.median(saves3):8.1f} MiB/s   speed ratio to raw baseline "
+          f"{ratio3:5.2f}x (pairs)   (ARTIFACT_LEDGER_BATCH_FLUSH=three; reps: "
+          + ", ".join(f"{mib / x:.0f}" for x in saves3) + ")")
     print()
     src.unlink()
     return {"raw_mib_s": mib / statistics.median(raws), "save_mib_s": mib / statistics.median(saves), "ratio": ratio}

@@ -36,6 +36,7 @@ from ..store.durable import unique_hex
 
 from . import audit, content, exporting
 from . import gc as gc_mod
+from . import one_flush
 from .projecting import ProjectionHandle, Projecting, check_projections, fold_range
 from .repair import MARKER, MARKER_TEXT, prepare_root  # noqa: F401  (MARKER names are re-exported)
 from .sweep import STAGING_MAX_AGE, sweep_root
@@ -85,6 +86,9 @@ class Ledger:
         self._log = log
         # id(payload) -> blobs the event names, checked under the log lock (see _blobs_gone)
         self._needs: dict[int, tuple[gc_mod.Need, ...]] = {}
+        # "one": a batch's blobs and records are flushed by one syncfs; "three": blobs, renames, then
+        # the log (FORMAT.md, "One flush per batch").
+        self.flush_protocol = one_flush.install(log, store, fsync=fsync, read_only=read_only)
         self._gc = GroupCommitLog(log, self._apply_records, before_write=store.make_durable,
                                   under_lock=self._blobs_gone)
         self._closed = False
@@ -617,6 +621,7 @@ async def _open(root: str | os.PathLike[str], *, create: bool, segment_bytes: in
                 connect_timeout: int | None = None, projections: Any = ()) -> Ledger:
     _check_options(root, create=create, segment_bytes=segment_bytes, fsync=fsync,
                    checkpoint_every=checkpoint_every, progress=progress)
+    one_flush.chosen_protocol()  # a bad ARTIFACT_LEDGER_BATCH_FLUSH is refused before anything is opened
     if cache_dir is not None and (not isinstance(cache_dir, (str, os.PathLike)) or not os.fspath(cache_dir)):
         raise OptionTypeError(f"cache_dir must name a directory (a str or path), got {cache_dir!r}")
     url_log = is_log_url(root)

@@ -21,9 +21,10 @@ import zlib
 from bisect import bisect_right
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 from ..store.durable import fsync_dir as _fsync_dir
+from ..store.durable import syncfs_fd as _syncfs_fd
 
 from .base import BatchFailed
 from .errors import LedgerCorruption, LedgerPoisoned, ReadOnlyError, RecordsLost
@@ -58,6 +59,27 @@ class TornTailWarning(UserWarning):
     """A partly written record at the end of the log was truncated on open (ignored, when read-only)."""
 
 
+class BatchBlobs(Protocol):
+    """The blob store's side of one flush per batch (``LocalBlobStore`` with ``enable_one_flush()``)."""
+
+    sync_fd: int | None
+
+    def publish(self) -> list: ...  # noqa: E704 - rename the pending blobs in (under the log lock)
+
+    def unpublish(self, published: list) -> None: ...  # noqa: E704 - undo publish() after a failed flush
+
+    def needs_syncfs(self) -> bool: ...  # noqa: E704 - whether the batch published bytes only a syncfs flushes
+
+    def flush_names(self) -> None: ...  # noqa: E704 - else: fsync the directories the batch renamed into
+
+    def batch_flushed(self) -> None: ...  # noqa: E704 - the batch's flush returned
+
+
+# Recovery's check of the log's last batch: None if every blob its records name is whole, else
+# (what is wrong, a cleanup that removes the incomplete blob files) -- see FORMAT.md, "One flush per batch".
+LastBatchCheck = Callable[[list[Record]], "tuple[str, Callable[[], None]] | None"]
+
+
 @dataclass(frozen=True, slots=True)
 class _Durable:
     """What the log held before a write began, to go back to if it fails."""
@@ -81,6 +103,13 @@ class Position:
     ts_us: int
     segment_first_seq: int
     offset: int
+
+
+def _after(rec: Record) -> _Durable:
+    """The log's state just after ``rec`` (to go back to when the batch after it is cut)."""
+    first = int(rec.segment[: -len(SEGMENT_SUFFIX)])
+    end = rec.offset + rec.length
+    return _Durable(first, end, rec.seq, rec.hash, rec.ts_us, (first, rec.offset, end), rec.batch_first, 0)
 
 
 def _file_crc(path: str, length: int) -> int:
@@ -137,6 +166,13 @@ class SegmentLog:
         self._mark = os.path.join(directory, POISON_MARK)
         self._stop: int | None = None  # while the log is marked, readers stop at the mark's seq
         self._ignore_mark = False  # set by repair() only
+        # One flush per batch: the blobs renamed in under the lock and flushed with the records by one
+        # syncfs (None: blobs are made durable before append_batch, and the batch is fdatasynced).
+        self.batch_blobs: BatchBlobs | None = None
+        # Run by recover() on the log's last batch before its records are reported (see LastBatchCheck).
+        self.check_last_batch: LastBatchCheck | None = None
+        # Read-only: (segment, offset, hash of its first record) of a last batch left out as unproven.
+        self._unproven: tuple[int, int, bytes] | None = None
 
     # ----------------------------------------------------------------- locking
     @property
@@ -258,12 +294,106 @@ class SegmentLog:
         if start is not None:
             self._seek(start, start_record_offset)
         self._report_torn = self.read_only
+        check = self.check_last_batch
+        if check is None:
+            try:
+                self._read_committed(on_record)
+                with self.locked(exclusive=not self.read_only):
+                    self._catch_up(on_record, repair=not self.read_only)
+            finally:
+                self._report_torn = False
+            return
+        # The records of the newest batch are held back until the log is read to its end: if that batch
+        # is the last, its blobs are checked (under the lock) before anything of it is reported.
+        before = self._durable()
+        held: list[Record] = []
+
+        def hold(rec: Record) -> None:
+            nonlocal before
+            if held and rec.batch_first != held[0].batch_first:
+                for r in held:
+                    on_record(r)
+                before = _after(held[-1])
+                held.clear()
+            if rec.batch_first:
+                held.append(rec)
+            else:
+                on_record(rec)  # version 1: written before one flush per batch existed
+                before = _after(rec)
+
         try:
-            self._read_committed(on_record)
+            self._read_committed(hold)
+            if held and check(held) is None:
+                # Whole already (it stays so): reported before the lock is taken, so that a long last
+                # batch is replayed without holding up writers. Only a batch found wanting is judged locked.
+                for r in held:
+                    on_record(r)
+                before = _after(held[-1])
+                held.clear()
             with self.locked(exclusive=not self.read_only):
-                self._catch_up(on_record, repair=not self.read_only)
+                self._catch_up(hold, repair=not self.read_only)
+                if held:
+                    self._judge_last_batch(held, before, check)
+                for r in held:
+                    on_record(r)
         finally:
             self._report_torn = False
+
+    def _cap(self, size: int) -> int:
+        """How much of the current segment (``size`` bytes) to read: a read-only process stops before a last
+        batch it left out as unproven, until a writer has cut it (its first record is gone or changed)."""
+        u = self._unproven
+        if u is None or u[0] != self._seg_first:
+            return size
+        rec = self.record_at(u[0], u[1])
+        if rec is None or rec.hash != u[2]:
+            self._unproven = None
+            return size
+        return min(size, u[1])
+
+    def _judge_last_batch(self, held: list[Record], before: _Durable, check: LastBatchCheck) -> None:
+        """Cut the log's last batch (``held``, read but not yet reported) if a blob it names is not whole.
+
+        Under one flush per batch, every batch but the last is wholly durable (the lock is held until its
+        syncfs returns, and a later batch is written only after that), so only the last can name blobs a
+        power cut left incomplete; such a batch was never acknowledged. Read-only, it is left out in memory.
+        """
+        first = held[0]
+        if int(first.segment[: -len(SEGMENT_SUFFIX)]) != self._seg_first:
+            return  # a later segment was created after it, so a later append found it durable
+        if first.batch_first != first.seq:
+            return  # it began before the checkpoint reading started from: it was acknowledged
+        found = check(held)
+        if found is None:
+            return
+        problem, cleanup = found
+        name = first.segment
+        if not self.read_only and first.seq <= self.must_reach:
+            # A checkpoint exists only once its record was durable: this batch was acknowledged.
+            raise RecordsLost(first.seq - 1, self.must_reach, f"{self.must_reach_evidence} (the log's last "
+                              f"batch, seq {first.seq}..{held[-1].seq}, names incomplete blobs: {problem})",
+                              segment=name, offset=first.offset)
+        self.head_seq, self.head_hash, self.head_ts = before.head_seq, before.head_hash, before.head_ts
+        self._head_at = before.head_at
+        self._head_batch = before.head_batch if first.offset > SEGMENT_HEADER_SIZE else -1
+        self._sparse = [s for s in self._sparse if s[0] < first.seq]
+        self._end = first.offset
+        lost = f"seq {first.seq}..{held[-1].seq} ({len(held)} record(s), {problem})"
+        held.clear()
+        if self.read_only:
+            self._unproven = (self._seg_first, first.offset, first.hash)
+            warnings.warn(f"ignored the last batch of segment {name} at offset {first.offset}: {lost}; the "
+                          f"batch was never acknowledged; not truncated (read-only); the ledger ends at seq "
+                          f"{self.head_seq}", TornTailWarning, stacklevel=4)
+            return
+        assert self._seg_fd is not None
+        os.ftruncate(self._seg_fd, first.offset)
+        if self.fsync:
+            os.fsync(self._seg_fd)
+        cleanup()
+        warnings.warn(f"truncated the last batch of segment {name} at offset {first.offset}: {lost}; the "
+                      f"batch was never acknowledged (a power cut before its flush); the ledger ends at seq "
+                      f"{self.head_seq}", TornTailWarning, stacklevel=4)
 
     def catch_up(self, on_record: Callable[[Record], None]) -> None:
         """Read records other processes appended since we last looked (holding the lock only briefly)."""
@@ -309,7 +439,7 @@ class SegmentLog:
         while True:
             if self._seg_first not in segs:
                 return False
-            size = last_size if self._seg_first == last else os.fstat(self._seg_fd).st_size  # type: ignore[arg-type]
+            size = self._cap(last_size if self._seg_first == last else os.fstat(self._seg_fd).st_size)  # type: ignore[arg-type]
             if not self._scan_committed(on_record, size):
                 return False
             if self._seg_first == last:
@@ -463,7 +593,7 @@ class SegmentLog:
 
     def _scan_current(self, on_record: Callable[[Record], None], *, repair: bool) -> None:
         assert self._seg_fd is not None
-        size = os.fstat(self._seg_fd).st_size
+        size = self._cap(os.fstat(self._seg_fd).st_size)
         if size <= self._end:
             return
         name = segment_name(self._seg_first)
@@ -778,8 +908,15 @@ class SegmentLog:
         with self.locked(exclusive=True):
             self._refuse_if_marked()
             self._catch_up(on_record, repair=True)
+            blobs = self.batch_blobs if self.fsync else None
+            # One flush per batch: the blobs get their names now (before the check, which looks for them
+            # at their addresses), and the batch's syncfs flushes them. Left named if the check refuses
+            # the batch: unreferenced names, which dedup re-hashes before trusting, flushed by a later batch.
+            published = blobs.publish() if blobs is not None else None
             if self.check_before_write is not None:
                 self.check_before_write(payloads)
+                if blobs is not None and published is not None:
+                    published += blobs.publish()  # blobs the check stored again (collected by a gc meanwhile)
             out: list[Record] = []
             try:
                 if self._seg_fd is None or self._seg_version != FORMAT_VERSION:
@@ -790,7 +927,13 @@ class SegmentLog:
                     self._new_segment()
                     done = self._append_part(payloads, done, out)
             except _Failed as failed:
+                if blobs is not None and published is not None and not out:
+                    blobs.unpublish(published)  # no event names them durably: their bytes may be lost
                 raise BatchFailed(out, failed.cause, failed.undone, failed.mark) from failed.cause
+            except BaseException:
+                if blobs is not None and published is not None and not out:
+                    blobs.unpublish(published)
+                raise
             return out
 
     def _append_part(self, payloads: list[bytes], i: int, out: list[Record]) -> int:
@@ -867,8 +1010,19 @@ class SegmentLog:
                 raise OSError(errno.ENOSPC, f"short write to ledger segment {name}: {written} of {len(buf)} "
                               f"bytes at offset {start} ({os.strerror(errno.ENOSPC)}?)", path)
             if self.fsync:
+                blobs = self.batch_blobs
                 try:
-                    os.fdatasync(self._seg_fd)
+                    if blobs is not None and blobs.sync_fd is not None and blobs.needs_syncfs():
+                        # One device flush for the batch: its records and the blobs it renamed in.
+                        _syncfs_fd(blobs.sync_fd, path)
+                    else:
+                        if blobs is not None:
+                            # Only large blobs (their bytes flushed at put), or none: their names and
+                            # the records, without flushing what other writers left on the filesystem.
+                            blobs.flush_names()
+                        os.fdatasync(self._seg_fd)
+                    if blobs is not None:
+                        blobs.batch_flushed()
                 except OSError as exc:
                     raise OSError(exc.errno, f"flushing ledger segment {name} failed: {exc.strerror}", path) from exc
         self._end = start + len(buf)

@@ -127,6 +127,33 @@ def syncfs(path: str) -> None:
         os.close(fd)
 
 
+def syncfs_fd(fd: int, what: str) -> None:
+    """syncfs(2) through an fd held open since before the writes it must cover (it reports, Linux >= 5.8,
+    the writeback errors of its filesystem that happened after that fd was opened)."""
+    if _syncfs is None:
+        raise OSError("syncfs(2) is not available on this platform")
+    if _syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"syncfs failed: {os.strerror(err)}", what)
+
+
+def syncfs_reports_errors(release: str | None = None) -> bool:
+    """Whether this kernel's syncfs(2) reports writeback errors (Linux 5.8 and later; ``release`` as
+    ``uname -r`` prints it). Older kernels return success even when pages could not be written."""
+    if _syncfs is None:
+        return False
+    if release is None:
+        if sys.platform != "linux":
+            return False
+        release = os.uname().release
+    parts = release.split(".")
+    try:
+        major, minor = int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return False
+    return (major, minor) >= (5, 8)
+
+
 class _UniqueNames:
     """Random-looking 128-bit hex names from a per-process generator seeded by os.urandom.
 

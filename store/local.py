@@ -5,6 +5,9 @@ temp file and renamed to its address. It is durable once its bytes and the
 rename are flushed: at once (fsync, rename, directory fsync) for a store used
 on its own, or, for a ledger's store (``deferred=True``), by ``make_durable()``,
 which the ledger's group commit calls before appending the events of a batch.
+With ``enable_one_flush()`` (a ledger whose log shares the filesystem), the log
+renames the batch's blobs in under its lock (``publish()``) and one syncfs makes
+them durable with the batch's records (FORMAT.md, "One flush per batch").
 """
 
 from __future__ import annotations
@@ -32,18 +35,24 @@ SYNCFS_MIN_BLOBS = 4
 # Pending blobs keep the descriptor that wrote them open until make_durable()
 # fsyncs through it; past this many open at once, a put fsyncs and closes its own.
 MAX_OPEN_PENDING = 64
+# One-flush protocol: a blob at least this big is fsynced at put time, before its name can exist, so
+# its name always means complete bytes (and recovery only stats it). Smaller ones are flushed with their
+# batch, so recovery re-hashes those of the last batch: at most a batch of sub-MiB files, and 1 MiB is
+# where one more fsync costs about what writing the bytes does.
+LARGE_BLOB = 1 << 20
 _rename = os.rename
 
 
 class _Pending:
     """A blob written to a temp file, awaiting make_durable(): its fd stays open until flushed through."""
 
-    __slots__ = ("tmp", "sha", "fd")
+    __slots__ = ("tmp", "sha", "fd", "renamed")
 
     def __init__(self, tmp: str, sha: str, fd: int | None):
         self.tmp = tmp
         self.sha = sha
-        self.fd = fd  # None once flushed (and closed) at put time
+        self.fd = fd  # None once flushed (and closed) at put time, or never kept (one-flush)
+        self.renamed = False  # publish() gave it its address (one-flush)
 
 
 class LocalBlobStore:
@@ -73,6 +82,26 @@ class LocalBlobStore:
         self._uri_prefix = self._objects.as_uri() + "/"
         if not read_only:
             self._tmp.mkdir(parents=True, exist_ok=True)
+        # One-flush protocol: opened before any blob is written, so a syncfs through it reports every
+        # writeback error of the filesystem since (Linux checks errors against the fd's open time).
+        self.sync_fd: int | None = None
+        # Since the last batch flush: whether a blob under LARGE_BLOB was renamed in (only a syncfs makes
+        # its bytes durable), and the directories renames went into or dedup found names in.
+        self._batch_small = False
+        self._batch_dirs: set[str] = set()
+
+    @property
+    def one_flush(self) -> bool:
+        """Whether this store's blobs are renamed in and flushed by the log's batch (``enable_one_flush``)."""
+        return self.sync_fd is not None
+
+    def enable_one_flush(self) -> None:
+        """Flush blobs with the log's batch from now on: ``publish()`` renames them in under the log lock and
+        the batch's syncfs through ``sync_fd`` makes them durable (only for a deferred, fsyncing store)."""
+        if not (self.deferred and self.fsync) or self.read_only:
+            raise ValueError("one flush per batch needs a deferred, fsyncing, writable store")
+        if self.sync_fd is None:
+            self.sync_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
 
     def path(self, sha256: str) -> Path:
         """Final path of a blob (whether or not it exists)."""
@@ -92,7 +121,7 @@ class LocalBlobStore:
     def put_bytes(self, data: bytes) -> BlobInfo:
         """Store bytes durably and return their address."""
         sha = hashlib.sha256(data).hexdigest()
-        if self._present(sha):
+        if self._present(sha, len(data)):
             return BlobInfo(sha, len(data))
         tmp = self._new_tmp()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
@@ -105,7 +134,7 @@ class LocalBlobStore:
             os.close(fd)
             tmp.unlink(missing_ok=True)
             raise
-        self._publish(tmp, sha, fd)
+        self._publish(tmp, sha, fd, len(data))
         return BlobInfo(sha, len(data))
 
     def put_file(self, path: str | os.PathLike[str], *, adopt: bool = False) -> BlobInfo:
@@ -135,7 +164,7 @@ class LocalBlobStore:
                         n = os.write(fd, view)
                         view = view[n:]
             sha = digest.hexdigest()
-            present = self._present(sha)
+            present = self._present(sha, size)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
@@ -144,7 +173,7 @@ class LocalBlobStore:
             os.close(fd)
             tmp.unlink()
             return BlobInfo(sha, size)
-        self._publish(tmp, sha, fd)
+        self._publish(tmp, sha, fd, size)
         return BlobInfo(sha, size)
 
     def _link_in(self, src: Path) -> BlobInfo | None:
@@ -159,7 +188,7 @@ class LocalBlobStore:
                     digest.update(chunk)
                     size += len(chunk)
             sha = digest.hexdigest()
-            if self._present(sha):
+            if self._present(sha, size):
                 os.close(fd)
                 return BlobInfo(sha, size)
             tmp = self._new_tmp()
@@ -178,17 +207,20 @@ class LocalBlobStore:
                 except OSError:
                     pass
             raise
-        self._publish(tmp, sha, fd)
+        self._publish(tmp, sha, fd, size)
         return BlobInfo(sha, size, linked=True)
 
-    def _present(self, sha: str) -> bool:
-        """Whether a blob is already stored (so a put can skip writing it).
+    def _present(self, sha: str, size: int) -> bool:
+        """Whether a blob is already stored, whole (so a put can skip writing it).
 
         Another process may have renamed it into place without having flushed
         that rename yet; a deferred store then flushes the name itself, with the
         next make_durable(), before any event of its own can name the blob.
+        A name alone proves nothing for a small blob: under one flush per batch,
+        a power cut can keep a rename and drop the bytes of a batch that was
+        never acknowledged. So a small blob is trusted only once re-hashed.
         """
-        if not self.exists(sha):
+        if not self._intact(self.path(sha), sha, size):
             return False
         try:
             # Touched: a gc spares blobs touched since its plan, so it does not starve this save.
@@ -202,12 +234,59 @@ class LocalBlobStore:
                 self._pending_dirs.add(str(self.path(sha).parent))
         return True
 
+    @staticmethod
+    def _intact(path: Path, sha: str, size: int | None) -> bool:
+        """Whether ``path`` holds the blob ``sha`` of ``size`` bytes: its size for a large blob (always
+        flushed before its rename), its SHA-256 too for a small one (see ``LARGE_BLOB``) or one of
+        unknown size (None)."""
+        try:
+            if size is not None and os.stat(path).st_size != size:
+                return False
+            if size is not None and size >= LARGE_BLOB:
+                return True
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    digest.update(chunk)
+            return digest.hexdigest() == sha
+        except FileNotFoundError:
+            return False
+
+    def complete(self, sha256: str, size: int | None) -> bool:
+        """Whether the blob is present with ``size`` bytes (None: any) that, below ``LARGE_BLOB`` or of
+        unknown size, hash to its name."""
+        return self._intact(self.path(sha256), sha256, size)
+
+    def remove_incomplete(self, sha256: str, size: int | None) -> bool:
+        """Remove the blob's file if it is present but not whole (recovery of a torn last batch)."""
+        path = self.path(sha256)
+        if not path.exists() or self._intact(path, sha256, size):
+            return False
+        os.unlink(path)
+        if self.fsync:
+            _fsync_dir(str(path.parent))
+        return True
+
     def _new_tmp(self) -> Path:
         # The owner tag lets a sweep tell a dead process's leftover from a live save's file.
         return self._tmp / f"{durable.owner_tag()}.{durable.unique_hex()}.part"
 
-    def _publish(self, tmp: Path, sha: str, fd: int) -> None:
-        """Make a written temp file the blob ``sha`` (now, or queued for make_durable()); takes ``fd``."""
+    def _publish(self, tmp: Path, sha: str, fd: int, size: int) -> None:
+        """Make a written temp file the blob ``sha`` (now, or queued for make_durable() or publish());
+        takes ``fd``."""
+        if self.sync_fd is not None:
+            # Flushed by the batch's syncfs; only a large blob is flushed now, before it can have a name.
+            try:
+                if size >= LARGE_BLOB:
+                    durable.fsync_fd(fd)
+            except BaseException:
+                os.close(fd)
+                tmp.unlink(missing_ok=True)
+                raise
+            os.close(fd)
+            with self._pending_lock:
+                self._pending.append(_Pending(str(tmp), sha, None))
+            return
         if self.fsync and self.deferred:
             # Renamed into place by make_durable() once its bytes are flushed,
             # so a blob's name always means complete bytes, even after a crash.
@@ -252,6 +331,73 @@ class LocalBlobStore:
                 _fsync_dir(d)
         return dirs
 
+    def publish(self) -> list[_Pending]:
+        """One-flush protocol, under the exclusive log lock: rename every blob put since the last call to
+        its address (no flush: the batch's syncfs follows); returns them, for ``unpublish``.
+
+        An address that already holds the blob whole keeps it (its bytes may be the ones a committed event
+        names and already durable; renaming unflushed bytes over them could break that event on a power
+        cut); one holding anything else is replaced.
+        """
+        self._refuse_if_failed()
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+            self._batch_dirs |= self._pending_dirs
+            self._pending_dirs = set()
+        try:
+            for p in pending:
+                final = self.path(p.sha)
+                size = os.stat(p.tmp).st_size
+                if self._intact(final, p.sha, size):
+                    os.unlink(p.tmp)
+                    continue
+                self._batch_dirs.update(self._rename_in(p.tmp, p.sha, sync_dirs=False))
+                p.renamed = True
+                self._batch_small = self._batch_small or size < LARGE_BLOB
+        except BaseException:
+            self.unpublish(pending)
+            raise
+        return pending
+
+    def needs_syncfs(self) -> bool:
+        """Whether the batch published a blob under LARGE_BLOB, whose bytes only the batch's syncfs flushes."""
+        return self._batch_small
+
+    def flush_names(self) -> None:
+        """For a batch that published only large blobs (bytes flushed at put), or none: fsync each directory
+        it renamed into or found a deduplicated name in (deepest first) instead of a syncfs, which would
+        also flush every other writer's dirty pages on the filesystem."""
+        for d in sorted(self._batch_dirs, key=len, reverse=True):
+            _fsync_dir(d)
+        self._batch_dirs.clear()
+
+    def batch_flushed(self) -> None:
+        """The batch's flush returned: what it published is durable."""
+        self._batch_small = False
+        self._batch_dirs.clear()
+
+    def unpublish(self, published: list[_Pending]) -> None:
+        """The batch's flush failed: remove the names ``publish()`` gave (their bytes may never reach the
+        disk) and the temp files left, and fail every later publish of this store (saves still queued may
+        rely on blobs removed here)."""
+        self._failed = sys.exc_info()[1] or OSError("the batch's flush failed")
+        for p in published:
+            for path in (str(self.path(p.sha)) if p.renamed else None, p.tmp):
+                if path is None:
+                    continue
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    pass  # an unflushed name left behind is unreferenced; dedup re-hashes before trusting it
+            p.renamed = False
+
+    def _refuse_if_failed(self) -> None:
+        if self._failed is not None:
+            raise OSError(f"an earlier blob flush failed ({self._failed}); blobs put since may be lost, "
+                          "so nothing more is published: reopen the ledger") from self._failed
+
     def make_durable(self) -> None:
         """Flush and publish every blob put since the last call (deferred stores).
 
@@ -264,9 +410,9 @@ class LocalBlobStore:
         present when put (deduplicated) had its shard directory queued, and is
         flushed too.
         """
-        if self._failed is not None:
-            raise OSError(f"an earlier blob flush failed ({self._failed}); blobs put since may be lost, "
-                          "so nothing more is published: reopen the ledger") from self._failed
+        self._refuse_if_failed()
+        if self.sync_fd is not None:
+            return  # one flush per batch: the log publishes them under its lock (publish())
         with self._pending_lock:
             pending, self._pending = self._pending, []
             dirs, self._pending_dirs = self._pending_dirs, set()
@@ -322,6 +468,9 @@ class LocalBlobStore:
 
     def close(self) -> None:
         """Release the fds of blobs never made durable, and remove their temp files (nothing names them)."""
+        if self.sync_fd is not None:
+            os.close(self.sync_fd)
+            self.sync_fd = None
         with self._pending_lock:
             pending, self._pending = self._pending, []
             self._open_pending = 0

@@ -19,6 +19,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 @pytest.fixture
+def three_flushes(monkeypatch):
+    """Pin the three-flush protocol (blob bytes, then renames, then the log) for tests of its own flushes;
+    tests/test_one_flush.py pins the one-flush-per-batch protocol, the default where it is safe."""
+    monkeypatch.setenv("ARTIFACT_LEDGER_BATCH_FLUSH", "three")
+
+
+@pytest.fixture
 def root(tmp_path):
     """A fresh, not yet created ledger directory."""
     return tmp_path / "ledger"

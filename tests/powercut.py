@@ -14,7 +14,11 @@ Parent side (``Model``): replays the trace into a model of the filesystem that k
 current bytes and the bytes as of its last fsync/fdatasync (or a syncfs), and per directory the current
 entries and the entries as of its last fsync. The *surviving image* at a cut point is the pessimistic
 POSIX one: only names made durable by a directory fsync and only data made durable by a file fsync;
-unsynced appends are dropped, or (the ``torn`` variant) kept up to a page boundary. ``Model`` also
+unsynced appends are dropped, or (the ``torn`` variant) kept up to a page boundary. The *subset*
+variants keep some unflushed writes and drop others, as a filesystem may write back any of them before
+the cut: unflushed names (renames, creations, removals) kept while unflushed bytes are dropped (a
+renamed file survives empty or short), the log's unflushed appends kept while blob bytes and/or names
+are dropped. ``Model`` also
 checks that the trace explains the final disk byte for byte, so a write path the recorder misses fails
 loudly instead of being silently left out of the model.
 """
@@ -450,19 +454,26 @@ class Model:
         happens to bytes appended after the flushed ones: ``drop`` (lost), ``torn`` (kept up to the
         first page boundary past the flushed ones: the filesystem writes whole pages), ``full`` (all
         written back before the cut, though never flushed), ``hole`` (the first page lost, later ones
-        kept: a filesystem that updates the size before the data).
+        kept: a filesystem that updates the size before the data). The subset variants (``SUBSETS``)
+        keep some kinds of unflushed writes and drop the rest: ``names`` keeps every unflushed name
+        change and drops every unflushed byte; ``names+log`` keeps the names and the log segments'
+        unflushed appends, dropping other bytes (blobs); ``log`` keeps only the segments' appends.
         """
         out: dict[str, bytes | None] = {}
+        names_now = variant in ("names", "names+log")
+        log_kept = variant in ("names+log", "log")
+        data_variant = "drop" if variant in SUBSETS else variant
 
         def walk(node: Node, prefix: str) -> None:
-            for name, ino in sorted(node.durable_entries.items()):
+            for name, ino in sorted((node.entries if names_now else node.durable_entries).items()):
                 child = self.nodes[ino]
                 rel = f"{prefix}{name}"
                 if child.is_dir:
                     out[rel] = None
                     walk(child, rel + "/")
                 else:
-                    out[rel] = self._surviving_bytes(child, variant)
+                    is_log = log_kept and name.endswith(".seg") and "/log/" in f"/{rel}"
+                    out[rel] = self._surviving_bytes(child, "full" if is_log else data_variant)
 
         walk(self.nodes[self.root_ino], "")
         return out
@@ -535,6 +546,11 @@ def load_trace(path: str | os.PathLike[str]) -> list[tuple]:
         return pickle.load(f)
 
 
+def sources_of(trace: list[tuple]) -> dict[str, str]:
+    """sha256 -> source file of every save the workload started (its ``("mark", "source", sha, path)``)."""
+    return {op[2]: op[3] for op in trace if op[0] == "mark" and len(op) == 4 and op[1] == "source"}
+
+
 def acks_of(trace: list[tuple]) -> list[Ack]:
     """The acknowledgements in a trace, in order."""
     return [Ack(i, op[1], op[2], op[3], op[4]) for i, op in enumerate(trace) if op[0] == "ack"]
@@ -553,60 +569,101 @@ class Tally:
     lost: int = 0  # images missing (or changing) an acknowledged artifact or pin
     verify_failed: int = 0
     failed_cut_points: int = 0  # cut points (per variant) whose image failed
+    batches_cut: int = 0  # images whose open cut a last batch naming an incomplete blob
+    dedup_checked: int = 0  # images with an incomplete blob name whose content was saved again
     failures: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         """One-line summary."""
         return (f"{self.cut_points} cut points, {self.images} distinct images, {self.acks_checked} acks re-checked: "
                 f"{self.ok} ok, {self.unopenable} unopenable, {self.lost} losing acknowledged writes, "
-                f"{self.verify_failed} failing verify; {self.failed_cut_points} (cut point, variant) cases fail")
+                f"{self.verify_failed} failing verify; {self.failed_cut_points} (cut point, variant) cases fail; "
+                f"{self.batches_cut} cut a last batch, {self.dedup_checked} saved again over incomplete names")
 
 
-async def _check_ledger(root: Path, acks: list[Ack], create: bool) -> tuple[str, str]:
-    """Open one image with the real library and check it; returns (outcome, detail)."""
+def broken_names(root: Path) -> list[str]:
+    """SHA-256s whose blob file in an image does not hold bytes hashing to its name."""
+    out = []
+    for p in sorted((root / "blobs" / "sha256").glob("*/*")):
+        if p.is_file() and hashlib.sha256(p.read_bytes()).hexdigest() != p.name:
+            out.append(p.name)
+    return out
+
+
+async def _check_ledger(root: Path, acks: list[Ack], create: bool,
+                        sources: dict[str, str] | None = None) -> tuple[str, str, list[str]]:
+    """Open one image with the real library and check it; returns (outcome, detail, notes). With
+    ``sources`` (sha256 -> a file with those bytes), every blob whose name the image holds without its
+    bytes is saved again from its source, and must then load whole (dedup must not trust the name)."""
     import warnings
 
     from artifact_ledger import open_ledger
 
-    with warnings.catch_warnings():
+    broken = [sha for sha in broken_names(root) if sources and sha in sources] if root.exists() else []
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
         # Torn tails and unusable checkpoints are what a power cut leaves; they must not stop the open.
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("always")
         try:
             led = await open_ledger(root, create=create, fsync=False)
         except Exception as exc:  # noqa: BLE001 - every way of failing to open is a finding
-            return "unopenable", f"{type(exc).__name__}: {exc}"
+            return "unopenable", f"{type(exc).__name__}: {exc}", notes
+        if any("last batch" in str(w.message) for w in caught):
+            notes.append("batch cut")
         try:
-            fa = led.artifacts(run_id="check", graph_id="g", node_id="n")
-            arts = {a.artifact_id: a for a in await fa.list(scope="all")}
-            for a in acks:
-                got = arts.get(a.artifact_id)
-                if got is None:
-                    return "lost", f"acknowledged {a.what} {a.artifact_id} (seq {a.seq}) is missing"
-                if a.what == "pin":
-                    if not got.pinned:
-                        return "lost", f"acknowledged pin of {a.artifact_id} (seq {a.seq}) is missing"
-                    continue
-                if got.seq != a.seq:
-                    return "lost", f"{a.artifact_id} has seq {got.seq}, acknowledged as {a.seq}"
+            outcome, detail = await _check_open(led, acks)
+            if outcome != "ok" or not broken:
+                return outcome, detail, notes
+            assert sources is not None
+            fa = led.artifacts(run_id="check", graph_id="g", node_id="resave")
+            for sha in broken:
                 try:
-                    if a.what == "file":
-                        data = await fa.load_artifact_bytes(f"artifact://{a.artifact_id}")
-                        if hashlib.sha256(data).hexdigest() != a.expect:
-                            return "lost", f"bytes of {a.artifact_id} differ from what was saved"
-                    else:
-                        tree = await fa.load_artifact(f"artifact://{a.artifact_id}")
-                        have = {p.relative_to(tree).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-                                for p in Path(tree).rglob("*") if p.is_file()}
-                        if have != a.expect:
-                            return "lost", f"files of directory artifact {a.artifact_id} differ"
+                    art = await fa.save(sources[sha], kind="blob")
+                    data = await fa.load_artifact_bytes(art.uri)
                 except Exception as exc:  # noqa: BLE001
-                    return "lost", f"loading {a.artifact_id}: {type(exc).__name__}: {exc}"
+                    return "lost", f"saving {sha} again over its incomplete name: {type(exc).__name__}: {exc}", notes
+                if hashlib.sha256(data).hexdigest() != sha:
+                    return "lost", f"saving {sha} again over its incomplete name kept the wrong bytes", notes
             result = await led.verify()
             if not result.ok:
-                return "verify", f"verify() failed: {result.problem}"
-            return "ok", ""
+                return "verify", f"verify() failed after saving again over incomplete names: {result.problem}", notes
+            notes.append("dedup checked")
+            return "ok", "", notes
         finally:
             await led.aclose()
+
+
+async def _check_open(led, acks: list[Ack]) -> tuple[str, str]:
+    """Check an open image: every acknowledgement holds, and verify() passes."""
+    fa = led.artifacts(run_id="check", graph_id="g", node_id="n")
+    arts = {a.artifact_id: a for a in await fa.list(scope="all")}
+    for a in acks:
+        got = arts.get(a.artifact_id)
+        if got is None:
+            return "lost", f"acknowledged {a.what} {a.artifact_id} (seq {a.seq}) is missing"
+        if a.what == "pin":
+            if not got.pinned:
+                return "lost", f"acknowledged pin of {a.artifact_id} (seq {a.seq}) is missing"
+            continue
+        if got.seq != a.seq:
+            return "lost", f"{a.artifact_id} has seq {got.seq}, acknowledged as {a.seq}"
+        try:
+            if a.what == "file":
+                data = await fa.load_artifact_bytes(f"artifact://{a.artifact_id}")
+                if hashlib.sha256(data).hexdigest() != a.expect:
+                    return "lost", f"bytes of {a.artifact_id} differ from what was saved"
+            else:
+                tree = await fa.load_artifact(f"artifact://{a.artifact_id}")
+                have = {p.relative_to(tree).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                        for p in Path(tree).rglob("*") if p.is_file()}
+                if have != a.expect:
+                    return "lost", f"files of directory artifact {a.artifact_id} differ"
+        except Exception as exc:  # noqa: BLE001
+            return "lost", f"loading {a.artifact_id}: {type(exc).__name__}: {exc}"
+    result = await led.verify()
+    if not result.ok:
+        return "verify", f"verify() failed: {result.problem}"
+    return "ok", ""
 
 
 def _fingerprint(image: dict[str, bytes | None]) -> tuple:
@@ -614,6 +671,7 @@ def _fingerprint(image: dict[str, bytes | None]) -> tuple:
 
 
 VARIANTS = ("drop", "torn", "full")  # "hole" is issue 6 case 7, checked on its own
+SUBSETS = ("names", "names+log", "log")  # some unflushed writes kept, others dropped (see Model.image)
 
 
 def analyse(trace: list[tuple], workdir: Path, *, trust_creation: bool, variants: tuple[str, ...] = ("drop",),
@@ -661,12 +719,15 @@ def analyse(trace: list[tuple], workdir: Path, *, trust_creation: bool, variants
 async def _check_all(todo, acks, trace, workdir, ledger_name, tally, stop_at_first) -> None:
     import shutil
 
+    sources = sources_of(trace)
     for n, (image, cut, count) in enumerate(todo):
         before = [a for a in acks if a.index < cut]
         target = workdir / f"img{n}"
         materialize(image, target)
-        outcome, detail = await _check_ledger(target / ledger_name, before, not before)
+        outcome, detail, notes = await _check_ledger(target / ledger_name, before, not before, sources)
         shutil.rmtree(target, ignore_errors=True)
+        tally.batches_cut += "batch cut" in notes
+        tally.dedup_checked += "dedup checked" in notes
         tally.images += 1
         tally.acks_checked += len(before)
         if outcome == "ok":

@@ -50,6 +50,8 @@ def put_bug(bug: str | None) -> None:
         filelog._fsync_dir = lambda path: None
     elif bug == "no_blob_dir_fsync":  # a blob renamed to its address without flushing the shard
         local._fsync_dir = lambda path: None
+    elif bug == "no_syncfs":  # one flush per batch: the batch acknowledged without its syncfs
+        filelog._syncfs_fd = lambda fd, what: None
     else:
         raise SystemExit(f"unknown bug {bug!r}")
 
@@ -85,6 +87,7 @@ async def workload(root: str, scratch: str, rec: Recorder, small: bool = False) 
         src = os.path.join(scratch, f"src{n}.bin")
         with open(src, "wb") as f:
             f.write(data)
+        rec.record("mark", "source", _sha(data), src)  # lets a check save these bytes again
         art = await fa.save(src, kind="blob", **kw)
         ack("file", art, _sha(data))
         return art
@@ -92,6 +95,7 @@ async def workload(root: str, scratch: str, rec: Recorder, small: bool = False) 
     opts = dict(segment_bytes=SEGMENT_BYTES, checkpoint_every=CHECKPOINT_EVERY)
     async with open_ledger(root, **opts) as led:
         rec.record("mark", "opened")
+        rec.record("mark", "protocol", led.flush_protocol)
         fa = led.artifacts(**RUN)
         first = await save(fa, b"first artifact")
         for i in range(4):
@@ -157,6 +161,8 @@ def main() -> None:
     from artifact_ledger.store import durable
 
     rec.hook_syncfs(durable)
+    if args.get("protocol"):
+        os.environ["ARTIFACT_LEDGER_BATCH_FLUSH"] = args["protocol"]
     put_bug(args.get("bug"))
     import anyio
 

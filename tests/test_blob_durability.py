@@ -15,6 +15,9 @@ from artifact_ledger.facade import open_ledger
 from artifact_ledger.ledger.events import decode_event
 
 
+# These pin the three-flush protocol's blob flushes (tests/test_one_flush.py pins the one-flush one).
+pytestmark = pytest.mark.usefixtures("three_flushes")
+
 @pytest.fixture
 def trace(monkeypatch):
     """Record data flushes, syncfs calls, renames into the store, directory fsyncs and appends, in order."""
@@ -42,9 +45,9 @@ def trace(monkeypatch):
         events.append(("append", [decode_event(p).sha256 for p in payloads]))
         return real[4](self, payloads, on_record)
 
-    def publish(self, tmp, sha, fd):
+    def publish(self, tmp, sha, fd, size):
         events.append(("put", str(tmp)))
-        real[5](self, tmp, sha, fd)
+        real[5](self, tmp, sha, fd, size)
 
     monkeypatch.setattr(durable, "fsync_fd", fsync_fd)
     monkeypatch.setattr(durable, "syncfs", syncfs)

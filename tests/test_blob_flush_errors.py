@@ -16,6 +16,9 @@ import artifact_ledger.store.local as local
 from artifact_ledger import LedgerPoisoned, open_ledger
 from fdtools import fd_path
 
+# These pin the three-flush protocol's blob flushes (tests/test_one_flush.py pins the one-flush one).
+pytestmark = pytest.mark.usefixtures("three_flushes")
+
 POISON = b"POISON"
 
 

@@ -20,7 +20,8 @@ TIMEOUT = 60
 
 
 class BlockedFlushes:
-    """Blocks each real fdatasync of a segment, while armed, until the test releases it."""
+    """Blocks each real fdatasync of a segment (or, with one flush per batch, each batch's syncfs), while
+    armed, until the test releases it."""
 
     def __init__(self, monkeypatch):
         self.armed = False
@@ -37,7 +38,18 @@ class BlockedFlushes:
                 assert self.release[n].wait(TIMEOUT)
             return real(fd)
 
+        real_syncfs = filelog._syncfs_fd
+
+        def syncfs_fd(fd, what):
+            if self.armed:
+                n = self.calls
+                self.calls += 1
+                self.entered[n].set()
+                assert self.release[n].wait(TIMEOUT)
+            return real_syncfs(fd, what)
+
         monkeypatch.setattr(filelog.os, "fdatasync", fdatasync)
+        monkeypatch.setattr(filelog, "_syncfs_fd", syncfs_fd)
 
     async def wait_entered(self, n: int) -> None:
         """Wait until the ``n``-th blocked fdatasync (from 0) has been called."""

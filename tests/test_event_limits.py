@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -177,11 +178,15 @@ def test_whole_event_limit_exactly_at_works_and_one_byte_over_is_refused(root, t
     assert replay_count(root) == 2
 
 
+ONE_BYTE_SHA = hashlib.sha256(b"x").hexdigest()
+
+
 def test_the_log_append_refuses_an_oversized_event_itself(root):
     """Defence in depth: an event over MAX_EVENT_BYTES handed straight to the ledger is refused, nothing written."""
 
     def event(n: int) -> ArtifactRecorded:
-        return ArtifactRecorded(artifact_id="a" * 32, origin="save", kind="m", sha256="0" * 64, size=1,
+        # A real blob: the open's check of the log's last batch cuts a batch naming a missing one.
+        return ArtifactRecorded(artifact_id="a" * 32, origin="save", kind="m", sha256=ONE_BYTE_SHA, size=1,
                                 mime="text/plain", labels={"big": "z" * n}, **R1)
 
     n0 = 100_000
@@ -189,6 +194,8 @@ def test_the_log_append_refuses_an_oversized_event_itself(root):
     assert len(encode_event(event(n))) == V.MAX_EVENT_BYTES
 
     async def body(led, arts):
+        assert led.store.put_bytes(b"x").sha256 == ONE_BYTE_SHA
+        led.store.make_durable()
         before = written(led.root)
         head = led.head
         with pytest.raises(ValueError, match=f"limit of {V.MAX_EVENT_BYTES}"):

@@ -261,7 +261,8 @@ def test_reader_process_sees_commits_made_after_it_opened(root, tmp_path):
 # --------------------------------------------------------------------------- group commit
 @pytest.fixture
 def fsync_counter(monkeypatch):
-    """Count log fsyncs and appended batches (sizes) in this process."""
+    """Count log flushes (fdatasync, or one flush per batch's syncfs) and appended batches (sizes) in this
+    process."""
     calls: list[int] = []
     batches: list[int] = []
     real_fdatasync = os.fdatasync
@@ -275,7 +276,14 @@ def fsync_counter(monkeypatch):
         batches.append(len(payloads))
         return real_append(self, payloads, on_record)
 
+    real_syncfs = filelog._syncfs_fd
+
+    def counting_syncfs(fd: int, what: str) -> None:
+        calls.append(fd)
+        real_syncfs(fd, what)
+
     monkeypatch.setattr(filelog.os, "fdatasync", counting_fdatasync)
+    monkeypatch.setattr(filelog, "_syncfs_fd", counting_syncfs)
     monkeypatch.setattr(SegmentLog, "append_batch", counting_append)
     return calls, batches
 

@@ -435,9 +435,11 @@ def test_read_only_reader_sees_only_whole_batches_while_another_process_appends(
 BLOCKED_WRITER = """
 import os, sys, anyio
 from artifact_ledger import open_ledger
+from artifact_ledger.ledger import filelog
 
 root = sys.argv[1]
 real = os.fdatasync
+real_syncfs = filelog._syncfs_fd
 
 def blocking_fdatasync(fd):
     # The batch is written and the exclusive lock held: park here until the test says go.
@@ -446,6 +448,12 @@ def blocking_fdatasync(fd):
     sys.stdin.readline()
     real(fd)
 
+def blocking_syncfs(fd, what):  # the same, with one flush per batch
+    filelog._syncfs_fd = real_syncfs
+    print("in fdatasync", flush=True)
+    sys.stdin.readline()
+    real_syncfs(fd, what)
+
 async def main():
     async with open_ledger(root, segment_bytes=1 << 20) as led:
         fac = led.artifacts(run_id="r1", graph_id="g", node_id="n")
@@ -453,6 +461,7 @@ async def main():
         with open(src, "wb") as f:
             f.write(b"b")
         os.fdatasync = blocking_fdatasync
+        filelog._syncfs_fd = blocking_syncfs
         art = await fac.save(src, kind="b")
         print("saved", art.seq, flush=True)
 

@@ -52,7 +52,17 @@ async def _save_batch(led, fa, scratch: Path, monkeypatch) -> None:
             assert release.wait(TIMEOUT)
         return real(fd)
 
+    real_syncfs = filelog._syncfs_fd
+
+    def syncfs_fd(fd, what):  # one flush per batch holds its syncfs instead
+        if held[0]:
+            held[0] = False
+            entered.set()
+            assert release.wait(TIMEOUT)
+        return real_syncfs(fd, what)
+
     monkeypatch.setattr(filelog.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(filelog, "_syncfs_fd", syncfs_fd)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: fa.save(src(scratch, "held"), kind="blob"))
@@ -65,6 +75,7 @@ async def _save_batch(led, fa, scratch: Path, monkeypatch) -> None:
             release.set()
     finally:
         monkeypatch.setattr(filelog.os, "fdatasync", real)
+        monkeypatch.setattr(filelog, "_syncfs_fd", real_syncfs)
 
 
 def build(root: Path, scratch: Path, monkeypatch, *, later_batch: bool) -> list[DiskRecord]:

@@ -130,6 +130,7 @@ def run_child(target, *args) -> dict:
     return out
 
 
+@pytest.mark.usefixtures("three_flushes")  # its fdatasync; the one-flush syncfs: test_one_flush.py
 def test_failed_fdatasync_cuts_the_batch_and_stops_this_writer_only(root, tmp_path):
     """EIO from the real fdatasync: the save fails with the errno and segment, its record is cut from
     the file before the lock is released, the process writes nothing more, and another process that
@@ -203,6 +204,7 @@ def test_short_write_raises_enospc_naming_the_segment_and_is_cut_back(root, tmp_
 
 
 # --------------------------------------------------------------------------- the cut fails too: a mark
+@pytest.mark.usefixtures("three_flushes")  # its fdatasync; the one-flush syncfs: test_one_flush.py
 def test_failed_cut_back_leaves_a_mark_every_process_honours_until_repair(root, tmp_path, monkeypatch):
     """fdatasync and then ftruncate fail: a durable mark in log/ stops appends in every process (a clear
     LedgerPoisoned naming the mark and repair_log), readers stop at the last durable record, and
@@ -383,6 +385,7 @@ def test_segment_whose_directory_fsync_fails_is_removed_again(tmp_path, monkeypa
         again.close()
 
 
+@pytest.mark.usefixtures("three_flushes")  # its fdatasync; the one-flush syncfs: test_one_flush.py
 def test_the_mark_is_durable_before_the_failed_call_returns_and_goes_only_after_the_cut(root, tmp_path,
                                                                                       monkeypatch):
     """Order, not just outcome: the mark's bytes are fsynced, then log/ is, before the failed save returns;

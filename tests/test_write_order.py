@@ -65,6 +65,7 @@ class Trace:
 
 
 # --------------------------------------------------------------------------- acknowledgement after fdatasync
+@pytest.mark.usefixtures("three_flushes")  # its fdatasync; the one-flush syncfs: test_one_flush.py
 def test_save_does_not_return_before_its_fdatasync_returns(root, tmp_path, monkeypatch):
     """With the real fdatasync of the segment blocked in the writer thread, save() has not returned and
     its event is not visible; once fdatasync returns, save() returns it."""

@@ -1,0 +1,110 @@
+"""One device flush per batch (FORMAT.md, "One flush per batch"): where it is used, and recovery's
+check that the log's last batch names only whole blobs."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from ..ledger.events import ArtifactRecorded, decode_event
+from ..ledger.file import FileEventLog
+from ..ledger.framing import Record
+from ..store import durable
+from ..store.base import BlobStore
+from ..store.local import LocalBlobStore
+from . import content
+
+# "three" keeps the three-flush protocol (blobs, renames, log) where one flush would do; "one" (the
+# default) uses one flush wherever it is safe. Read when a ledger is opened.
+ENV = "ARTIFACT_LEDGER_BATCH_FLUSH"
+PROTOCOLS = ("one", "three")
+
+
+def chosen_protocol() -> str:
+    """The protocol ``ARTIFACT_LEDGER_BATCH_FLUSH`` asks for (``one`` when unset)."""
+    value = os.environ.get(ENV, "one").strip().lower() or "one"
+    if value not in PROTOCOLS:
+        raise ValueError(f"{ENV}={value!r}; use 'one' (one device flush per batch) or 'three' (blobs, renames "
+                         "and log flushed one after the other)")
+    return value
+
+
+def why_not(log: object, store: BlobStore, *, fsync: bool, read_only: bool) -> str | None:
+    """None if this log and store can flush a batch with one syncfs; else why not (they keep three flushes)."""
+    if read_only or not fsync:
+        return "nothing is flushed"
+    if not isinstance(log, FileEventLog):
+        return "the log is not the segment-file log"
+    if not isinstance(store, LocalBlobStore) or not store.deferred:
+        return "the blobs are not in a local store"
+    if not durable.syncfs_reports_errors():
+        return f"syncfs(2) is missing or does not report errors on this kernel ({os.uname().release})"
+    if os.stat(log.location).st_dev != os.stat(store.root).st_dev:
+        return "the log and the blobs are on different filesystems"
+    return None
+
+
+def install(log: object, store: BlobStore, *, fsync: bool, read_only: bool) -> str:
+    """Wire the last-batch check into every segment log with a local store, and one flush per batch where
+    it is safe and chosen; returns the protocol this process writes with (``one`` or ``three``)."""
+    if not isinstance(log, FileEventLog) or not isinstance(store, LocalBlobStore):
+        return "three"
+    # Any process may have written the last batch with one flush, so every opener checks it.
+    log.segments.check_last_batch = last_batch_check(store)
+    protocol = chosen_protocol()
+    if protocol == "one" and why_not(log, store, fsync=fsync, read_only=read_only) is None:
+        store.enable_one_flush()
+        log.segments.batch_blobs = store
+        return "one"
+    return "three"
+
+
+def batch_blobs(records: list[Record], store: LocalBlobStore) -> tuple[list[tuple[str, int | None]], list[str]]:
+    """(blob, size) of every blob the records' events name (directory members included), and what
+    is wrong with those that cannot even be listed (a directory manifest that is not whole)."""
+    out: list[tuple[str, int | None]] = []
+    problems: list[str] = []
+    for rec in records:
+        try:
+            ev = decode_event(rec.payload)
+        except Exception:  # noqa: BLE001 - an undecodable record is the replay's to report, as damage
+            continue
+        if not isinstance(ev, ArtifactRecorded):
+            continue
+        if ev.mime != content.DIR_MIME:
+            out.append((ev.sha256, ev.size))
+            continue
+        out.append((ev.sha256, None))
+        try:
+            manifest = content.decode_manifest(store.read_bytes(ev.sha256))
+        except Exception as exc:  # noqa: BLE001 - missing, short or garbled: the tree cannot be listed
+            problems.append(f"directory manifest {ev.sha256} of seq {rec.seq} ({type(exc).__name__})")
+            continue
+        out.extend((e["sha256"], e["bytes"]) for e in manifest["files"])
+    return out, problems
+
+
+def last_batch_check(store: LocalBlobStore) -> Callable[[list[Record]], tuple[str, Callable[[], None]] | None]:
+    """The check ``SegmentLog.recover`` runs on the log's last batch: None if every blob it names is whole,
+    else (what is wrong, a cleanup removing the blob files that are present but not whole)."""
+
+    def check(records: list[Record]) -> tuple[str, Callable[[], None]] | None:
+        blobs, problems = batch_blobs(records, store)
+        broken: list[tuple[str, int | None]] = []
+        for sha, size in dict.fromkeys(blobs):
+            if not store.complete(sha, size):
+                broken.append((sha, size))
+        if not broken and not problems:
+            return None
+        names = [f"blob {sha[:16]}... {'missing' if not store.path(sha).exists() else 'incomplete'}"
+                 for sha, _ in broken[:3]]
+        more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
+        what = "; ".join(problems[:2] + names) + more
+
+        def cleanup() -> None:
+            for sha, size in broken:
+                store.remove_incomplete(sha, size)
+
+        return what, cleanup
+
+    return check
