@@ -254,7 +254,7 @@ class ArtifactFacade(LifecycleMixin):
             return store.put_file(str(p))
 
         for attempt in range(BLOB_RETRIES + 1):
-            info = await anyio.to_thread.run_sync(put)
+            info = await anyio.to_thread.run_sync(put, limiter=self._writable("save").put_slots)
             try:
                 return await self._record(origin="save", sha256=info.sha256, size=info.size,
                                           mime=content.guess_mime(p.name), name=p.name, meta=meta,
@@ -279,7 +279,8 @@ class ArtifactFacade(LifecycleMixin):
     async def _ingest_file(self, p: Path, *, origin: str, mime: str, meta: dict[str, Any]) -> Artifact:
         store = self._src.store
         for attempt in range(BLOB_RETRIES + 1):
-            info = await anyio.to_thread.run_sync(lambda: store.put_file(str(p), adopt=True))
+            info = await anyio.to_thread.run_sync(lambda: store.put_file(str(p), adopt=True),
+                                                  limiter=self._writable(origin).put_slots)
             try:
                 art = await self._record(origin=origin, sha256=info.sha256, size=info.size, mime=mime,
                                          name=None, meta=meta,
@@ -362,7 +363,8 @@ class ArtifactFacade(LifecycleMixin):
 
         try:
             for attempt in range(BLOB_RETRIES + 1):
-                sha, total, needs = await anyio.to_thread.run_sync(put_all)
+                sha, total, needs = await anyio.to_thread.run_sync(
+                    put_all, limiter=self._writable("ingest_dir").put_slots)
                 try:
                     art = await self._record(origin="ingest_dir", sha256=sha, size=total, mime=content.DIR_MIME,
                                              name=p.name, meta=meta, needs=needs)

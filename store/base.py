@@ -68,6 +68,9 @@ class BlobStore(Protocol):
     # How many reads (verify, size) a caller walking many blobs may run at once: 1 for a local disk,
     # more where each read waits on a round trip (S3).
     read_concurrency: int
+    # How many puts one process runs at once (more wait for a slot): on a local disk a put is mostly
+    # short system calls, and many threads making them at once mostly wait to take the GIL back.
+    put_concurrency: int
 
     def put_file(self, path: str, *, adopt: bool = False) -> BlobInfo:
         """Store a file's bytes; with ``adopt`` the store may share the file's inode (``BlobInfo.linked``)."""

@@ -75,6 +75,7 @@ class LocalBlobStore:
         self._pending_lock = threading.Lock()
         self.location = str(self.root)
         self.read_concurrency = 1  # hashing is bound by this machine's disk and CPU, not by latency
+        self.put_concurrency = max(2, min(8, os.cpu_count() or 2))
         self._objects = self.root / "sha256"
         self._tmp = self.root / "tmp"
         if not read_only:  # a read-only ledger creates nothing; its store is only read

@@ -156,6 +156,7 @@ class S3BlobStore:
         self.max_concurrency = max_concurrency
         # Each verify or size is a round trip: a walk over many blobs keeps this many in flight.
         self.read_concurrency = READ_CONCURRENCY
+        self.put_concurrency = READ_CONCURRENCY  # each small put waits on its upload's round trip
         self.connect_timeout = float(connect_timeout)
         self.read_timeout = float(read_timeout)
         self.max_attempts = max_attempts
