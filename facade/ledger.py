@@ -19,7 +19,7 @@ import anyio.to_thread
 from ..ledger import checkpoints
 from ..ledger.backends import (DEFAULT_SEGMENT_BYTES, MIN_SEGMENT_BYTES, directory_blob_place, is_log_url,
                                open_file_log, open_log_url)
-from ..ledger.base import EventLog
+from ..ledger.base import EventLog, RecordSink
 from ..ledger.errors import BlobCollected, LedgerClosed, LedgerCorruption, ReadOnlyError, RecordsLost
 from ..ledger.events import Event, EventDecodeError, decode_event, decode_events
 from ..ledger.framing import Record
@@ -779,10 +779,18 @@ def _replay(led: Ledger, *, accept_loss: bool, progress: Callable[[int, int], No
             apply_records(led.catalog, pending)
             pending.clear()
 
+    def on_records(recs: list[Record]) -> None:
+        # A whole scanned chunk at once (the segment log's fast path); folds as on_record would.
+        pending.extend(recs)
+        if len(pending) >= REPLAY_BATCH:
+            apply_records(led.catalog, pending)
+            pending.clear()
+
     # Indexes are built once, after the last record, instead of extended batch by batch.
     led.catalog.defer_indexes()
     try:
-        led._ckpt_seq = log.open(on_record, restore, accept_loss=accept_loss, progress=progress)
+        led._ckpt_seq = log.open(RecordSink(on_record, on_records), restore, accept_loss=accept_loss,
+                                 progress=progress)
         apply_records(led.catalog, pending)
         led.catalog.build_indexes()
         led._head = (log.head_seq, log.head_hash.hex())

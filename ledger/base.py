@@ -16,6 +16,33 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 from .framing import Record
 
 OnRecord = Callable[[Record], None]
+
+
+class RecordSink:
+    """An ``on_record`` callback that also takes a whole scanned chunk of records in one call.
+
+    The segment log hands each chunk it scanned to ``many`` (replay's fast path: no Python call
+    per record); every other reader calls it once per record, which goes to ``one``. Both must
+    have the same effect for the same records in the same order.
+    """
+
+    __slots__ = ("one", "many")
+
+    def __init__(self, one: OnRecord, many: Callable[[list[Record]], None]) -> None:
+        self.one = one
+        self.many = many
+
+    def __call__(self, rec: Record) -> None:
+        self.one(rec)
+
+
+def deliver(on_record: OnRecord, recs: list[Record]) -> None:
+    """Hand ``recs`` (in order) to ``on_record``: in one call to a RecordSink's ``many``, else one by one."""
+    if type(on_record) is RecordSink:
+        on_record.many(recs)
+    else:
+        for rec in recs:
+            on_record(rec)
 # restore(schema, payload, seq): load the snapshot of the state right after record ``seq`` into the
 # caller's catalogue, or raise ValueError (the caller's state unchanged) when it cannot be used; the
 # log then tries an older one or replays from seq 1.

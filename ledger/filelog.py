@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 
 from ..store.durable import fsync_dir as _fsync_dir
 
-from .base import BatchFailed
+from .base import BatchFailed, deliver
 from .errors import LedgerCorruption, LedgerPoisoned, ReadOnlyError, RecordsLost
 from .lockfile import DEFAULT_LOCK_TIMEOUT, LogLock
 from .framing import (
@@ -350,10 +350,8 @@ class SegmentLog:
                                    self.head_hash, SCAN_CHUNK, self._seg_version, self._head_batch)
             if not recs:
                 return False
-            for rec in recs:
-                on_record(rec)
-                if rec.seq % SPARSE_EVERY == 1:
-                    self._sparse.append((rec.seq, self._seg_first, rec.offset))
+            deliver(on_record, recs)
+            self._note_sparse(recs)
             last = recs[-1]
             self.head_seq, self.head_hash, self.head_ts = last.seq, last.hash, last.ts_us
             self._head_batch = last.batch_first
@@ -362,6 +360,13 @@ class SegmentLog:
             if len(recs) < SCAN_CHUNK and pos < n:
                 return False
         return n == size - base
+
+    def _note_sparse(self, recs: list[Record]) -> None:
+        """Add the sparse-index entries of a chunk of consecutive records (every seq = 1 mod SPARSE_EVERY)."""
+        first = recs[0].seq
+        for k in range((1 - first) % SPARSE_EVERY, len(recs), SPARSE_EVERY):
+            rec = recs[k]
+            self._sparse.append((rec.seq, self._seg_first, rec.offset))
 
     def _seek(self, pos: Position, record_offset: int) -> None:
         path = os.path.join(self.directory, segment_name(pos.segment_first_seq))
@@ -483,11 +488,8 @@ class SegmentLog:
                 recs = [r for r in recs if r.seq <= stop]
                 pos = recs[-1].offset + recs[-1].length - base if recs else pos
             if recs:
-                sparse = self._sparse
-                for rec in recs:
-                    on_record(rec)
-                    if rec.seq % SPARSE_EVERY == 1:
-                        sparse.append((rec.seq, self._seg_first, rec.offset))
+                deliver(on_record, recs)
+                self._note_sparse(recs)
                 last = recs[-1]
                 self.head_seq, self.head_hash, self.head_ts = last.seq, last.hash, last.ts_us
                 self._head_batch = last.batch_first

@@ -9,6 +9,8 @@ from typing import Iterator, NamedTuple
 
 from crc32c import crc32c
 
+from .speedups import native as _native
+
 MAGIC = b"ALEDGSEG"
 # New segments are written in FORMAT_VERSION; every version in READ_VERSIONS is read.
 # Version 2 adds the batch's first seq to every record body (see FORMAT.md, "Batches").
@@ -162,7 +164,23 @@ def continues_batch(batch_first: int, seq: int, prev_batch_first: int | None) ->
 def scan_chain(buf: bytes, pos: int, segment: str, base: int, next_seq: int,
                prev_hash: bytes, limit: int = 4096, version: int = FORMAT_VERSION,
                batch_first: int | None = None) -> tuple[list[Record], int]:
-    """Decode consecutive intact records that continue the chain from ``pos``.
+    """Decode consecutive intact records that continue the chain from ``pos`` (see ``py_scan_chain``).
+
+    Runs the C extension's twin when it is loaded (``ledger/speedups.py``) and the arguments are plain.
+    """
+    if (_native is not None and type(buf) is bytes and type(prev_hash) is bytes and type(pos) is int
+            and pos >= 0 and type(base) is int and -(1 << 62) <= base <= 1 << 62 and type(next_seq) is int
+            and type(limit) is int and type(version) is int
+            and (batch_first is None or type(batch_first) is int)):
+        return _native.scan_chain(Record, buf, pos, segment, base, next_seq, prev_hash, limit, version,
+                                  batch_first)
+    return py_scan_chain(buf, pos, segment, base, next_seq, prev_hash, limit, version, batch_first)
+
+
+def py_scan_chain(buf: bytes, pos: int, segment: str, base: int, next_seq: int,
+                  prev_hash: bytes, limit: int = 4096, version: int = FORMAT_VERSION,
+                  batch_first: int | None = None) -> tuple[list[Record], int]:
+    """Decode consecutive intact records that continue the chain from ``pos`` (pure Python).
 
     Stops at the first record that is incomplete, damaged, or does not carry
     ``next_seq``, the previous record's hash and (version 2) a batch start that

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Iterable, NamedTuple
 
 from ..ledger.events import LIFECYCLE_EVENTS, ArtifactRecorded, Event, PinChanged
+from ..ledger.speedups import native as _native
 
 from .labels import RESERVED, canon, strict
 from .lifecycle import Lifecycle, apply_life, record_parents
@@ -428,22 +429,66 @@ def apply_decoded(state: Catalog, seqs: Sequence[int], tss: Sequence[int], event
     return state
 
 
-def _intern(state: Catalog, values: list[Any]) -> None:
-    str_ids, strs = state.str_ids, state.strs
-    # New strings in first-seen order (ids must not depend on hash order), found at C speed.
-    fresh = list(filterfalse(str_ids.__contains__, dict.fromkeys(values)))
+def _py_intern(values: list[Any], attr: str | None, str_ids: dict[Any, int], strs: list[Any]) -> bytes:
+    """Codes (C ints, as bytes) of ``getattr(v, attr)`` (``v`` if ``attr`` is None) for each of ``values``.
+
+    Values not in ``str_ids`` get the next codes in first-seen order (ids must not depend on hash
+    order) and are appended to ``strs``. The C extension's ``intern`` is the fast twin.
+    """
+    vals = values if attr is None else list(map(attrgetter(attr), values))
+    # New strings found at C speed: dict.fromkeys keeps first-seen order.
+    fresh = list(filterfalse(str_ids.__contains__, dict.fromkeys(vals)))
     if fresh:
         str_ids.update(zip(fresh, range(len(strs), len(strs) + len(fresh))))
         strs.extend(fresh)
+    return array("i", map(str_ids.__getitem__, vals)).tobytes()
 
 
-def _group_codes(index: dict, codes: Sequence[int], key_of: Callable[[int], Any], rows: Sequence[int]) -> None:
-    """Append rows[j] to index[key_of(codes[j])] for every j (rows ascending), keeping order.
+def _py_group_rows(cols: tuple[Sequence[int], ...], base: int, off: Sequence[int] | None = None,
+                   remap: Sequence[int] | None = None) -> list[tuple[Any, bytes]]:
+    """Group items by their codes: [(key, its items' rows as C-int bytes, ascending), ...], keys first-seen first.
 
-    Grouping is by small integers (cheap to hash, unlike tuples of mixed
-    types) in one pass, which beats sorting by code; the index key is built
-    once per group.
+    ``cols`` holds 1 to 3 equally long columns of codes (>= 0); an item's key is its code (one
+    column, through ``remap[code]`` when given) or the tuple of its codes. Item ``j`` belongs to row
+    ``base + j``, or, with ``off`` (ascending, ``off[i]..off[i+1]`` the items of row ``base + i``),
+    to the row whose span holds it. The C extension's ``group_rows`` is the fast twin.
     """
+    if not 1 <= len(cols) <= 3:
+        raise ValueError("cols must hold 1 to 3 columns")
+    if remap is not None and len(cols) != 1:
+        raise TypeError("remap must be a list, and needs exactly one column")
+    n = len(cols[0])
+    if any(len(c) != n for c in cols):
+        raise ValueError("columns differ in length")
+    if n and min(min(c) for c in cols) < 0:
+        raise ValueError("codes must be >= 0")
+    rows: Sequence[int]
+    if off is None:
+        rows = range(base, base + n)
+    else:
+        if len(off) < 1 or off[-1] - off[0] != n:
+            raise ValueError("off must span exactly the items of the columns")
+        if any(b < a for a, b in zip(off, off[1:])):
+            raise ValueError("off must be ascending")
+        rows = [base + i for i in range(len(off) - 1) for _ in range(off[i + 1] - off[i])]
+    if len(cols) == 1:
+        codes: Sequence[int] = cols[0] if remap is None else list(map(remap.__getitem__, cols[0]))
+        if remap is not None and n and min(codes) < 0:
+            raise ValueError("codes must be >= 0")
+        return [(c, array("i", g).tobytes()) for c, g in _groups(codes, rows).items()]
+    # Small integers hash far faster than tuples: code the key as one number, decode it per group.
+    width = max(max(c, default=0) for c in cols) + 1
+    if len(cols) == 2:
+        a, b = cols
+        keyed = _groups([x * width + y for x, y in zip(a, b)], rows)
+        return [((k // width, k % width), array("i", g).tobytes()) for k, g in keyed.items()]
+    a, b, c3 = cols
+    keyed = _groups([(x * width + y) * width + z for x, y, z in zip(a, b, c3)], rows)
+    return [((k // width // width, k // width % width, k % width), array("i", g).tobytes()) for k, g in keyed.items()]
+
+
+def _groups(codes: Sequence[int], rows: Sequence[int]) -> dict[int, list[int]]:
+    """rows grouped by code, in one pass (beats sorting by code), groups in first-seen order."""
     groups: dict[int, list[int]] = {}
     get = groups.get
     for r, c in zip(rows, codes):
@@ -452,14 +497,25 @@ def _group_codes(index: dict, codes: Sequence[int], key_of: Callable[[int], Any]
             groups[c] = [r]
         else:
             grp.append(r)
-    for code, grp in groups.items():
-        add = array("i", grp)
+    return groups
+
+
+if _native is not None:
+    _intern: Callable[[list[Any], str | None, dict[Any, int], list[Any]], bytes] = _native.intern
+    _group_rows: Callable[..., list[tuple[Any, bytes]]] = _native.group_rows
+else:
+    _intern = _py_intern
+    _group_rows = _py_group_rows
+
+
+def _extend_index(index: dict, groups: list[tuple[Any, bytes]], key_of: Callable[[Any], Any]) -> None:
+    """Append each group's rows (C ints as bytes) to ``index[key_of(code)]``; the key is built once per group."""
+    for code, rows in groups:
         key = key_of(code)
         lst = index.get(key)
         if lst is None:
-            index[key] = add
-        else:
-            lst.extend(add)
+            lst = index[key] = array("i")
+        lst.frombytes(rows)
 
 
 def _append_deferred(state: Catalog, seqs: Sequence[int], tss: Sequence[int], events: Sequence[Event]) -> bool:
@@ -520,13 +576,12 @@ def _columns_only(state: Catalog, seqs: Sequence[int], tss: Sequence[int], evs: 
     state.seq.extend(seqs)
     state.ts.extend(tss)
     state.size.extend([ev.size for ev in evs])
-    str_ids = state.str_ids
+    str_ids, strs = state.str_ids, state.strs
+    evl = evs if type(evs) is list else list(evs)
     for col, attr in (("kind_s", "kind"), ("mime_s", "mime"), ("origin_s", "origin"), ("run_s", "run_id"),
                       ("graph_s", "graph_id"), ("node_s", "node_id"), ("project_s", "project_id"),
                       ("name_s", "name"), ("suggested_s", "suggested_uri")):
-        values = list(map(attrgetter(attr), evs))
-        _intern(state, values)
-        getattr(state, col).extend(map(str_ids.__getitem__, values))
+        getattr(state, col).frombytes(_intern(evl, attr, str_ids, strs))
     shas = [ev.sha256 for ev in evs]
     state.sha += bytes.fromhex("".join(shas))
     pins = bytes(bytearray(ev.pinned for ev in evs))
@@ -552,8 +607,7 @@ def _columns_only(state: Catalog, seqs: Sequence[int], tss: Sequence[int], evs: 
     del state.label_off[-n - 1]  # accumulate() starts by repeating the previous end
     mcounts = [len(ev.metrics) for ev in evs]
     names = [k for ev in evs for k in ev.metrics]
-    _intern(state, names)
-    state.metric_name.extend(map(str_ids.__getitem__, names))
+    state.metric_name.frombytes(_intern(names, None, str_ids, strs))
     state.metric_val.extend([v for ev in evs for v in ev.metrics.values()])
     state.metric_off.extend(accumulate(mcounts, initial=state.metric_off[-1]))
     del state.metric_off[-n - 1]
@@ -566,28 +620,23 @@ def _columns_only(state: Catalog, seqs: Sequence[int], tss: Sequence[int], evs: 
 def _index_rows(state: Catalog, base: int, end: int | None = None) -> None:
     """Add rows ``base..end`` (already in the columns; default: to the last) to every index, rows ascending."""
     stop = len(state.ids) if end is None else end
-    n = stop - base
     by_label = state.by_label
-    rows = range(base, base + n)
     strs = state.strs
+    group = _group_rows
     for col, attr in (("run_s", "run_id"), ("graph_s", "graph_id"), ("node_s", "node_id"),
                       ("project_s", "project_id")):
         def key_of(c: int, a: str = attr) -> tuple[str, Any]:
             return a, strs[c]
-        _group_codes(by_label, getattr(state, col)[base:stop], key_of, rows)
+        _extend_index(by_label, group((getattr(state, col)[base:stop],), base), key_of)
     off = state.label_off
     pids = state.label_pair[off[base]:off[stop]]
-    label_rows = [i for i in rows for _ in range(off[i + 1] - off[i])]
-    # Group by canonical value (1 and 1.0 share an index entry) so rows stay ascending.
-    _group_codes(by_label, list(map(state.pair_rep.__getitem__, pids)), state.pair_canon.__getitem__, label_rows)
-    width = len(strs) + 1
+    # Grouped by canonical value (1 and 1.0 share an index entry) so rows stay ascending.
+    _extend_index(by_label, group((pids,), base, off[base:stop + 1], state.pair_rep), state.pair_canon.__getitem__)
     run_c, graph_c, node_c = state.run_s[base:stop], state.graph_s[base:stop], state.node_s[base:stop]
-    rg = [r * width + g for r, g in zip(run_c, graph_c)]
-    _group_codes(state.by_graph, rg, lambda c: (strs[c // width], strs[c % width]), rows)
-    rgn = [x * width + nd for x, nd in zip(rg, node_c)]
-    _group_codes(state.by_node, rgn,
-                 lambda c: (strs[c // width // width], strs[c // width % width], strs[c % width]), rows)
-    _group_codes(state.by_kind, state.kind_s[base:stop], strs.__getitem__, rows)
+    _extend_index(state.by_graph, group((run_c, graph_c), base), lambda k: (strs[k[0]], strs[k[1]]))
+    _extend_index(state.by_node, group((run_c, graph_c, node_c), base),
+                  lambda k: (strs[k[0]], strs[k[1]], strs[k[2]]))
+    _extend_index(state.by_kind, group((state.kind_s[base:stop],), base), strs.__getitem__)
 
 
 def _new_pair(state: Catalog, k: str, v: Any, recorded: tuple[str, Any]) -> None:

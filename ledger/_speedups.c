@@ -1,0 +1,736 @@
+/* Optional C versions of the replay's hot loops (see README, "Optional C speedups").
+ *
+ * Every function here has a pure-Python twin with exactly the same contract
+ * (ledger/framing.py: scan_chain; projections/catalog.py: _py_group_rows,
+ * _py_intern); tests/test_speedups.py checks that they agree. The Python code
+ * picks this module only when it imports and ARTIFACT_LEDGER_PURE_PYTHON is
+ * not set, so nothing here may ever be the only place a rule lives.
+ *
+ * Needs: CPython headers, OpenSSL's libcrypto (one-shot SHA256()), gcc.
+ * CRC32C uses SSE4.2's crc32 instruction when the CPU has it (checked at
+ * import time), else a table; both are in this file.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+#include <openssl/sha.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <nmmintrin.h>
+#define AL_X86 1
+#endif
+
+/* Must equal framing.MAX_BODY (a test compares them). */
+#define AL_MAX_BODY (64u * 1024u * 1024u)
+#define AL_FRAME 8
+#define AL_HEAD_V1 48
+#define AL_HEAD_V2 56
+/* Records checked per GIL release: bounds the scratch memory whatever the limit. */
+#define AL_SUBCHUNK 1024
+
+/* ------------------------------------------------------------------ CRC32C */
+
+static uint32_t crc_table[8][256];
+
+static void crc_table_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
+        crc_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++)
+            crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xFF];
+}
+
+/* Both take and return the raw register (not inverted): callers invert once. */
+static uint32_t crc_portable(uint32_t c, const unsigned char *p, size_t n)
+{
+    while (n >= 8) {
+        uint32_t lo, hi;
+        memcpy(&lo, p, 4);
+        memcpy(&hi, p + 4, 4);
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+        lo = __builtin_bswap32(lo);
+        hi = __builtin_bswap32(hi);
+#endif
+        lo ^= c;
+        c = crc_table[7][lo & 0xFF] ^ crc_table[6][(lo >> 8) & 0xFF] ^ crc_table[5][(lo >> 16) & 0xFF]
+            ^ crc_table[4][lo >> 24] ^ crc_table[3][hi & 0xFF] ^ crc_table[2][(hi >> 8) & 0xFF]
+            ^ crc_table[1][(hi >> 16) & 0xFF] ^ crc_table[0][hi >> 24];
+        p += 8;
+        n -= 8;
+    }
+    while (n--)
+        c = (c >> 8) ^ crc_table[0][(c ^ *p++) & 0xFF];
+    return c;
+}
+
+#ifdef AL_X86
+__attribute__((target("sse4.2"))) static uint32_t crc_sse42(uint32_t c, const unsigned char *p, size_t n)
+{
+#if defined(__x86_64__)
+    uint64_t c64 = c;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        c64 = _mm_crc32_u64(c64, w);
+        p += 8;
+        n -= 8;
+    }
+    c = (uint32_t)c64;
+#endif
+    while (n--)
+        c = _mm_crc32_u8(c, *p++);
+    return c;
+}
+#endif
+
+static uint32_t (*crc_update)(uint32_t, const unsigned char *, size_t) = crc_portable;
+static int crc_hw = 0;
+
+/* ------------------------------------------------------------------ helpers */
+
+static inline uint32_t le32(const unsigned char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap32(v);
+#endif
+    return v;
+}
+
+static inline uint64_t le64(const unsigned char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v;
+}
+
+/* ------------------------------------------------------------------ scan_chain */
+
+typedef struct {
+    Py_ssize_t pos;     /* offset of the frame in buf */
+    uint32_t length;    /* body length */
+    uint64_t seq;
+    int64_t ts;
+    uint64_t bf;
+    unsigned char hash[32];
+} scanned;
+
+/* The chain state carried from record to record (and across sub-chunks). */
+typedef struct {
+    uint64_t next_seq;
+    int seq_exhausted;          /* next_seq passed 2**64 - 1: no record can carry it */
+    unsigned char prev[32];
+    int prev_ok;                /* prev_hash was 32 bytes; otherwise nothing continues it */
+    uint64_t batch_first;
+    int bf_state;               /* 0: unknown (None), 1: known, 2: a value no u64 equals */
+} chain;
+
+/* Check up to max records from pos; fills out[], returns how many, updates *pos and *c.
+ * Runs without the GIL: touches only buf (whose length bounds every read) and plain C memory. */
+static Py_ssize_t scan_some(const unsigned char *buf, Py_ssize_t end, Py_ssize_t *pos_io, chain *c, int v1,
+                            scanned *out, Py_ssize_t max)
+{
+    Py_ssize_t pos = *pos_io, n = 0;
+    const uint32_t head = v1 ? AL_HEAD_V1 : AL_HEAD_V2;
+    while (n < max && end - pos >= AL_FRAME) {
+        const unsigned char *f = buf + pos;
+        uint32_t length = le32(f), crc = le32(f + 4);
+        Py_ssize_t start = pos + AL_FRAME;
+        if (length < head || length > AL_MAX_BODY || end - start < (Py_ssize_t)length)
+            break;
+        const unsigned char *body = buf + start;
+        /* CRC32C over the 4 length bytes, then the body (the stored CRC sits between them). */
+        uint32_t r = crc_update(0xFFFFFFFFu, f, 4);
+        r = crc_update(r, body, length) ^ 0xFFFFFFFFu;
+        if (r != crc)
+            break;
+        uint64_t seq = le64(body), bf = 0;
+        int64_t ts = (int64_t)le64(body + 8);
+        if (!v1) {
+            bf = le64(body + 48);
+            if (bf != seq) {
+                int ok;
+                if (c->bf_state == 1)
+                    ok = bf == c->batch_first;
+                else if (c->bf_state == 2)
+                    ok = 0;
+                else
+                    ok = bf >= 1 && bf < seq;
+                if (!ok)
+                    break;
+            }
+            c->batch_first = bf;
+            c->bf_state = 1;
+        }
+        if (c->seq_exhausted || seq != c->next_seq || !c->prev_ok || memcmp(body + 16, c->prev, 32) != 0)
+            break;
+        scanned *s = &out[n++];
+        s->pos = pos;
+        s->length = length;
+        s->seq = seq;
+        s->ts = ts;
+        s->bf = bf;
+        SHA256(body, length, s->hash);
+        memcpy(c->prev, s->hash, 32);
+        if (c->next_seq == UINT64_MAX)
+            c->seq_exhausted = 1;
+        else
+            c->next_seq++;
+        pos = start + length;
+    }
+    *pos_io = pos;
+    return n;
+}
+
+/* Python int -> u64; sets *impossible instead if no u64 equals it (negative or >= 2**64). */
+static int as_u64(PyObject *o, uint64_t *v, int *impossible)
+{
+    *impossible = 0;
+    if (!PyLong_Check(o)) {
+        PyErr_SetString(PyExc_TypeError, "expected an int");
+        return -1;
+    }
+    int ov = 0;
+    long long x = PyLong_AsLongLongAndOverflow(o, &ov);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    if (ov < 0 || (ov == 0 && x < 0)) {
+        *impossible = 1;
+        return 0;
+    }
+    if (ov == 0) {
+        *v = (uint64_t)x;
+        return 0;
+    }
+    unsigned long long y = PyLong_AsUnsignedLongLong(o);
+    if (y == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;
+        PyErr_Clear();
+        *impossible = 1;
+        return 0;
+    }
+    *v = (uint64_t)y;
+    return 0;
+}
+
+PyDoc_STRVAR(scan_chain_doc,
+"scan_chain(record_type, buf, pos, segment, base, next_seq, prev_hash, limit, version, batch_first)\n"
+"--\n\n"
+"framing.scan_chain in C (record_type: framing.Record); buf must be bytes.");
+
+static PyObject *scan_chain(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "scan_chain takes 10 arguments");
+        return NULL;
+    }
+    PyObject *rtype_o = args[0], *buf_o = args[1], *segment = args[3], *prev_o = args[6], *bf_o = args[9];
+    if (!PyType_Check(rtype_o) || !PyType_IsSubtype((PyTypeObject *)rtype_o, &PyTuple_Type)
+        || ((PyTypeObject *)rtype_o)->tp_basicsize != PyTuple_Type.tp_basicsize) {
+        PyErr_SetString(PyExc_TypeError, "record_type must be a tuple subclass without extra fields");
+        return NULL;
+    }
+    PyTypeObject *rtype = (PyTypeObject *)rtype_o;
+    if (!PyBytes_CheckExact(buf_o) || !PyBytes_CheckExact(prev_o)) {
+        PyErr_SetString(PyExc_TypeError, "buf and prev_hash must be bytes");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[2]);
+    if (pos == -1 && PyErr_Occurred())
+        return NULL;
+    if (pos < 0) {
+        PyErr_SetString(PyExc_ValueError, "pos must be >= 0");
+        return NULL;
+    }
+    long long base = PyLong_AsLongLong(args[4]);
+    if (base == -1 && PyErr_Occurred())
+        return NULL;
+    int overflow = 0;
+    long long limit_ll = PyLong_AsLongLongAndOverflow(args[7], &overflow);
+    if (limit_ll == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t limit = overflow > 0 ? PY_SSIZE_T_MAX : overflow < 0 || limit_ll < 0 ? 0
+                       : limit_ll > PY_SSIZE_T_MAX ? PY_SSIZE_T_MAX : (Py_ssize_t)limit_ll;
+    long version = PyLong_AsLongAndOverflow(args[8], &overflow);
+    if (version == -1 && PyErr_Occurred())
+        return NULL;
+    int v1 = !overflow && version == 1;
+
+    chain c;
+    memset(&c, 0, sizeof c);
+    if (as_u64(args[5], &c.next_seq, &c.seq_exhausted) < 0)
+        return NULL;
+    c.prev_ok = PyBytes_GET_SIZE(prev_o) == 32;
+    if (c.prev_ok)
+        memcpy(c.prev, PyBytes_AS_STRING(prev_o), 32);
+    if (bf_o == Py_None) {
+        c.bf_state = 0;
+    } else {
+        int impossible;
+        if (as_u64(bf_o, &c.batch_first, &impossible) < 0)
+            return NULL;
+        c.bf_state = impossible ? 2 : 1;
+    }
+
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(buf_o);
+    Py_ssize_t end = PyBytes_GET_SIZE(buf_o);
+    const Py_ssize_t head = v1 ? AL_HEAD_V1 : AL_HEAD_V2;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    scanned *tmp = PyMem_Malloc(sizeof(scanned) * AL_SUBCHUNK);
+    if (tmp == NULL) {
+        Py_DECREF(out);
+        return PyErr_NoMemory();
+    }
+    /* The previous record's hash object: record k's prev_hash is record k-1's hash (equal bytes). */
+    PyObject *prev_hash = Py_NewRef(prev_o);
+    Py_ssize_t count = 0;
+    while (count < limit && pos <= end) {
+        Py_ssize_t want = limit - count < AL_SUBCHUNK ? limit - count : AL_SUBCHUNK;
+        Py_ssize_t got;
+        /* The buffer is an immutable bytes object we hold a reference to. */
+        Py_BEGIN_ALLOW_THREADS
+        got = scan_some(buf, end, &pos, &c, v1, tmp, want);
+        Py_END_ALLOW_THREADS
+        for (Py_ssize_t k = 0; k < got; k++) {
+            scanned *s = &tmp[k];
+            PyObject *rec = rtype->tp_alloc(rtype, 9);
+            if (rec == NULL)
+                goto fail;
+            PyObject *hash = PyBytes_FromStringAndSize((const char *)s->hash, 32);
+            PyObject *payload = PyBytes_FromStringAndSize((const char *)buf + s->pos + AL_FRAME + head,
+                                                          (Py_ssize_t)s->length - head);
+            PyObject *f0 = PyLong_FromUnsignedLongLong(s->seq);
+            PyObject *f1 = PyLong_FromLongLong(s->ts);
+            PyObject *f6 = PyLong_FromLongLong(base + (long long)s->pos);
+            PyObject *f7 = PyLong_FromLongLong(AL_FRAME + (long long)s->length);
+            PyObject *f8 = PyLong_FromUnsignedLongLong(s->bf);
+            /* Fill every slot before any check, so one DECREF of rec frees whatever was made. */
+            PyTuple_SET_ITEM(rec, 0, f0);
+            PyTuple_SET_ITEM(rec, 1, f1);
+            PyTuple_SET_ITEM(rec, 2, prev_hash);  /* the reference prev_hash held moves into rec */
+            PyTuple_SET_ITEM(rec, 3, hash);
+            PyTuple_SET_ITEM(rec, 4, payload);
+            PyTuple_SET_ITEM(rec, 5, Py_NewRef(segment));
+            PyTuple_SET_ITEM(rec, 6, f6);
+            PyTuple_SET_ITEM(rec, 7, f7);
+            PyTuple_SET_ITEM(rec, 8, f8);
+            prev_hash = NULL;
+            if (!hash || !payload || !f0 || !f1 || !f6 || !f7 || !f8) {
+                Py_DECREF(rec);
+                goto fail;
+            }
+            prev_hash = Py_NewRef(hash);
+            int err = PyList_Append(out, rec);
+            Py_DECREF(rec);
+            if (err < 0)
+                goto fail;
+        }
+        count += got;
+        if (got < want)
+            break;
+    }
+    Py_XDECREF(prev_hash);
+    PyMem_Free(tmp);
+    PyObject *pos_o = PyLong_FromSsize_t(pos);
+    if (pos_o == NULL) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    PyObject *res = PyTuple_Pack(2, out, pos_o);
+    Py_DECREF(out);
+    Py_DECREF(pos_o);
+    return res;
+fail:
+    Py_XDECREF(prev_hash);
+    PyMem_Free(tmp);
+    Py_DECREF(out);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ crc32c (for the tests) */
+
+PyDoc_STRVAR(crc32c_doc,
+"crc32c(data, value=0, portable=False)\n"
+"--\n\n"
+"CRC32C of data continuing from value (as the crc32c package); portable=True forces the table code.");
+
+static PyObject *crc32c_py(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"data", "value", "portable", NULL};
+    Py_buffer data;
+    unsigned int value = 0;
+    int portable = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*|Ip", names, &data, &value, &portable))
+        return NULL;
+    uint32_t (*f)(uint32_t, const unsigned char *, size_t) = portable ? crc_portable : crc_update;
+    uint32_t r = f(value ^ 0xFFFFFFFFu, data.buf, (size_t)data.len) ^ 0xFFFFFFFFu;
+    PyBuffer_Release(&data);
+    return PyLong_FromUnsignedLong(r);
+}
+
+/* ------------------------------------------------------------------ group_rows */
+
+static int get_int32_buffer(PyObject *o, Py_buffer *b, const char *what)
+{
+    if (PyObject_GetBuffer(o, b, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    if (b->itemsize != 4 || b->format == NULL || (strcmp(b->format, "i") != 0 && strcmp(b->format, "=i") != 0
+                                                   && strcmp(b->format, "<i") != 0)) {
+        PyBuffer_Release(b);
+        PyErr_Format(PyExc_TypeError, "%s must be a buffer of C ints (array('i'))", what);
+        return -1;
+    }
+    return 0;
+}
+
+typedef struct {
+    int32_t k[3];
+    int32_t gid;    /* -1: empty slot */
+} slot;
+
+static inline uint64_t mix(const int32_t *k, int nk)
+{
+    uint64_t h = 0x9E3779B97F4A7C15ull;
+    for (int i = 0; i < nk; i++) {
+        h ^= (uint32_t)k[i];
+        h *= 0xBF58476D1CE4E5B9ull;
+        h ^= h >> 31;
+    }
+    return h;
+}
+
+PyDoc_STRVAR(group_rows_doc,
+"group_rows(cols, base, off=None, remap=None)\n"
+"--\n\n"
+"catalog._py_group_rows in C: [(key, rows as int32 bytes), ...] in first-seen order of key.");
+
+static PyObject *group_rows(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"cols", "base", "off", "remap", NULL};
+    PyObject *cols, *off_o = Py_None, *remap = Py_None;
+    Py_ssize_t base;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!n|OO", names, &PyTuple_Type, &cols, &base, &off_o, &remap))
+        return NULL;
+    int nk = (int)PyTuple_GET_SIZE(cols);
+    if (nk < 1 || nk > 3) {
+        PyErr_SetString(PyExc_ValueError, "cols must hold 1 to 3 columns");
+        return NULL;
+    }
+    if (remap != Py_None && (nk != 1 || !PyList_Check(remap))) {
+        PyErr_SetString(PyExc_TypeError, "remap must be a list, and needs exactly one column");
+        return NULL;
+    }
+    Py_buffer bufs[3], offb;
+    int nb = 0, have_off = 0;
+    PyObject *result = NULL;
+    int32_t *gid = NULL, *order = NULL, *codes = NULL;
+    Py_ssize_t *first = NULL, *fill = NULL, *rowof = NULL;
+    slot *table = NULL;
+    Py_ssize_t n = -1;
+    for (; nb < nk; nb++) {
+        if (get_int32_buffer(PyTuple_GET_ITEM(cols, nb), &bufs[nb], "every column") < 0)
+            goto done;
+        Py_ssize_t len = bufs[nb].len / 4;
+        if (n >= 0 && len != n) {
+            nb++;
+            PyErr_SetString(PyExc_ValueError, "columns differ in length");
+            goto done;
+        }
+        n = len;
+    }
+    /* rowof[j]: the row of item j (base + j, or found through the offsets). */
+    rowof = PyMem_Malloc(sizeof(Py_ssize_t) * (n ? n : 1));
+    if (rowof == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (off_o != Py_None) {
+        if (PyObject_GetBuffer(off_o, &offb, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+            goto done;
+        have_off = 1;
+        if (offb.itemsize != 8 || offb.format == NULL || (strcmp(offb.format, "q") != 0
+                                                           && strcmp(offb.format, "=q") != 0
+                                                           && strcmp(offb.format, "<q") != 0)) {
+            PyErr_SetString(PyExc_TypeError, "off must be a buffer of int64 (array('q'))");
+            goto done;
+        }
+        const int64_t *off = offb.buf;
+        Py_ssize_t m = offb.len / 8 - 1;
+        if (m < 0 || off[m] - off[0] != n) {
+            PyErr_SetString(PyExc_ValueError, "off must span exactly the items of the columns");
+            goto done;
+        }
+        Py_ssize_t j = 0;
+        for (Py_ssize_t i = 0; i < m; i++) {
+            int64_t cnt = off[i + 1] - off[i];
+            if (cnt < 0 || cnt > n - j) {
+                PyErr_SetString(PyExc_ValueError, "off must be ascending");
+                goto done;
+            }
+            for (int64_t q = 0; q < cnt; q++)
+                rowof[j++] = base + i;
+        }
+    } else {
+        for (Py_ssize_t j = 0; j < n; j++)
+            rowof[j] = base + j;
+    }
+    for (Py_ssize_t j = 0; j < n; j++) {
+        if (rowof[j] > INT32_MAX || rowof[j] < INT32_MIN) {
+            PyErr_SetString(PyExc_OverflowError, "row number does not fit a C int");
+            goto done;
+        }
+    }
+    if (remap != Py_None) {
+        codes = PyMem_Malloc(sizeof(int32_t) * (n ? n : 1));
+        if (codes == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        const int32_t *src = bufs[0].buf;
+        Py_ssize_t tl = PyList_GET_SIZE(remap);
+        for (Py_ssize_t j = 0; j < n; j++) {
+            int32_t c = src[j];
+            if (c < 0 || c >= tl) {
+                PyErr_SetString(PyExc_IndexError, "list index out of range");
+                goto done;
+            }
+            long v = PyLong_AsLong(PyList_GET_ITEM(remap, c));
+            if (v == -1 && PyErr_Occurred())
+                goto done;
+            if (v > INT32_MAX || v < INT32_MIN) {
+                PyErr_SetString(PyExc_OverflowError, "remapped code does not fit a C int");
+                goto done;
+            }
+            codes[j] = (int32_t)v;
+        }
+    }
+    Py_ssize_t cap = 16;
+    while (cap < 2 * n)
+        cap <<= 1;
+    table = PyMem_Malloc(sizeof(slot) * cap);
+    gid = PyMem_Malloc(sizeof(int32_t) * (n ? n : 1));
+    first = PyMem_Malloc(sizeof(Py_ssize_t) * (n ? n : 1));  /* group g: item index where it was first seen */
+    if (table == NULL || gid == NULL || first == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < cap; i++)
+        table[i].gid = -1;
+    Py_ssize_t ng = 0;
+    const int32_t *col[3] = {NULL, NULL, NULL};
+    for (int i = 0; i < nk; i++)
+        col[i] = bufs[i].buf;
+    if (codes != NULL)
+        col[0] = codes;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        int32_t k[3] = {0, 0, 0};
+        for (int i = 0; i < nk; i++)
+            k[i] = col[i][j];
+        Py_ssize_t h = (Py_ssize_t)(mix(k, nk) & (uint64_t)(cap - 1));
+        for (;;) {
+            slot *s = &table[h];
+            if (s->gid < 0) {
+                memcpy(s->k, k, sizeof k);
+                s->gid = (int32_t)ng;
+                first[ng++] = j;
+                gid[j] = s->gid;
+                break;
+            }
+            if (s->k[0] == k[0] && s->k[1] == k[1] && s->k[2] == k[2]) {
+                gid[j] = s->gid;
+                break;
+            }
+            h = (h + 1) & (cap - 1);
+        }
+    }
+    /* Counting sort by group: rows stay in item order within a group. */
+    fill = PyMem_Calloc((size_t)ng + 1, sizeof(Py_ssize_t));
+    order = PyMem_Malloc(sizeof(int32_t) * (n ? n : 1));
+    if (fill == NULL || order == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t j = 0; j < n; j++)
+        fill[gid[j] + 1]++;
+    for (Py_ssize_t g = 0; g < ng; g++)
+        fill[g + 1] += fill[g];
+    /* fill[g] is now group g's start; result slices are taken before the scatter moves it. */
+    result = PyList_New(ng);
+    if (result == NULL)
+        goto done;
+    for (Py_ssize_t j = 0; j < n; j++)
+        order[fill[gid[j]]++] = (int32_t)rowof[j];
+    /* After the scatter fill[g] is group g's end, and its start is fill[g - 1] (0 for g = 0). */
+    for (Py_ssize_t g = 0; g < ng; g++) {
+        Py_ssize_t a = g ? fill[g - 1] : 0, b = fill[g];
+        Py_ssize_t j = first[g];
+        PyObject *key;
+        if (nk == 1) {
+            key = PyLong_FromLong(col[0][j]);
+        } else {
+            key = PyTuple_New(nk);
+            if (key != NULL) {
+                for (int i = 0; i < nk; i++) {
+                    PyObject *v = PyLong_FromLong(col[i][j]);
+                    if (v == NULL) {
+                        Py_CLEAR(key);
+                        break;
+                    }
+                    PyTuple_SET_ITEM(key, i, v);
+                }
+            }
+        }
+        if (key == NULL)
+            goto fail;
+        PyObject *rows = PyBytes_FromStringAndSize((const char *)(order + a), (b - a) * 4);
+        if (rows == NULL) {
+            Py_DECREF(key);
+            goto fail;
+        }
+        PyObject *pair = PyTuple_New(2);
+        if (pair == NULL) {
+            Py_DECREF(key);
+            Py_DECREF(rows);
+            goto fail;
+        }
+        PyTuple_SET_ITEM(pair, 0, key);
+        PyTuple_SET_ITEM(pair, 1, rows);
+        PyList_SET_ITEM(result, g, pair);
+    }
+    goto done;
+fail:
+    Py_CLEAR(result);
+done:
+    for (int i = 0; i < nb; i++)
+        PyBuffer_Release(&bufs[i]);
+    if (have_off)
+        PyBuffer_Release(&offb);
+    PyMem_Free(rowof);
+    PyMem_Free(codes);
+    PyMem_Free(table);
+    PyMem_Free(gid);
+    PyMem_Free(first);
+    PyMem_Free(fill);
+    PyMem_Free(order);
+    return result;
+}
+
+/* ------------------------------------------------------------------ intern */
+
+PyDoc_STRVAR(intern_doc,
+"intern(values, attr, str_ids, strs)\n"
+"--\n\n"
+"catalog._py_intern in C: int32 codes (bytes) of getattr(v, attr) (v itself if attr is None) for v in values.");
+
+static PyObject *intern_codes(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "intern takes 4 arguments");
+        return NULL;
+    }
+    PyObject *values = args[0], *attr = args[1], *ids = args[2], *strs = args[3];
+    if (!PyList_Check(values) || !PyDict_CheckExact(ids) || !PyList_CheckExact(strs)
+        || (attr != Py_None && !PyUnicode_Check(attr))) {
+        PyErr_SetString(PyExc_TypeError, "intern(list, str | None, dict, list)");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * 4);
+    if (out == NULL)
+        return NULL;
+    int32_t *codes = (int32_t *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject *item = PyList_GET_ITEM(values, j);  /* borrowed; values is not changed below */
+        PyObject *v = attr == Py_None ? Py_NewRef(item) : PyObject_GetAttr(item, attr);
+        if (v == NULL)
+            goto fail;
+        PyObject *code = PyDict_GetItemWithError(ids, v);
+        if (code == NULL) {
+            if (PyErr_Occurred()) {
+                Py_DECREF(v);
+                goto fail;
+            }
+            Py_ssize_t next = PyList_GET_SIZE(strs);
+            if (next > INT32_MAX) {
+                Py_DECREF(v);
+                PyErr_SetString(PyExc_OverflowError, "too many strings for a C int code");
+                goto fail;
+            }
+            PyObject *c = PyLong_FromSsize_t(next);
+            if (c == NULL || PyDict_SetItem(ids, v, c) < 0 || PyList_Append(strs, v) < 0) {
+                Py_XDECREF(c);
+                Py_DECREF(v);
+                goto fail;
+            }
+            Py_DECREF(c);
+            codes[j] = (int32_t)next;
+        } else {
+            long c = PyLong_AsLong(code);
+            if (c == -1 && PyErr_Occurred()) {
+                Py_DECREF(v);
+                goto fail;
+            }
+            if (c > INT32_MAX || c < INT32_MIN) {
+                Py_DECREF(v);
+                PyErr_SetString(PyExc_OverflowError, "string code does not fit a C int");
+                goto fail;
+            }
+            codes[j] = (int32_t)c;
+        }
+        Py_DECREF(v);
+    }
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ module */
+
+static PyMethodDef methods[] = {
+    {"scan_chain", (PyCFunction)(void (*)(void))scan_chain, METH_FASTCALL, scan_chain_doc},
+    {"crc32c", (PyCFunction)(void (*)(void))crc32c_py, METH_VARARGS | METH_KEYWORDS, crc32c_doc},
+    {"group_rows", (PyCFunction)(void (*)(void))group_rows, METH_VARARGS | METH_KEYWORDS, group_rows_doc},
+    {"intern", (PyCFunction)(void (*)(void))intern_codes, METH_FASTCALL, intern_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_speedups",
+    "Optional C versions of the replay's hot loops (pure-Python twins in framing.py and catalog.py).",
+    -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void)
+{
+    crc_table_init();
+#ifdef AL_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("sse4.2")) {
+        crc_update = crc_sse42;
+        crc_hw = 1;
+    }
+#endif
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "MAX_BODY", AL_MAX_BODY) < 0
+        || PyModule_AddIntConstant(m, "CRC_HARDWARE", crc_hw) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
