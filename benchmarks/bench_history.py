@@ -352,7 +352,7 @@ def phase_breakdown(root: str, drop_pins: bool, defer: bool = True) -> dict:
     """
     import gc
 
-    from artifact_ledger.facade.ledger import REPLAY_BATCH, _decode
+    from artifact_ledger.facade.ledger import REPLAY_BATCH, _decode, _payload, _seq, _ts
     from artifact_ledger.ledger.events import decode_events
     from artifact_ledger.projections.catalog import Catalog, apply_decoded
 
@@ -364,11 +364,13 @@ def phase_breakdown(root: str, drop_pins: bool, defer: bool = True) -> dict:
 
     def flush() -> None:
         t = pc()
-        events = decode_events([r.payload for r in pending]) or [_decode(r) for r in pending]
-        rows = [(r.seq, r.ts_us, ev) for r, ev in zip(pending, events)
-                if not drop_pins or type(ev) is ArtifactRecorded]
+        events = decode_events(list(map(_payload, pending))) or [_decode(r) for r in pending]
+        seqs, tss = list(map(_seq, pending)), list(map(_ts, pending))
+        if drop_pins:
+            rows = [(q, t, ev) for q, t, ev in zip(seqs, tss, events) if type(ev) is ArtifactRecorded]
+            seqs, tss, events = [x[0] for x in rows], [x[1] for x in rows], [x[2] for x in rows]
         t2 = pc()
-        apply_decoded(cat, [x[0] for x in rows], [x[1] for x in rows], [x[2] for x in rows])
+        apply_decoded(cat, seqs, tss, events)
         spent["decode"] += t2 - t
         spent["apply"] += pc() - t2
         pending.clear()

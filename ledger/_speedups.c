@@ -652,11 +652,22 @@ static PyObject *intern_codes(PyObject *Py_UNUSED(self), PyObject *const *args, 
     if (out == NULL)
         return NULL;
     int32_t *codes = (int32_t *)PyBytes_AS_STRING(out);
+    PyObject *prev = NULL;  /* the previous value (a str or None), whose code is codes[j - 1] */
     for (Py_ssize_t j = 0; j < n; j++) {
         PyObject *item = PyList_GET_ITEM(values, j);  /* borrowed; values is not changed below */
         PyObject *v = attr == Py_None ? Py_NewRef(item) : PyObject_GetAttr(item, attr);
         if (v == NULL)
             goto fail;
+        /* Neighbouring rows often share a value (same run, kind, ...): an equal exact str, or None
+         * again, is the same dict key, and comparing skips hashing a fresh string. */
+        if (prev != NULL && (v == prev || (PyUnicode_CheckExact(v) && PyUnicode_CheckExact(prev)
+                                           && PyUnicode_GET_LENGTH(v) == PyUnicode_GET_LENGTH(prev)
+                                           && PyUnicode_Compare(v, prev) == 0))) {
+            codes[j] = codes[j - 1];
+            Py_DECREF(v);
+            continue;
+        }
+        Py_XSETREF(prev, Py_NewRef(v));
         PyObject *code = PyDict_GetItemWithError(ids, v);
         if (code == NULL) {
             if (PyErr_Occurred()) {
@@ -692,10 +703,205 @@ static PyObject *intern_codes(PyObject *Py_UNUSED(self), PyObject *const *args, 
         }
         Py_DECREF(v);
     }
+    Py_XDECREF(prev);
     return out;
 fail:
+    Py_XDECREF(prev);
     Py_DECREF(out);
     return NULL;
+}
+
+PyDoc_STRVAR(lookup_doc,
+"lookup(values, table)\n"
+"--\n\n"
+"catalog._py_lookup in C: (int32 codes of values in table as bytes, -1 where missing; missing indexes).");
+
+static PyObject *lookup(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_Check(args[0]) || !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "lookup(list, dict)");
+        return NULL;
+    }
+    PyObject *values = args[0], *table = args[1];
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * 4), *missing = PyList_New(0);
+    if (out == NULL || missing == NULL)
+        goto fail;
+    int32_t *codes = (int32_t *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject *code = PyDict_GetItemWithError(table, PyList_GET_ITEM(values, j));
+        if (code == NULL) {
+            if (PyErr_Occurred())
+                goto fail;
+            codes[j] = -1;
+            PyObject *jj = PyLong_FromSsize_t(j);
+            if (jj == NULL || PyList_Append(missing, jj) < 0) {
+                Py_XDECREF(jj);
+                goto fail;
+            }
+            Py_DECREF(jj);
+            continue;
+        }
+        long c = PyLong_AsLong(code);
+        if (c == -1 && PyErr_Occurred())
+            goto fail;
+        if (c > INT32_MAX || c < INT32_MIN) {
+            PyErr_SetString(PyExc_OverflowError, "code does not fit a C int");
+            goto fail;
+        }
+        codes[j] = (int32_t)c;
+    }
+    PyObject *res = PyTuple_Pack(2, out, missing);
+    Py_DECREF(out);
+    Py_DECREF(missing);
+    return res;
+fail:
+    Py_XDECREF(out);
+    Py_XDECREF(missing);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ columns */
+
+static PyObject *s_artifact_id, *s_size, *s_sha256, *s_pinned, *s_labels, *s_metrics, *s_derived_from;
+
+/* Appends the running end offsets (int64) to a bytes buffer being filled. */
+static int put_end(PyObject *buf, Py_ssize_t j, int64_t end)
+{
+    memcpy(PyBytes_AS_STRING(buf) + j * 8, &end, 8);
+    return 0;
+}
+
+PyDoc_STRVAR(columns_doc,
+"columns(evs, label_start, metric_start)\n"
+"--\n\n"
+"catalog._py_columns in C: the per-artifact fields of a list of ArtifactRecorded, column by column.");
+
+static PyObject *columns(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "columns(list, int, int)");
+        return NULL;
+    }
+    PyObject *evs = args[0];
+    long long lpos = PyLong_AsLongLong(args[1]);
+    if (lpos == -1 && PyErr_Occurred())
+        return NULL;
+    long long mpos = PyLong_AsLongLong(args[2]);
+    if (mpos == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(evs);
+    PyObject *ids = PyList_New(n), *shas = PyList_New(n);
+    PyObject *sizes = PyBytes_FromStringAndSize(NULL, n * 8), *pins = PyBytes_FromStringAndSize(NULL, n);
+    PyObject *lends = PyBytes_FromStringAndSize(NULL, n * 8), *mends = PyBytes_FromStringAndSize(NULL, n * 8);
+    PyObject *items = PyList_New(0), *types = PySet_New(NULL), *mnames = PyList_New(0), *mvals = PyList_New(0);
+    PyObject *derived = PyList_New(0);
+    PyObject *res = NULL;
+    if (!ids || !shas || !sizes || !pins || !lends || !mends || !items || !types || !mnames || !mvals || !derived)
+        goto done;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject *ev = PyList_GET_ITEM(evs, j);
+        PyObject *v = PyObject_GetAttr(ev, s_artifact_id);
+        if (v == NULL)
+            goto done;
+        PyList_SET_ITEM(ids, j, v);
+        v = PyObject_GetAttr(ev, s_sha256);
+        if (v == NULL)
+            goto done;
+        PyList_SET_ITEM(shas, j, v);
+        v = PyObject_GetAttr(ev, s_size);
+        if (v == NULL)
+            goto done;
+        long long size = PyLong_AsLongLong(v);
+        Py_DECREF(v);
+        if (size == -1 && PyErr_Occurred())
+            goto done;
+        memcpy(PyBytes_AS_STRING(sizes) + j * 8, &size, 8);
+        v = PyObject_GetAttr(ev, s_pinned);
+        if (v == NULL)
+            goto done;
+        long pin = PyLong_AsLong(v);
+        Py_DECREF(v);
+        if (pin == -1 && PyErr_Occurred())
+            goto done;
+        if (pin < 0 || pin > 255) {
+            PyErr_SetString(PyExc_ValueError, "byte must be in range(0, 256)");
+            goto done;
+        }
+        PyBytes_AS_STRING(pins)[j] = (char)pin;
+
+        PyObject *labels = PyObject_GetAttr(ev, s_labels);
+        if (labels == NULL)
+            goto done;
+        if (!PyDict_Check(labels)) {
+            Py_DECREF(labels);
+            PyErr_SetString(PyExc_TypeError, "labels must be a dict");
+            goto done;
+        }
+        Py_ssize_t it = 0;
+        PyObject *k, *val;
+        while (PyDict_Next(labels, &it, &k, &val)) {
+            PyObject *pair = PyTuple_Pack(2, k, val);
+            if (pair == NULL || PyList_Append(items, pair) < 0 || PySet_Add(types, (PyObject *)Py_TYPE(val)) < 0) {
+                Py_XDECREF(pair);
+                Py_DECREF(labels);
+                goto done;
+            }
+            Py_DECREF(pair);
+        }
+        lpos += PyDict_GET_SIZE(labels);
+        Py_DECREF(labels);
+        put_end(lends, j, lpos);
+
+        PyObject *metrics = PyObject_GetAttr(ev, s_metrics);
+        if (metrics == NULL)
+            goto done;
+        if (!PyDict_Check(metrics)) {
+            Py_DECREF(metrics);
+            PyErr_SetString(PyExc_TypeError, "metrics must be a dict");
+            goto done;
+        }
+        it = 0;
+        while (PyDict_Next(metrics, &it, &k, &val)) {
+            if (PyList_Append(mnames, k) < 0 || PyList_Append(mvals, val) < 0) {
+                Py_DECREF(metrics);
+                goto done;
+            }
+        }
+        mpos += PyDict_GET_SIZE(metrics);
+        Py_DECREF(metrics);
+        put_end(mends, j, mpos);
+
+        PyObject *df = PyObject_GetAttr(ev, s_derived_from);
+        if (df == NULL)
+            goto done;
+        int truth = PyObject_IsTrue(df);
+        Py_DECREF(df);
+        if (truth < 0)
+            goto done;
+        if (truth) {
+            PyObject *jj = PyLong_FromSsize_t(j);
+            if (jj == NULL || PyList_Append(derived, jj) < 0) {
+                Py_XDECREF(jj);
+                goto done;
+            }
+            Py_DECREF(jj);
+        }
+    }
+    res = PyTuple_Pack(11, ids, sizes, shas, pins, items, types, lends, mnames, mvals, mends, derived);
+done:
+    Py_XDECREF(ids);
+    Py_XDECREF(shas);
+    Py_XDECREF(sizes);
+    Py_XDECREF(pins);
+    Py_XDECREF(lends);
+    Py_XDECREF(mends);
+    Py_XDECREF(items);
+    Py_XDECREF(types);
+    Py_XDECREF(mnames);
+    Py_XDECREF(mvals);
+    Py_XDECREF(derived);
+    return res;
 }
 
 /* ------------------------------------------------------------------ module */
@@ -705,6 +911,8 @@ static PyMethodDef methods[] = {
     {"crc32c", (PyCFunction)(void (*)(void))crc32c_py, METH_VARARGS | METH_KEYWORDS, crc32c_doc},
     {"group_rows", (PyCFunction)(void (*)(void))group_rows, METH_VARARGS | METH_KEYWORDS, group_rows_doc},
     {"intern", (PyCFunction)(void (*)(void))intern_codes, METH_FASTCALL, intern_doc},
+    {"lookup", (PyCFunction)(void (*)(void))lookup, METH_FASTCALL, lookup_doc},
+    {"columns", (PyCFunction)(void (*)(void))columns, METH_FASTCALL, columns_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -717,6 +925,12 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__speedups(void)
 {
     crc_table_init();
+    if (!(s_artifact_id = PyUnicode_InternFromString("artifact_id")) || !(s_size = PyUnicode_InternFromString("size"))
+        || !(s_sha256 = PyUnicode_InternFromString("sha256")) || !(s_pinned = PyUnicode_InternFromString("pinned"))
+        || !(s_labels = PyUnicode_InternFromString("labels"))
+        || !(s_metrics = PyUnicode_InternFromString("metrics"))
+        || !(s_derived_from = PyUnicode_InternFromString("derived_from")))
+        return NULL;
 #ifdef AL_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("sse4.2")) {

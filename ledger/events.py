@@ -6,6 +6,7 @@ upcast when read (see ``UPCASTERS``), never rewritten on disk.
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any, Callable, Union
 
 import msgspec
@@ -219,6 +220,7 @@ def upcast_raw(raw: Any) -> Event:
 
 
 _list_decoder = msgspec.msgpack.Decoder(list[Event])
+_version_of = attrgetter("v")
 
 
 def decode_events(payloads: list[bytes]) -> list[Event] | None:
@@ -231,9 +233,8 @@ def decode_events(payloads: list[bytes]) -> list[Event] | None:
         return None
     if len(events) != n:
         return None
-    for ev in events:
-        if ev.v != SCHEMA_VERSION:
-            return None  # old or future versions take the one-by-one path (upcast or a clear error)
+    if any(map(SCHEMA_VERSION.__ne__, map(_version_of, events))):
+        return None  # old or future versions take the one-by-one path (upcast or a clear error)
     return events
 
 

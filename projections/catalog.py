@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
-from itertools import accumulate, filterfalse
-from operator import attrgetter
+from itertools import accumulate, compress, filterfalse, repeat
+from operator import attrgetter, is_
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Iterable, NamedTuple
 
@@ -444,6 +444,17 @@ def _py_intern(values: list[Any], attr: str | None, str_ids: dict[Any, int], str
     return array("i", map(str_ids.__getitem__, vals)).tobytes()
 
 
+def _py_lookup(values: list[Any], table: dict[Any, int]) -> tuple[bytes, list[int]]:
+    """Codes (C ints, as bytes) of ``values`` in ``table``, with -1 for those it lacks, and where those are.
+
+    The C extension's ``lookup`` is the fast twin.
+    """
+    get = table.get
+    codes = array("i", [get(v, -1) for v in values])
+    missing = [j for j, c in enumerate(codes) if c < 0] if -1 in codes else []
+    return codes.tobytes(), missing
+
+
 def _py_group_rows(cols: tuple[Sequence[int], ...], base: int, off: Sequence[int] | None = None,
                    remap: Sequence[int] | None = None) -> list[tuple[Any, bytes]]:
     """Group items by their codes: [(key, its items' rows as C-int bytes, ascending), ...], keys first-seen first.
@@ -500,10 +511,34 @@ def _groups(codes: Sequence[int], rows: Sequence[int]) -> dict[int, list[int]]:
     return groups
 
 
+def _py_columns(evs: list[ArtifactRecorded], label_start: int,
+                metric_start: int) -> tuple[list[str], bytes, list[str], bytes, list[tuple[str, Any]], set[type],
+                                            bytes, list[str], list[Any], bytes, list[int]]:
+    """The fields of artifact events, column by column (the C extension's ``columns`` is the fast twin).
+
+    Returns (ids, sizes as int64 bytes, sha256 hexes, pins as bytes, every label (key, value) in
+    order, the set of label value types, each row's label end offset from ``label_start`` as int64
+    bytes, metric names, metric values, metric end offsets from ``metric_start`` likewise, indexes
+    of the events with ``derived_from``).
+    """
+    items = [it for ev in evs for it in ev.labels.items()]
+    return ([ev.artifact_id for ev in evs], array("q", [ev.size for ev in evs]).tobytes(),
+            [ev.sha256 for ev in evs], bytes(bytearray(ev.pinned for ev in evs)), items,
+            set(map(type, [v for _, v in items])),
+            array("q", accumulate([len(ev.labels) for ev in evs], initial=label_start))[1:].tobytes(),
+            [k for ev in evs for k in ev.metrics], [v for ev in evs for v in ev.metrics.values()],
+            array("q", accumulate([len(ev.metrics) for ev in evs], initial=metric_start))[1:].tobytes(),
+            [j for j, ev in enumerate(evs) if ev.derived_from])
+
+
 if _native is not None:
+    _columns: Callable[[list[ArtifactRecorded], int, int], tuple] = _native.columns
     _intern: Callable[[list[Any], str | None, dict[Any, int], list[Any]], bytes] = _native.intern
     _group_rows: Callable[..., list[tuple[Any, bytes]]] = _native.group_rows
+    _lookup: Callable[[list[Any], dict[Any, int]], tuple[bytes, list[int]]] = _native.lookup
 else:
+    _lookup = _py_lookup
+    _columns = _py_columns
     _intern = _py_intern
     _group_rows = _py_group_rows
 
@@ -525,19 +560,26 @@ def _append_deferred(state: Catalog, seqs: Sequence[int], tss: Sequence[int], ev
     pin only counts for an artifact recorded before it (an earlier seq), exactly
     as when the events are applied one by one.
     """
-    if not all(type(ev) is ArtifactRecorded or type(ev) is PinChanged for ev in events):
+    types = list(map(type, events))
+    kinds = set(types)
+    if not kinds <= {ArtifactRecorded, PinChanged}:
         return False  # lifecycle events are folded one by one, against current indexes
-    arts = [j for j, ev in enumerate(events) if type(ev) is ArtifactRecorded]
-    evs: list[ArtifactRecorded] = [events[j] for j in arts]  # type: ignore[misc]
-    if arts and not _columns_only(state, [seqs[j] for j in arts], [tss[j] for j in arts], evs):
+    # Split by type at C speed (map/compress), not in a Python loop per event.
+    if PinChanged in kinds:
+        is_art = list(map(is_, types, repeat(ArtifactRecorded)))
+        evs: list[ArtifactRecorded] = list(compress(events, is_art))  # type: ignore[arg-type]
+        art_seqs, art_tss = list(compress(seqs, is_art)), list(compress(tss, is_art))
+    else:
+        evs, art_seqs, art_tss = list(events), seqs, tss  # type: ignore[arg-type]
+    if evs and not _columns_only(state, art_seqs, art_tss, evs):
         return False
-    if len(arts) < len(events):
+    if PinChanged in kinds:
         id_rows, row_seq = state.id_rows, state.seq
-        for seq, ev in zip(seqs, events):
-            if type(ev) is PinChanged:
-                i = id_rows.get(ev.artifact_id)
-                if i is not None and row_seq[i] < seq:
-                    apply_pin(state, seq, ev.artifact_id, ev.pinned)
+        for j in compress(range(len(types)), map(is_, types, repeat(PinChanged))):
+            seq, ev = seqs[j], events[j]
+            i = id_rows.get(ev.artifact_id)  # type: ignore[union-attr]
+            if i is not None and row_seq[i] < seq:
+                apply_pin(state, seq, ev.artifact_id, ev.pinned)  # type: ignore[union-attr]
     state.head_seq = seqs[-1]
     state.times.extend(tss)
     return True
@@ -562,10 +604,10 @@ def _columns_only(state: Catalog, seqs: Sequence[int], tss: Sequence[int], evs: 
     Returns False, having changed nothing, unless the column-wise path applies:
     fresh, distinct ids, plain labels and no live best tables.
     """
-    ids = [ev.artifact_id for ev in evs]
+    evl = evs if type(evs) is list else list(evs)
+    (ids, sizes, shas, pins, items, value_types, label_ends, names, values, metric_ends,
+     derived) = _columns(evl, state.label_off[-1], state.metric_off[-1])
     id_rows = state.id_rows
-    items = [it for ev in evs for it in ev.labels.items()]
-    value_types = set(map(type, [v for _, v in items]))
     if (state.best or bool in value_types or list in value_types or len(set(ids)) != len(ids)
             or not id_rows.keys().isdisjoint(ids)):
         return False
@@ -575,45 +617,45 @@ def _columns_only(state: Catalog, seqs: Sequence[int], tss: Sequence[int], evs: 
     id_rows.update(zip(ids, range(base, base + n)))
     state.seq.extend(seqs)
     state.ts.extend(tss)
-    state.size.extend([ev.size for ev in evs])
+    state.size.frombytes(sizes)
     str_ids, strs = state.str_ids, state.strs
-    evl = evs if type(evs) is list else list(evs)
     for col, attr in (("kind_s", "kind"), ("mime_s", "mime"), ("origin_s", "origin"), ("run_s", "run_id"),
                       ("graph_s", "graph_id"), ("node_s", "node_id"), ("project_s", "project_id"),
                       ("name_s", "name"), ("suggested_s", "suggested_uri")):
         getattr(state, col).frombytes(_intern(evl, attr, str_ids, strs))
-    shas = [ev.sha256 for ev in evs]
     state.sha += bytes.fromhex("".join(shas))
-    pins = bytes(bytearray(ev.pinned for ev in evs))
     state.pinned0 += pins
     state.pin_now += pins
     if state._by_sha is not None:
         for j, sha in enumerate(shas):
             state._by_sha[bytes.fromhex(sha)] = base + j
     # labels: a plain value is its own strict key, except floats (1.0 must stay apart from 1)
-    counts = [len(ev.labels) for ev in evs]
     if float in value_types:
         keys = [(k, ("f", v)) if type(v) is float else (k, v) for k, v in items]
     else:
         keys = items
     pair_ids = state.pair_ids
-    for key, it in dict(zip(keys, items)).items():
-        if key not in pair_ids:
-            pair_ids[key] = len(state.pairs)
-            _new_pair(state, it[0], it[1], it)
-    pids = list(map(pair_ids.__getitem__, keys))
-    state.label_pair.extend(pids)
-    state.label_off.extend(accumulate(counts, initial=state.label_off[-1]))
-    del state.label_off[-n - 1]  # accumulate() starts by repeating the previous end
-    mcounts = [len(ev.metrics) for ev in evs]
-    names = [k for ev in evs for k in ev.metrics]
+    codes, missing = _lookup(keys, pair_ids)
+    if missing:  # new pairs get ids in first-seen order
+        fixed = array("i")
+        fixed.frombytes(codes)
+        for j in missing:
+            key = keys[j]
+            p = pair_ids.get(key)
+            if p is None:
+                p = pair_ids[key] = len(state.pairs)
+                it = items[j]
+                _new_pair(state, it[0], it[1], it)
+            fixed[j] = p
+        state.label_pair.extend(fixed)
+    else:
+        state.label_pair.frombytes(codes)
+    state.label_off.frombytes(label_ends)
     state.metric_name.frombytes(_intern(names, None, str_ids, strs))
-    state.metric_val.extend([v for ev in evs for v in ev.metrics.values()])
-    state.metric_off.extend(accumulate(mcounts, initial=state.metric_off[-1]))
-    del state.metric_off[-n - 1]
-    for seq, ev in zip(seqs, evs):
-        if ev.derived_from:
-            record_parents(state, seq, ev.artifact_id, ev.derived_from)
+    state.metric_val.extend(values)
+    state.metric_off.frombytes(metric_ends)
+    for j in derived:
+        record_parents(state, seqs[j], ids[j], evl[j].derived_from)
     return True
 
 
