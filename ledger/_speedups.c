@@ -6,7 +6,7 @@
  * picks this module only when it imports and ARTIFACT_LEDGER_PURE_PYTHON is
  * not set, so nothing here may ever be the only place a rule lives.
  *
- * Needs: CPython headers, OpenSSL's libcrypto (one-shot SHA256()), gcc.
+ * Needs: CPython headers, OpenSSL's libcrypto (SHA-256 through EVP), gcc.
  * CRC32C uses SSE4.2's crc32 instruction when the CPU has it (checked at
  * import time), else a table; both are in this file.
  */
@@ -14,7 +14,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
-#include <openssl/sha.h>
+#include <openssl/evp.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <nmmintrin.h>
@@ -114,6 +114,19 @@ static inline uint64_t le64(const unsigned char *p)
     return v;
 }
 
+/* ------------------------------------------------------------------ SHA-256 */
+
+/* Fetched once: OpenSSL 3's one-shot SHA256() fetches the algorithm (under a global lock) on every
+ * call, which measured 60 ms per 100,000 records of 430 bytes here against 33 ms for a reused
+ * context with the digest fetched once. */
+static EVP_MD *sha256_md;
+
+static int sha256(EVP_MD_CTX *ctx, const unsigned char *p, size_t n, unsigned char *out)
+{
+    return EVP_DigestInit_ex2(ctx, sha256_md, NULL) && EVP_DigestUpdate(ctx, p, n)
+           && EVP_DigestFinal_ex(ctx, out, NULL);
+}
+
 /* ------------------------------------------------------------------ scan_chain */
 
 typedef struct {
@@ -138,7 +151,7 @@ typedef struct {
 /* Check up to max records from pos; fills out[], returns how many, updates *pos and *c.
  * Runs without the GIL: touches only buf (whose length bounds every read) and plain C memory. */
 static Py_ssize_t scan_some(const unsigned char *buf, Py_ssize_t end, Py_ssize_t *pos_io, chain *c, int v1,
-                            scanned *out, Py_ssize_t max)
+                            scanned *out, Py_ssize_t max, EVP_MD_CTX *ctx, int *sha_failed)
 {
     Py_ssize_t pos = *pos_io, n = 0;
     const uint32_t head = v1 ? AL_HEAD_V1 : AL_HEAD_V2;
@@ -180,7 +193,11 @@ static Py_ssize_t scan_some(const unsigned char *buf, Py_ssize_t end, Py_ssize_t
         s->seq = seq;
         s->ts = ts;
         s->bf = bf;
-        SHA256(body, length, s->hash);
+        if (!sha256(ctx, body, length, s->hash)) {
+            *sha_failed = 1;
+            n--;
+            break;
+        }
         memcpy(c->prev, s->hash, 32);
         if (c->next_seq == UINT64_MAX)
             c->seq_exhausted = 1;
@@ -290,10 +307,14 @@ static PyObject *scan_chain(PyObject *Py_UNUSED(self), PyObject *const *args, Py
     if (out == NULL)
         return NULL;
     scanned *tmp = PyMem_Malloc(sizeof(scanned) * AL_SUBCHUNK);
-    if (tmp == NULL) {
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();  /* one per call: the scan runs without the GIL */
+    if (tmp == NULL || ctx == NULL) {
+        PyMem_Free(tmp);
+        EVP_MD_CTX_free(ctx);
         Py_DECREF(out);
         return PyErr_NoMemory();
     }
+    int sha_failed = 0;
     /* The previous record's hash object: record k's prev_hash is record k-1's hash (equal bytes). */
     PyObject *prev_hash = Py_NewRef(prev_o);
     Py_ssize_t count = 0;
@@ -302,8 +323,12 @@ static PyObject *scan_chain(PyObject *Py_UNUSED(self), PyObject *const *args, Py
         Py_ssize_t got;
         /* The buffer is an immutable bytes object we hold a reference to. */
         Py_BEGIN_ALLOW_THREADS
-        got = scan_some(buf, end, &pos, &c, v1, tmp, want);
+        got = scan_some(buf, end, &pos, &c, v1, tmp, want, ctx, &sha_failed);
         Py_END_ALLOW_THREADS
+        if (sha_failed) {
+            PyErr_SetString(PyExc_RuntimeError, "SHA-256 failed in libcrypto");
+            goto fail;
+        }
         for (Py_ssize_t k = 0; k < got; k++) {
             scanned *s = &tmp[k];
             PyObject *rec = rtype->tp_alloc(rtype, 9);
@@ -344,6 +369,7 @@ static PyObject *scan_chain(PyObject *Py_UNUSED(self), PyObject *const *args, Py
     }
     Py_XDECREF(prev_hash);
     PyMem_Free(tmp);
+    EVP_MD_CTX_free(ctx);
     PyObject *pos_o = PyLong_FromSsize_t(pos);
     if (pos_o == NULL) {
         Py_DECREF(out);
@@ -356,6 +382,7 @@ static PyObject *scan_chain(PyObject *Py_UNUSED(self), PyObject *const *args, Py
 fail:
     Py_XDECREF(prev_hash);
     PyMem_Free(tmp);
+    EVP_MD_CTX_free(ctx);
     Py_DECREF(out);
     return NULL;
 }
@@ -451,6 +478,15 @@ static PyObject *group_rows(PyObject *Py_UNUSED(self), PyObject *args, PyObject 
         }
         n = len;
     }
+    for (int i = 0; i < nk; i++) {
+        const int32_t *col = bufs[i].buf;
+        for (Py_ssize_t j = 0; j < n; j++) {
+            if (col[j] < 0) {
+                PyErr_SetString(PyExc_ValueError, "codes must be >= 0");
+                goto done;
+            }
+        }
+    }
     /* rowof[j]: the row of item j (base + j, or found through the offsets). */
     rowof = PyMem_Malloc(sizeof(Py_ssize_t) * (n ? n : 1));
     if (rowof == NULL) {
@@ -510,8 +546,12 @@ static PyObject *group_rows(PyObject *Py_UNUSED(self), PyObject *args, PyObject 
             long v = PyLong_AsLong(PyList_GET_ITEM(remap, c));
             if (v == -1 && PyErr_Occurred())
                 goto done;
-            if (v > INT32_MAX || v < INT32_MIN) {
+            if (v > INT32_MAX) {
                 PyErr_SetString(PyExc_OverflowError, "remapped code does not fit a C int");
+                goto done;
+            }
+            if (v < 0) {
+                PyErr_SetString(PyExc_ValueError, "codes must be >= 0");
                 goto done;
             }
             codes[j] = (int32_t)v;
@@ -938,6 +978,11 @@ PyMODINIT_FUNC PyInit__speedups(void)
         crc_hw = 1;
     }
 #endif
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    if (sha256_md == NULL) {
+        PyErr_SetString(PyExc_ImportError, "libcrypto has no SHA-256");
+        return NULL;
+    }
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;

@@ -228,7 +228,10 @@ def decode_events(payloads: list[bytes]) -> list[Event] | None:
     n = len(payloads)
     # A msgpack array32 header followed by the payloads is exactly a list of events.
     try:
-        events = _list_decoder.decode(b"\xdd" + n.to_bytes(4, "big") + b"".join(payloads))
+        # One join (prepending the header to the joined payloads would copy them all a second time).
+        parts = [b"\xdd" + n.to_bytes(4, "big")]
+        parts += payloads
+        events = _list_decoder.decode(b"".join(parts))
     except msgspec.DecodeError:
         return None
     if len(events) != n:
