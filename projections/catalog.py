@@ -565,12 +565,15 @@ def _append_deferred(state: Catalog, seqs: Sequence[int], tss: Sequence[int], ev
     if not kinds <= {ArtifactRecorded, PinChanged}:
         return False  # lifecycle events are folded one by one, against current indexes
     # Split by type at C speed (map/compress), not in a Python loop per event.
+    art_seqs: Sequence[int]
+    art_tss: Sequence[int]
     if PinChanged in kinds:
         is_art = list(map(is_, types, repeat(ArtifactRecorded)))
         evs: list[ArtifactRecorded] = list(compress(events, is_art))  # type: ignore[arg-type]
         art_seqs, art_tss = list(compress(seqs, is_art)), list(compress(tss, is_art))
     else:
-        evs, art_seqs, art_tss = list(events), seqs, tss  # type: ignore[arg-type]
+        evs = list(events)  # type: ignore[arg-type]
+        art_seqs, art_tss = seqs, tss
     if evs and not _columns_only(state, art_seqs, art_tss, evs):
         return False
     if PinChanged in kinds:

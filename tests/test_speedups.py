@@ -216,7 +216,7 @@ def test_c_scan_chain_follows_a_long_chain_in_chunks(c, payloads, limit):
 
 
 def _chain(first, n, prev=GENESIS_HASH, version=2, batch_of=lambda k, seq: seq):
-    buf, bf = b"", None
+    buf = b""
     for k in range(n):
         seq = (first + k) % 2**64
         if version == 1:
