@@ -22,7 +22,7 @@ from ..ledger.backends import (DEFAULT_SEGMENT_BYTES, MIN_SEGMENT_BYTES, directo
                                open_file_log, open_log_url)
 from ..ledger.base import EventLog, RecordSink
 from ..ledger.errors import BlobCollected, LedgerClosed, LedgerCorruption, ReadOnlyError, RecordsLost
-from ..ledger.events import Event, EventDecodeError, decode_event, decode_events
+from ..ledger.events import Event, EventDecodeError, decode_event, decode_event_array, decode_events
 from ..ledger.framing import Record
 from ..ledger.group_commit import GroupCommitLog
 from ..ledger.lockfile import DEFAULT_LOCK_TIMEOUT, check_lock_timeout
@@ -791,10 +791,22 @@ def _replay(led: Ledger, *, accept_loss: bool, progress: Callable[[int, int], No
             apply_records(led.catalog, pending)
             pending.clear()
 
+    def on_payloads(joined: bytes, seqs: list[int], tss: list[int]) -> bool:
+        # A scanned chunk as one msgpack array: folded without a Record per record, or refused
+        # (False, nothing changed) so that the log hands over the same records as Records.
+        events = decode_event_array(joined, len(seqs))
+        if events is None:
+            return False
+        if pending:  # records handed over one by one before this chunk come first
+            apply_records(led.catalog, pending)
+            pending.clear()
+        apply_decoded(led.catalog, seqs, tss, events)
+        return True
+
     # Indexes are built once, after the last record, instead of extended batch by batch.
     led.catalog.defer_indexes()
     try:
-        led._ckpt_seq = log.open(RecordSink(on_record, on_records), restore, accept_loss=accept_loss,
+        led._ckpt_seq = log.open(RecordSink(on_record, on_records, on_payloads), restore, accept_loss=accept_loss,
                                  progress=progress)
         apply_records(led.catalog, pending)
         led.catalog.build_indexes()

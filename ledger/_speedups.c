@@ -246,12 +246,55 @@ PyDoc_STRVAR(scan_chain_doc,
 "--\n\n"
 "framing.scan_chain in C (record_type: framing.Record); buf must be bytes.");
 
-static PyObject *scan_chain(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
+/* Payload mode: what replay folds, without a Record per record (see scan_payloads). */
+typedef struct {
+    PyObject *seqs, *tss, *marks;
+    char *pay;              /* msgpack array32 header, then the payloads back to back */
+    size_t pay_len, pay_cap;
+    long long sparse_every;
+    scanned last;
+    unsigned char last_prev[32], cur_prev[32];
+    Py_ssize_t count, pos;
+} payloads;
+
+static int payload_add(payloads *p, const unsigned char *buf, const scanned *s, Py_ssize_t head, long long base)
 {
-    if (nargs != 10) {
-        PyErr_SetString(PyExc_TypeError, "scan_chain takes 10 arguments");
-        return NULL;
+    size_t len = (size_t)s->length - (size_t)head;
+    if (p->pay_len + len > p->pay_cap) {
+        size_t cap = p->pay_cap * 2;
+        while (cap < p->pay_len + len)
+            cap *= 2;
+        char *grown = PyMem_Realloc(p->pay, cap);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        p->pay = grown;
+        p->pay_cap = cap;
     }
+    memcpy(p->pay + p->pay_len, buf + s->pos + AL_FRAME + head, len);
+    p->pay_len += len;
+    PyObject *q = PyLong_FromUnsignedLongLong(s->seq), *t = PyLong_FromLongLong(s->ts);
+    int err = q == NULL || t == NULL || PyList_Append(p->seqs, q) < 0 || PyList_Append(p->tss, t) < 0;
+    Py_XDECREF(t);
+    if (!err && s->seq % (uint64_t)p->sparse_every == 1) {
+        PyObject *off = PyLong_FromLongLong(base + (long long)s->pos);
+        PyObject *mark = off == NULL ? NULL : PyTuple_Pack(2, q, off);
+        err = mark == NULL || PyList_Append(p->marks, mark) < 0;
+        Py_XDECREF(mark);
+        Py_XDECREF(off);
+    }
+    Py_XDECREF(q);
+    if (err)
+        return -1;
+    memcpy(p->last_prev, p->cur_prev, 32);
+    memcpy(p->cur_prev, s->hash, 32);
+    p->last = *s;
+    return 0;
+}
+
+static PyObject *scan_common(PyObject *const *args, payloads *pm)
+{
     PyObject *rtype_o = args[0], *buf_o = args[1], *segment = args[3], *prev_o = args[6], *bf_o = args[9];
     if (!PyType_Check(rtype_o) || !PyType_IsSubtype((PyTypeObject *)rtype_o, &PyTuple_Type)
         || ((PyTypeObject *)rtype_o)->tp_basicsize != PyTuple_Type.tp_basicsize) {
@@ -303,6 +346,8 @@ static PyObject *scan_chain(PyObject *Py_UNUSED(self), PyObject *const *args, Py
     const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(buf_o);
     Py_ssize_t end = PyBytes_GET_SIZE(buf_o);
     const Py_ssize_t head = v1 ? AL_HEAD_V1 : AL_HEAD_V2;
+    if (pm != NULL)
+        memcpy(pm->cur_prev, c.prev, 32);
     PyObject *out = PyList_New(0);
     if (out == NULL)
         return NULL;
@@ -331,6 +376,11 @@ static PyObject *scan_chain(PyObject *Py_UNUSED(self), PyObject *const *args, Py
         }
         for (Py_ssize_t k = 0; k < got; k++) {
             scanned *s = &tmp[k];
+            if (pm != NULL) {
+                if (payload_add(pm, buf, s, head, base) < 0)
+                    goto fail;
+                continue;
+            }
             PyObject *rec = rtype->tp_alloc(rtype, 9);
             if (rec == NULL)
                 goto fail;
@@ -370,10 +420,46 @@ static PyObject *scan_chain(PyObject *Py_UNUSED(self), PyObject *const *args, Py
     Py_XDECREF(prev_hash);
     PyMem_Free(tmp);
     EVP_MD_CTX_free(ctx);
+    if (pm != NULL && count > 0) {
+        /* The last record, whole: the log takes its head from it. */
+        scanned *s = &pm->last;
+        PyObject *rec = rtype->tp_alloc(rtype, 9);
+        if (rec == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(rec, 0, PyLong_FromUnsignedLongLong(s->seq));
+        PyTuple_SET_ITEM(rec, 1, PyLong_FromLongLong(s->ts));
+        PyTuple_SET_ITEM(rec, 2, PyBytes_FromStringAndSize((const char *)pm->last_prev, 32));
+        PyTuple_SET_ITEM(rec, 3, PyBytes_FromStringAndSize((const char *)s->hash, 32));
+        PyTuple_SET_ITEM(rec, 4, PyBytes_FromStringAndSize((const char *)buf + s->pos + AL_FRAME + head,
+                                                           (Py_ssize_t)s->length - head));
+        PyTuple_SET_ITEM(rec, 5, Py_NewRef(segment));
+        PyTuple_SET_ITEM(rec, 6, PyLong_FromLongLong(base + (long long)s->pos));
+        PyTuple_SET_ITEM(rec, 7, PyLong_FromLongLong(AL_FRAME + (long long)s->length));
+        PyTuple_SET_ITEM(rec, 8, PyLong_FromUnsignedLongLong(s->bf));
+        for (int i = 0; i < 9; i++) {
+            if (PyTuple_GET_ITEM(rec, i) == NULL) {
+                Py_DECREF(rec);
+                Py_DECREF(out);
+                return NULL;
+            }
+        }
+        int err = PyList_Append(out, rec);
+        Py_DECREF(rec);
+        if (err < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
     PyObject *pos_o = PyLong_FromSsize_t(pos);
     if (pos_o == NULL) {
         Py_DECREF(out);
         return NULL;
+    }
+    if (pm != NULL) {
+        pm->count = count;
+        pm->pos = pos;
     }
     PyObject *res = PyTuple_Pack(2, out, pos_o);
     Py_DECREF(out);
@@ -385,6 +471,77 @@ fail:
     EVP_MD_CTX_free(ctx);
     Py_DECREF(out);
     return NULL;
+}
+
+static PyObject *scan_chain(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "scan_chain takes 10 arguments");
+        return NULL;
+    }
+    return scan_common(args, NULL);
+}
+
+PyDoc_STRVAR(scan_payloads_doc,
+"scan_payloads(record_type, buf, pos, segment, base, next_seq, prev_hash, limit, version, batch_first,\n"
+"              sparse_every)\n"
+"--\n\n"
+"framing.py_scan_payloads in C: scan_chain's records as what replay folds.");
+
+static PyObject *scan_payloads(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "scan_payloads takes 11 arguments");
+        return NULL;
+    }
+    payloads pm;
+    memset(&pm, 0, sizeof pm);
+    pm.sparse_every = PyLong_AsLongLong(args[10]);
+    if (pm.sparse_every == -1 && PyErr_Occurred())
+        return NULL;
+    if (pm.sparse_every < 1) {
+        PyErr_SetString(PyExc_ValueError, "sparse_every must be >= 1");
+        return NULL;
+    }
+    PyObject *res = NULL, *scanned_res = NULL, *joined = NULL;
+    pm.seqs = PyList_New(0);
+    pm.tss = PyList_New(0);
+    pm.marks = PyList_New(0);
+    pm.pay_cap = 1 << 16;
+    pm.pay = PyMem_Malloc(pm.pay_cap);
+    if (pm.seqs == NULL || pm.tss == NULL || pm.marks == NULL || pm.pay == NULL) {
+        if (pm.pay == NULL)
+            PyErr_NoMemory();
+        goto done;
+    }
+    pm.pay_len = 5;  /* room for the msgpack array32 header */
+    scanned_res = scan_common(args, &pm);
+    if (scanned_res == NULL)
+        goto done;
+    if (pm.count > UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "too many records for one msgpack array");
+        goto done;
+    }
+    uint32_t n32 = (uint32_t)pm.count;
+    pm.pay[0] = (char)0xdd;
+    pm.pay[1] = (char)(n32 >> 24);
+    pm.pay[2] = (char)(n32 >> 16);
+    pm.pay[3] = (char)(n32 >> 8);
+    pm.pay[4] = (char)n32;
+    joined = PyBytes_FromStringAndSize(pm.pay, (Py_ssize_t)pm.pay_len);
+    if (joined == NULL)
+        goto done;
+    PyObject *recs = PyTuple_GET_ITEM(scanned_res, 0);
+    PyObject *last = PyList_GET_SIZE(recs) ? PyList_GET_ITEM(recs, 0) : Py_None;
+    res = Py_BuildValue("(nnOOOOO)", pm.count, pm.pos, joined, pm.seqs, pm.tss, pm.marks, last);
+done:
+    Py_XDECREF(scanned_res);
+    Py_XDECREF(joined);
+    Py_XDECREF(pm.seqs);
+    Py_XDECREF(pm.tss);
+    Py_XDECREF(pm.marks);
+    PyMem_Free(pm.pay);
+    return res;
 }
 
 /* ------------------------------------------------------------------ crc32c (for the tests) */
@@ -478,15 +635,6 @@ static PyObject *group_rows(PyObject *Py_UNUSED(self), PyObject *args, PyObject 
         }
         n = len;
     }
-    for (int i = 0; i < nk; i++) {
-        const int32_t *col = bufs[i].buf;
-        for (Py_ssize_t j = 0; j < n; j++) {
-            if (col[j] < 0) {
-                PyErr_SetString(PyExc_ValueError, "codes must be >= 0");
-                goto done;
-            }
-        }
-    }
     /* rowof[j]: the row of item j (base + j, or found through the offsets). */
     rowof = PyMem_Malloc(sizeof(Py_ssize_t) * (n ? n : 1));
     if (rowof == NULL) {
@@ -546,12 +694,8 @@ static PyObject *group_rows(PyObject *Py_UNUSED(self), PyObject *args, PyObject 
             long v = PyLong_AsLong(PyList_GET_ITEM(remap, c));
             if (v == -1 && PyErr_Occurred())
                 goto done;
-            if (v > INT32_MAX) {
+            if (v > INT32_MAX || v < INT32_MIN) {
                 PyErr_SetString(PyExc_OverflowError, "remapped code does not fit a C int");
-                goto done;
-            }
-            if (v < 0) {
-                PyErr_SetString(PyExc_ValueError, "codes must be >= 0");
                 goto done;
             }
             codes[j] = (int32_t)v;
@@ -948,6 +1092,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"scan_chain", (PyCFunction)(void (*)(void))scan_chain, METH_FASTCALL, scan_chain_doc},
+    {"scan_payloads", (PyCFunction)(void (*)(void))scan_payloads, METH_FASTCALL, scan_payloads_doc},
     {"crc32c", (PyCFunction)(void (*)(void))crc32c_py, METH_VARARGS | METH_KEYWORDS, crc32c_doc},
     {"group_rows", (PyCFunction)(void (*)(void))group_rows, METH_VARARGS | METH_KEYWORDS, group_rows_doc},
     {"intern", (PyCFunction)(void (*)(void))intern_codes, METH_FASTCALL, intern_doc},

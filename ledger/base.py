@@ -18,19 +18,26 @@ from .framing import Record
 OnRecord = Callable[[Record], None]
 
 
+# folded(payloads as one msgpack array, seqs, commit times) -> True, or False (nothing changed) to be
+# handed the same records as Records instead.
+OnPayloads = Callable[[bytes, list[int], list[int]], bool]
+
+
 class RecordSink:
     """An ``on_record`` callback that also takes a whole scanned chunk of records in one call.
 
     The segment log hands each chunk it scanned to ``many`` (replay's fast path: no Python call
-    per record); every other reader calls it once per record, which goes to ``one``. Both must
-    have the same effect for the same records in the same order.
+    per record), or, when ``payloads`` is given, first offers it the chunk's payloads, seqs and
+    commit times without making a Record for each; every other reader calls it once per record,
+    which goes to ``one``. All must have the same effect for the same records in the same order.
     """
 
-    __slots__ = ("one", "many")
+    __slots__ = ("one", "many", "payloads")
 
-    def __init__(self, one: OnRecord, many: Callable[[list[Record]], None]) -> None:
+    def __init__(self, one: OnRecord, many: Callable[[list[Record]], None], payloads: OnPayloads | None = None):
         self.one = one
         self.many = many
+        self.payloads = payloads
 
     def __call__(self, rec: Record) -> None:
         self.one(rec)

@@ -227,11 +227,16 @@ def decode_events(payloads: list[bytes]) -> list[Event] | None:
     """Decode many payloads in one call; None if any is bad (decode them one by one to find it)."""
     n = len(payloads)
     # A msgpack array32 header followed by the payloads is exactly a list of events.
+    # One join (prepending the header to the joined payloads would copy them all a second time).
+    parts = [b"\xdd" + n.to_bytes(4, "big")]
+    parts += payloads
+    return decode_event_array(b"".join(parts), n)
+
+
+def decode_event_array(data: bytes, n: int) -> list[Event] | None:
+    """Decode a msgpack array of ``n`` current-version events in one call; None if any is bad or old."""
     try:
-        # One join (prepending the header to the joined payloads would copy them all a second time).
-        parts = [b"\xdd" + n.to_bytes(4, "big")]
-        parts += payloads
-        events = _list_decoder.decode(b"".join(parts))
+        events = _list_decoder.decode(data)
     except msgspec.DecodeError:
         return None
     if len(events) != n:

@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 
 from ..store.durable import fsync_dir as _fsync_dir
 
-from .base import BatchFailed, deliver
+from .base import BatchFailed, RecordSink, deliver
 from .errors import LedgerCorruption, LedgerPoisoned, ReadOnlyError, RecordsLost
 from .lockfile import DEFAULT_LOCK_TIMEOUT, LogLock
 from .framing import (
@@ -43,6 +43,7 @@ from .framing import (
     read_record,
     read_segment_header,
     scan_chain,
+    scan_payloads,
 )
 
 SEGMENT_SUFFIX = ".seg"
@@ -345,21 +346,41 @@ class SegmentLog:
         buf = os.pread(self._seg_fd, size - base, base)
         n = len(buf)
         pos = 0
+        name = segment_name(self._seg_first)
+        folds = on_record.payloads if type(on_record) is RecordSink else None
         while pos < n:
-            recs, pos = scan_chain(buf, pos, segment_name(self._seg_first), base, self.head_seq + 1,
+            if folds is not None:
+                # Replay's fast path: the chunk's payloads in one msgpack array, no Record per record.
+                count, stop, joined, seqs, tss, marks, last = scan_payloads(
+                    buf, pos, name, base, self.head_seq + 1, self.head_hash, SCAN_CHUNK, self._seg_version,
+                    self._head_batch, SPARSE_EVERY)
+                if last is None:
+                    return False
+                if folds(joined, seqs, tss):
+                    self._sparse += [(seq, self._seg_first, off) for seq, off in marks]
+                    pos = stop
+                    self._took(last, base, pos)
+                    if count < SCAN_CHUNK and pos < n:
+                        return False
+                    continue
+                # Not foldable that way (an old event version, a bad payload): the same records as Records.
+            recs, pos = scan_chain(buf, pos, name, base, self.head_seq + 1,
                                    self.head_hash, SCAN_CHUNK, self._seg_version, self._head_batch)
             if not recs:
                 return False
             deliver(on_record, recs)
             self._note_sparse(recs)
-            last = recs[-1]
-            self.head_seq, self.head_hash, self.head_ts = last.seq, last.hash, last.ts_us
-            self._head_batch = last.batch_first
-            self._end = base + pos
-            self._head_at = (self._seg_first, last.offset, self._end)
+            self._took(recs[-1], base, pos)
             if len(recs) < SCAN_CHUNK and pos < n:
                 return False
         return n == size - base
+
+    def _took(self, last: Record, base: int, pos: int) -> None:
+        """Make ``last`` (ending at ``pos`` of a buffer read from file offset ``base``) the head."""
+        self.head_seq, self.head_hash, self.head_ts = last.seq, last.hash, last.ts_us
+        self._head_batch = last.batch_first
+        self._end = base + pos
+        self._head_at = (self._seg_first, last.offset, self._end)
 
     def _note_sparse(self, recs: list[Record]) -> None:
         """Add the sparse-index entries of a chunk of consecutive records (every seq = 1 mod SPARSE_EVERY)."""

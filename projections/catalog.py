@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
-from itertools import accumulate, compress, filterfalse, repeat
-from operator import attrgetter, is_
+from itertools import accumulate, chain, compress, filterfalse, islice, repeat
+from operator import attrgetter, gt, is_, sub
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Iterable, NamedTuple
 
@@ -456,13 +456,14 @@ def _py_lookup(values: list[Any], table: dict[Any, int]) -> tuple[bytes, list[in
 
 
 def _py_group_rows(cols: tuple[Sequence[int], ...], base: int, off: Sequence[int] | None = None,
-                   remap: Sequence[int] | None = None) -> list[tuple[Any, bytes]]:
-    """Group items by their codes: [(key, its items' rows as C-int bytes, ascending), ...], keys first-seen first.
+                   remap: Sequence[int] | None = None) -> list[tuple[Any, array]]:
+    """Group items by their codes: [(key, its items' rows, ascending), ...], keys first-seen first.
 
-    ``cols`` holds 1 to 3 equally long columns of codes (>= 0); an item's key is its code (one
-    column, through ``remap[code]`` when given) or the tuple of its codes. Item ``j`` belongs to row
-    ``base + j``, or, with ``off`` (ascending, ``off[i]..off[i+1]`` the items of row ``base + i``),
-    to the row whose span holds it. The C extension's ``group_rows`` is the fast twin.
+    ``cols`` holds 1 to 3 equally long columns of codes (C ints); an item's key is its code (one
+    column, through ``remap[code]`` when given: an IndexError unless 0 <= code < len(remap)) or the
+    tuple of its codes. Item ``j`` belongs to row ``base + j``, or, with ``off`` (ascending,
+    ``off[i]..off[i+1]`` the items of row ``base + i``), to the row whose span holds it. The C
+    extension's ``group_rows`` is the fast twin (its rows are C ints as bytes, not arrays).
     """
     if not 1 <= len(cols) <= 3:
         raise ValueError("cols must hold 1 to 3 columns")
@@ -471,36 +472,48 @@ def _py_group_rows(cols: tuple[Sequence[int], ...], base: int, off: Sequence[int
     n = len(cols[0])
     if any(len(c) != n for c in cols):
         raise ValueError("columns differ in length")
-    if n and min(min(c) for c in cols) < 0:
-        raise ValueError("codes must be >= 0")
     rows: Sequence[int]
     if off is None:
         rows = range(base, base + n)
     else:
         if len(off) < 1 or off[-1] - off[0] != n:
             raise ValueError("off must span exactly the items of the columns")
-        if any(b < a for a, b in zip(off, off[1:])):
+        if any(map(gt, off, islice(off, 1, None))):
             raise ValueError("off must be ascending")
-        rows = [base + i for i in range(len(off) - 1) for _ in range(off[i + 1] - off[i])]
+        # Row base + i repeated once per item of its span, at C speed.
+        rows = list(chain.from_iterable(map(repeat, range(base, base + len(off) - 1),
+                                            map(sub, islice(off, 1, None), off))))
     if len(cols) == 1:
-        codes: Sequence[int] = cols[0] if remap is None else list(map(remap.__getitem__, cols[0]))
-        if remap is not None and n and min(codes) < 0:
-            raise ValueError("codes must be >= 0")
-        return [(c, array("i", g).tobytes()) for c, g in _groups(codes, rows).items()]
-    # Small integers hash far faster than tuples: code the key as one number, decode it per group.
-    width = max(max(c, default=0) for c in cols) + 1
+        codes: Sequence[int] = cols[0]
+        if remap is not None:
+            if n and min(codes) < 0:
+                raise IndexError("list index out of range")  # a negative index would count from the end
+            codes = list(map(remap.__getitem__, codes))
+            if n and (min(codes) < -(1 << 31) or max(codes) >= 1 << 31):
+                raise OverflowError("remapped code does not fit a C int")
+        return [(c, array("i", g)) for c, g in _groups(codes, rows).items()]
+    # Small integers hash far faster than tuples: the key as one number (32 bits per code, two's
+    # complement), decoded once per group.
     if len(cols) == 2:
         a, b = cols
-        keyed = _groups([x * width + y for x, y in zip(a, b)], rows)
-        return [((k // width, k % width), array("i", g).tobytes()) for k, g in keyed.items()]
+        keyed = _groups([(x & _M32) << 32 | (y & _M32) for x, y in zip(a, b)], rows)
+        return [((_signed(k >> 32), _signed(k & _M32)), array("i", g)) for k, g in keyed.items()]
     a, b, c3 = cols
-    keyed = _groups([(x * width + y) * width + z for x, y, z in zip(a, b, c3)], rows)
-    return [((k // width // width, k // width % width, k % width), array("i", g).tobytes()) for k, g in keyed.items()]
+    keyed = _groups([((x & _M32) << 32 | (y & _M32)) << 32 | (z & _M32) for x, y, z in zip(a, b, c3)], rows)
+    return [((_signed(k >> 64), _signed(k >> 32 & _M32), _signed(k & _M32)), array("i", g)) for k, g in keyed.items()]
 
 
-def _groups(codes: Sequence[int], rows: Sequence[int]) -> dict[int, list[int]]:
+_M32 = 0xFFFFFFFF
+
+
+def _signed(u: int) -> int:
+    """A 32-bit two's complement pattern as the C int it holds."""
+    return u - (1 << 32) if u >= 1 << 31 else u
+
+
+def _groups(codes: Sequence[Any], rows: Sequence[int]) -> dict[Any, list[int]]:
     """rows grouped by code, in one pass (beats sorting by code), groups in first-seen order."""
-    groups: dict[int, list[int]] = {}
+    groups: dict[Any, list[int]] = {}
     get = groups.get
     for r, c in zip(rows, codes):
         grp = get(c)
@@ -534,7 +547,7 @@ def _py_columns(evs: list[ArtifactRecorded], label_start: int,
 if _native is not None:
     _columns: Callable[[list[ArtifactRecorded], int, int], tuple] = _native.columns
     _intern: Callable[[list[Any], str | None, dict[Any, int], list[Any]], bytes] = _native.intern
-    _group_rows: Callable[..., list[tuple[Any, bytes]]] = _native.group_rows
+    _group_rows: Callable[..., list[tuple[Any, Any]]] = _native.group_rows
     _lookup: Callable[[list[Any], dict[Any, int]], tuple[bytes, list[int]]] = _native.lookup
 else:
     _lookup = _py_lookup
@@ -543,14 +556,24 @@ else:
     _group_rows = _py_group_rows
 
 
-def _extend_index(index: dict, groups: list[tuple[Any, bytes]], key_of: Callable[[Any], Any]) -> None:
-    """Append each group's rows (C ints as bytes) to ``index[key_of(code)]``; the key is built once per group."""
+def _extend_index(index: dict, groups: list[tuple[Any, Any]], key_of: Callable[[Any], Any]) -> None:
+    """Append each group's rows (an array('i'), or C ints as bytes) to ``index[key_of(code)]``.
+
+    The key is built once per group.
+    """
     for code, rows in groups:
         key = key_of(code)
         lst = index.get(key)
-        if lst is None:
-            lst = index[key] = array("i")
-        lst.frombytes(rows)
+        if type(rows) is array:
+            if lst is None:
+                index[key] = rows
+            else:
+                lst.extend(rows)
+        elif lst is None:
+            index[key] = lst = array("i")
+            lst.frombytes(rows)
+        else:
+            lst.frombytes(rows)
 
 
 def _append_deferred(state: Catalog, seqs: Sequence[int], tss: Sequence[int], events: Sequence[Event]) -> bool:
