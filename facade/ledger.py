@@ -12,7 +12,7 @@ from operator import attrgetter
 from datetime import datetime, timedelta, timezone
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Generator, Iterable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Generator, Iterable, Sequence
 
 import anyio
 import anyio.to_thread
@@ -791,7 +791,7 @@ def _replay(led: Ledger, *, accept_loss: bool, progress: Callable[[int, int], No
             apply_records(led.catalog, pending)
             pending.clear()
 
-    def on_payloads(joined: bytes, seqs: list[int], tss: list[int]) -> bool:
+    def on_payloads(joined: bytes, seqs: Sequence[int], tss: Sequence[int]) -> bool:
         # A scanned chunk as one msgpack array: folded without a Record per record, or refused
         # (False, nothing changed) so that the log hands over the same records as Records.
         events = decode_event_array(joined, len(seqs))

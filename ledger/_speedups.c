@@ -12,6 +12,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 #include <openssl/evp.h>
@@ -93,6 +94,38 @@ static uint32_t (*crc_update)(uint32_t, const unsigned char *, size_t) = crc_por
 static int crc_hw = 0;
 
 /* ------------------------------------------------------------------ helpers */
+
+/* getattr(obj, name) for many objects of one type: a plain slot (a member descriptor, as msgspec
+ * Structs have, found through the generic lookup) is read at its offset, which is what
+ * PyObject_GenericGetAttr would do after finding the same descriptor; anything else, or an unset
+ * slot, goes through PyObject_GetAttr. */
+typedef struct {
+    PyTypeObject *type;     /* the type the offset is for (kept alive by the objects being read) */
+    Py_ssize_t offset;      /* -1: no plain slot */
+} attr_slot;
+
+static PyObject *get_attr(PyObject *obj, PyObject *name, attr_slot *c)
+{
+    PyTypeObject *t = Py_TYPE(obj);
+    if (t != c->type) {
+        c->type = t;
+        c->offset = -1;
+        if (t->tp_getattro == PyObject_GenericGetAttr) {
+            PyObject *d = _PyType_Lookup(t, name);  /* borrowed */
+            if (d != NULL && Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+                PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+                if ((m->type == T_OBJECT_EX || m->type == T_OBJECT) && !(m->flags & PY_AUDIT_READ))
+                    c->offset = m->offset;
+            }
+        }
+    }
+    if (c->offset >= 0) {
+        PyObject *v = *(PyObject **)((char *)obj + c->offset);
+        if (v != NULL)
+            return Py_NewRef(v);
+    }
+    return PyObject_GetAttr(obj, name);
+}
 
 static inline uint32_t le32(const unsigned char *p)
 {
@@ -248,9 +281,11 @@ PyDoc_STRVAR(scan_chain_doc,
 
 /* Payload mode: what replay folds, without a Record per record (see scan_payloads). */
 typedef struct {
-    PyObject *seqs, *tss, *marks;
+    PyObject *marks;
     char *pay;              /* msgpack array32 header, then the payloads back to back */
     size_t pay_len, pay_cap;
+    int64_t *sq, *tq;       /* seqs and commit times, as array('q') holds them */
+    size_t nq, q_cap;
     long long sparse_every;
     scanned last;
     unsigned char last_prev[32], cur_prev[32];
@@ -274,19 +309,35 @@ static int payload_add(payloads *p, const unsigned char *buf, const scanned *s, 
     }
     memcpy(p->pay + p->pay_len, buf + s->pos + AL_FRAME + head, len);
     p->pay_len += len;
-    PyObject *q = PyLong_FromUnsignedLongLong(s->seq), *t = PyLong_FromLongLong(s->ts);
-    int err = q == NULL || t == NULL || PyList_Append(p->seqs, q) < 0 || PyList_Append(p->tss, t) < 0;
-    Py_XDECREF(t);
-    if (!err && s->seq % (uint64_t)p->sparse_every == 1) {
-        PyObject *off = PyLong_FromLongLong(base + (long long)s->pos);
-        PyObject *mark = off == NULL ? NULL : PyTuple_Pack(2, q, off);
-        err = mark == NULL || PyList_Append(p->marks, mark) < 0;
-        Py_XDECREF(mark);
-        Py_XDECREF(off);
-    }
-    Py_XDECREF(q);
-    if (err)
+    if (s->seq > (uint64_t)INT64_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "seq does not fit a signed 64-bit int");
         return -1;
+    }
+    if (p->nq == p->q_cap) {
+        size_t cap = p->q_cap ? p->q_cap * 2 : 4096;
+        int64_t *sq = PyMem_Realloc(p->sq, cap * sizeof(int64_t));
+        if (sq == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        p->sq = sq;
+        int64_t *tq = PyMem_Realloc(p->tq, cap * sizeof(int64_t));
+        if (tq == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        p->tq = tq;
+        p->q_cap = cap;
+    }
+    p->sq[p->nq] = (int64_t)s->seq;
+    p->tq[p->nq++] = s->ts;
+    if (s->seq % (uint64_t)p->sparse_every == 1) {
+        PyObject *mark = Py_BuildValue("(KL)", (unsigned long long)s->seq, base + (long long)s->pos);
+        int err = mark == NULL || PyList_Append(p->marks, mark) < 0;
+        Py_XDECREF(mark);
+        if (err)
+            return -1;
+    }
     memcpy(p->last_prev, p->cur_prev, 32);
     memcpy(p->cur_prev, s->hash, 32);
     p->last = *s;
@@ -504,12 +555,10 @@ static PyObject *scan_payloads(PyObject *Py_UNUSED(self), PyObject *const *args,
         return NULL;
     }
     PyObject *res = NULL, *scanned_res = NULL, *joined = NULL;
-    pm.seqs = PyList_New(0);
-    pm.tss = PyList_New(0);
     pm.marks = PyList_New(0);
     pm.pay_cap = 1 << 16;
     pm.pay = PyMem_Malloc(pm.pay_cap);
-    if (pm.seqs == NULL || pm.tss == NULL || pm.marks == NULL || pm.pay == NULL) {
+    if (pm.marks == NULL || pm.pay == NULL) {
         if (pm.pay == NULL)
             PyErr_NoMemory();
         goto done;
@@ -533,12 +582,14 @@ static PyObject *scan_payloads(PyObject *Py_UNUSED(self), PyObject *const *args,
         goto done;
     PyObject *recs = PyTuple_GET_ITEM(scanned_res, 0);
     PyObject *last = PyList_GET_SIZE(recs) ? PyList_GET_ITEM(recs, 0) : Py_None;
-    res = Py_BuildValue("(nnOOOOO)", pm.count, pm.pos, joined, pm.seqs, pm.tss, pm.marks, last);
+    res = Py_BuildValue("(nnOy#y#OO)", pm.count, pm.pos, joined,
+                        pm.sq ? (const char *)pm.sq : "", (Py_ssize_t)(pm.nq * 8),
+                        pm.tq ? (const char *)pm.tq : "", (Py_ssize_t)(pm.nq * 8), pm.marks, last);
 done:
     Py_XDECREF(scanned_res);
     Py_XDECREF(joined);
-    Py_XDECREF(pm.seqs);
-    Py_XDECREF(pm.tss);
+    PyMem_Free(pm.sq);
+    PyMem_Free(pm.tq);
     Py_XDECREF(pm.marks);
     PyMem_Free(pm.pay);
     return res;
@@ -814,6 +865,38 @@ done:
 
 /* ------------------------------------------------------------------ intern */
 
+#define IC_SLOTS 64
+typedef struct {
+    PyObject *v;  /* an exact, ready str (a strong reference), or NULL */
+    int32_t code;
+} icache;
+
+/* A cheap slot from the length and three characters: no pass over the whole string. */
+static inline Py_ssize_t ic_slot(PyObject *v)
+{
+    Py_ssize_t len = PyUnicode_GET_LENGTH(v);
+    if (len == 0)
+        return 0;
+    int kind = PyUnicode_KIND(v);
+    const void *d = PyUnicode_DATA(v);
+    Py_UCS4 a = PyUnicode_READ(kind, d, 0), b = PyUnicode_READ(kind, d, len - 1), m = PyUnicode_READ(kind, d, len / 2);
+    return (Py_ssize_t)(((size_t)len * 0x9E37u ^ a * 131u ^ b * 31u ^ m * 7u) & (IC_SLOTS - 1));
+}
+
+/* Equal exact strs (both ready): same length, same kind, same code units. */
+static inline int ic_equal(PyObject *a, PyObject *b)
+{
+    Py_ssize_t len = PyUnicode_GET_LENGTH(a);
+    return len == PyUnicode_GET_LENGTH(b) && PyUnicode_KIND(a) == PyUnicode_KIND(b)
+           && memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)len * PyUnicode_KIND(a)) == 0;
+}
+
+static void ic_clear(icache *cache)
+{
+    for (int i = 0; i < IC_SLOTS; i++)
+        Py_CLEAR(cache[i].v);
+}
+
 PyDoc_STRVAR(intern_doc,
 "intern(values, attr, str_ids, strs)\n"
 "--\n\n"
@@ -836,22 +919,31 @@ static PyObject *intern_codes(PyObject *Py_UNUSED(self), PyObject *const *args, 
     if (out == NULL)
         return NULL;
     int32_t *codes = (int32_t *)PyBytes_AS_STRING(out);
-    PyObject *prev = NULL;  /* the previous value (a str or None), whose code is codes[j - 1] */
+    /* Rows repeat a few values (kinds, runs, nodes): an exact str equal to one seen recently is
+     * the same dict key, and comparing it skips hashing a fresh string object. */
+    icache cache[IC_SLOTS];
+    memset(cache, 0, sizeof cache);
+    int32_t none_code = -1;
+    attr_slot at = {NULL, -1};
     for (Py_ssize_t j = 0; j < n; j++) {
         PyObject *item = PyList_GET_ITEM(values, j);  /* borrowed; values is not changed below */
-        PyObject *v = attr == Py_None ? Py_NewRef(item) : PyObject_GetAttr(item, attr);
+        PyObject *v = attr == Py_None ? Py_NewRef(item) : get_attr(item, attr, &at);
         if (v == NULL)
             goto fail;
-        /* Neighbouring rows often share a value (same run, kind, ...): an equal exact str, or None
-         * again, is the same dict key, and comparing skips hashing a fresh string. */
-        if (prev != NULL && (v == prev || (PyUnicode_CheckExact(v) && PyUnicode_CheckExact(prev)
-                                           && PyUnicode_GET_LENGTH(v) == PyUnicode_GET_LENGTH(prev)
-                                           && PyUnicode_Compare(v, prev) == 0))) {
-            codes[j] = codes[j - 1];
+        Py_ssize_t slot = -1;
+        if (v == Py_None && none_code >= 0) {
+            codes[j] = none_code;
             Py_DECREF(v);
             continue;
         }
-        Py_XSETREF(prev, Py_NewRef(v));
+        if (PyUnicode_CheckExact(v) && PyUnicode_IS_READY(v)) {
+            slot = ic_slot(v);
+            if (cache[slot].v != NULL && ic_equal(cache[slot].v, v)) {
+                codes[j] = cache[slot].code;
+                Py_DECREF(v);
+                continue;
+            }
+        }
         PyObject *code = PyDict_GetItemWithError(ids, v);
         if (code == NULL) {
             if (PyErr_Occurred()) {
@@ -885,12 +977,19 @@ static PyObject *intern_codes(PyObject *Py_UNUSED(self), PyObject *const *args, 
             }
             codes[j] = (int32_t)c;
         }
+        if (slot >= 0) {
+            Py_XSETREF(cache[slot].v, v);  /* the cache takes the reference */
+            cache[slot].code = codes[j];
+            continue;
+        }
+        if (v == Py_None)
+            none_code = codes[j];
         Py_DECREF(v);
     }
-    Py_XDECREF(prev);
+    ic_clear(cache);
     return out;
 fail:
-    Py_XDECREF(prev);
+    ic_clear(cache);
     Py_DECREF(out);
     return NULL;
 }
@@ -983,17 +1082,19 @@ static PyObject *columns(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ss
     PyObject *res = NULL;
     if (!ids || !shas || !sizes || !pins || !lends || !mends || !items || !types || !mnames || !mvals || !derived)
         goto done;
+    attr_slot at_artifact_id = {NULL, -1}, at_sha256 = {NULL, -1}, at_size = {NULL, -1}, at_pinned = {NULL, -1},
+              at_labels = {NULL, -1}, at_metrics = {NULL, -1}, at_derived_from = {NULL, -1};
     for (Py_ssize_t j = 0; j < n; j++) {
         PyObject *ev = PyList_GET_ITEM(evs, j);
-        PyObject *v = PyObject_GetAttr(ev, s_artifact_id);
+        PyObject *v = get_attr(ev, s_artifact_id, &at_artifact_id);
         if (v == NULL)
             goto done;
         PyList_SET_ITEM(ids, j, v);
-        v = PyObject_GetAttr(ev, s_sha256);
+        v = get_attr(ev, s_sha256, &at_sha256);
         if (v == NULL)
             goto done;
         PyList_SET_ITEM(shas, j, v);
-        v = PyObject_GetAttr(ev, s_size);
+        v = get_attr(ev, s_size, &at_size);
         if (v == NULL)
             goto done;
         long long size = PyLong_AsLongLong(v);
@@ -1001,7 +1102,7 @@ static PyObject *columns(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ss
         if (size == -1 && PyErr_Occurred())
             goto done;
         memcpy(PyBytes_AS_STRING(sizes) + j * 8, &size, 8);
-        v = PyObject_GetAttr(ev, s_pinned);
+        v = get_attr(ev, s_pinned, &at_pinned);
         if (v == NULL)
             goto done;
         long pin = PyLong_AsLong(v);
@@ -1014,7 +1115,7 @@ static PyObject *columns(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ss
         }
         PyBytes_AS_STRING(pins)[j] = (char)pin;
 
-        PyObject *labels = PyObject_GetAttr(ev, s_labels);
+        PyObject *labels = get_attr(ev, s_labels, &at_labels);
         if (labels == NULL)
             goto done;
         if (!PyDict_Check(labels)) {
@@ -1037,7 +1138,7 @@ static PyObject *columns(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ss
         Py_DECREF(labels);
         put_end(lends, j, lpos);
 
-        PyObject *metrics = PyObject_GetAttr(ev, s_metrics);
+        PyObject *metrics = get_attr(ev, s_metrics, &at_metrics);
         if (metrics == NULL)
             goto done;
         if (!PyDict_Check(metrics)) {
@@ -1056,7 +1157,7 @@ static PyObject *columns(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ss
         Py_DECREF(metrics);
         put_end(mends, j, mpos);
 
-        PyObject *df = PyObject_GetAttr(ev, s_derived_from);
+        PyObject *df = get_attr(ev, s_derived_from, &at_derived_from);
         if (df == NULL)
             goto done;
         int truth = PyObject_IsTrue(df);

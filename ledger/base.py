@@ -11,16 +11,16 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 from .framing import Record
 
 OnRecord = Callable[[Record], None]
 
 
-# folded(payloads as one msgpack array, seqs, commit times) -> True, or False (nothing changed) to be
-# handed the same records as Records instead.
-OnPayloads = Callable[[bytes, list[int], list[int]], bool]
+# folded(payloads as one msgpack array, seqs, commit times (array('q') each)) -> True, or False
+# (nothing changed) to be handed the same records as Records instead.
+OnPayloads = Callable[[bytes, Sequence[int], Sequence[int]], bool]
 
 
 class RecordSink:

@@ -18,6 +18,7 @@ import struct
 import time
 import warnings
 import zlib
+from array import array
 from bisect import bisect_right
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -356,7 +357,10 @@ class SegmentLog:
                     self._head_batch, SPARSE_EVERY)
                 if last is None:
                     return False
-                if folds(joined, seqs, tss):
+                sq, tq = array("q"), array("q")
+                sq.frombytes(seqs)
+                tq.frombytes(tss)
+                if folds(joined, sq, tq):
                     self._sparse += [(seq, self._seg_first, off) for seq, off in marks]
                     pos = stop
                     self._took(last, base, pos)

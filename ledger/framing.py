@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from array import array
 import struct
 from typing import Iterator, NamedTuple
 
@@ -224,8 +225,7 @@ def py_scan_chain(buf: bytes, pos: int, segment: str, base: int, next_seq: int,
 
 def scan_payloads(buf: bytes, pos: int, segment: str, base: int, next_seq: int, prev_hash: bytes, limit: int,
                   version: int, batch_first: int | None,
-                  sparse_every: int) -> tuple[int, int, bytes, list[int], list[int], list[tuple[int, int]],
-                                              Record | None]:
+                  sparse_every: int) -> tuple[int, int, bytes, bytes, bytes, list[tuple[int, int]], Record | None]:
     """``scan_chain`` for replay (see ``py_scan_payloads``); the C extension's twin when it is loaded."""
     if (_native is not None and type(buf) is bytes and type(prev_hash) is bytes and type(pos) is int
             and pos >= 0 and type(base) is int and -(1 << 62) <= base <= 1 << 62 and type(next_seq) is int
@@ -238,19 +238,21 @@ def scan_payloads(buf: bytes, pos: int, segment: str, base: int, next_seq: int, 
 
 def py_scan_payloads(buf: bytes, pos: int, segment: str, base: int, next_seq: int, prev_hash: bytes, limit: int,
                      version: int, batch_first: int | None,
-                     sparse_every: int) -> tuple[int, int, bytes, list[int], list[int], list[tuple[int, int]],
+                     sparse_every: int) -> tuple[int, int, bytes, bytes, bytes, list[tuple[int, int]],
                                                  Record | None]:
     """The records ``scan_chain`` would return, as what replay folds, without a Record for each.
 
-    Returns (how many, where it stopped, their payloads as one msgpack array, their seqs, their
-    commit times, (seq, offset) of each whose seq is 1 modulo ``sparse_every``, the last record or None).
+    Returns (how many, where it stopped, their payloads as one msgpack array, their seqs and their
+    commit times as array('q') bytes (OverflowError for a seq past 2**63 - 1), (seq, offset) of
+    each whose seq is 1 modulo ``sparse_every``, the last record or None).
     """
     if sparse_every < 1:
         raise ValueError("sparse_every must be >= 1")
     recs, stop = py_scan_chain(buf, pos, segment, base, next_seq, prev_hash, limit, version, batch_first)
     parts = [b"\xdd" + len(recs).to_bytes(4, "big")]
     parts += [r.payload for r in recs]
-    return (len(recs), stop, b"".join(parts), [r.seq for r in recs], [r.ts_us for r in recs],
+    return (len(recs), stop, b"".join(parts), array("q", [r.seq for r in recs]).tobytes(),
+            array("q", [r.ts_us for r in recs]).tobytes(),
             [(r.seq, r.offset) for r in recs if r.seq % sparse_every == 1], recs[-1] if recs else None)
 
 

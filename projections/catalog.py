@@ -634,13 +634,16 @@ def _columns_only(state: Catalog, seqs: Sequence[int], tss: Sequence[int], evs: 
     (ids, sizes, shas, pins, items, value_types, label_ends, names, values, metric_ends,
      derived) = _columns(evl, state.label_off[-1], state.metric_off[-1])
     id_rows = state.id_rows
-    if (state.best or bool in value_types or list in value_types or len(set(ids)) != len(ids)
-            or not id_rows.keys().isdisjoint(ids)):
-        return False
     base = len(state.ids)
     n = len(evs)
+    if state.best or bool in value_types or list in value_types:
+        return False
+    # Built once: it tells repeated ids apart and merges into id_rows without hashing them again.
+    rows_of = dict(zip(ids, range(base, base + n)))
+    if len(rows_of) != n or not id_rows.keys().isdisjoint(rows_of):
+        return False
     state.ids.extend(ids)
-    id_rows.update(zip(ids, range(base, base + n)))
+    id_rows.update(rows_of)
     state.seq.extend(seqs)
     state.ts.extend(tss)
     state.size.frombytes(sizes)

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import crc32c as crc32c_pkg
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from artifact_ledger.ledger import framing, speedups
@@ -202,10 +202,15 @@ def test_scan_payloads_is_scan_chain_without_a_record_each(c, case, base, sparse
     """Both twins of scan_payloads say what scan_chain's records say, in replay's shape."""
     data, pos, next_seq, prev_hash, limit, version, batch_first = case
     recs, stop = py_scan_chain(data, pos, "seg", base, next_seq, prev_hash, limit, version, batch_first)
-    want = (len(recs), stop, b"\xdd" + len(recs).to_bytes(4, "big") + b"".join(r.payload for r in recs),
-            [r.seq for r in recs], [r.ts_us for r in recs],
-            [(r.seq, r.offset) for r in recs if r.seq % sparse_every == 1], recs[-1] if recs else None)
     args = (data, pos, "seg", base, next_seq, prev_hash, limit, version, batch_first, sparse_every)
+    if any(r.seq >= 2**63 for r in recs):  # past array('q'): both twins refuse
+        for scan in (framing.py_scan_payloads, lambda *a: c.scan_payloads(Record, *a)):
+            with pytest.raises(OverflowError):
+                scan(*args)
+        return
+    want = (len(recs), stop, b"\xdd" + len(recs).to_bytes(4, "big") + b"".join(r.payload for r in recs),
+            array("q", [r.seq for r in recs]).tobytes(), array("q", [r.ts_us for r in recs]).tobytes(),
+            [(r.seq, r.offset) for r in recs if r.seq % sparse_every == 1], recs[-1] if recs else None)
     assert framing.py_scan_payloads(*args) == want
     assert c.scan_payloads(Record, *args) == want
     assert framing.scan_payloads(*args) == want
@@ -293,13 +298,13 @@ def test_c_scan_chain_reads_past_no_end_and_survives_huge_lengths(c):
         assert c.scan_chain(Record, part, 0, "s", 0, 1, GENESIS_HASH, 10, 2, None) == ([], 0)
     huge = struct.pack("<II", 2**32 - 1, 0) + b"\0" * 64
     assert c.scan_chain(Record, huge, 0, "s", 0, 1, GENESIS_HASH, 10, 2, None) == ([], 0)
-    # More records than one GIL-free sub-chunk (1024), with a limit in the middle of the second.
+    # More records than a few GIL-free sub-chunks (1024 each), with a limit inside one.
     buf, prev = b"", GENESIS_HASH
-    for seq in range(1, 2501):
+    for seq in range(1, 9001):
         f, prev = encode_record(seq, seq, prev, b"p")
         buf += f
-    got = c.scan_chain(Record, buf, 0, "s", 0, 1, GENESIS_HASH, 1500, 2, None)
-    assert got == py_scan_chain(buf, 0, "s", 0, 1, GENESIS_HASH, 1500, 2, None) and len(got[0]) == 1500
+    got = c.scan_chain(Record, buf, 0, "s", 0, 1, GENESIS_HASH, 5000, 2, None)
+    assert got == py_scan_chain(buf, 0, "s", 0, 1, GENESIS_HASH, 5000, 2, None) and len(got[0]) == 5000
 
 
 def test_c_scan_chain_refuses_bad_argument_types(c):
@@ -385,6 +390,40 @@ def test_c_intern_equals_python(c, vals, known, via_attr):
         arg = [SimpleNamespace(x=v) for v in vals] if via_attr else list(vals)
         out = fn(arg, "x" if via_attr else None, ids, strs)
         results.append((bytes(out), list(ids.items()), strs))
+    assert results[0] == results[1]
+
+
+def test_c_intern_tells_apart_many_values_of_one_length(c):
+    """Hundreds of distinct same-length strings (and None) collide in the recent-value cache: codes still match."""
+    import random
+    rnd = random.Random(5)
+    vals = [rnd.choice([None, f"n{rnd.randrange(700):03d}", "é" * 4, "\U0001F600" * 4]) for _ in range(5000)]
+    results = []
+    for fn in (c.intern, catalog._py_intern):
+        strs: list = []
+        ids: dict = {}
+        results.append((bytes(fn(vals, None, ids, strs)), list(ids.items()), strs))
+    assert results[0] == results[1]
+
+
+@MANY
+@given(st.lists(st.one_of(st.from_type(ArtifactRecorded),
+                          st.builds(SimpleNamespace, run_id=st.sampled_from(["r", "s"]))), max_size=8),
+       st.sampled_from(["run_id", "name", "project_id", "missing"]))
+@example([ArtifactRecorded(artifact_id="a" * 32, origin="save", kind="k", sha256="0" * 64, size=1, mime="m",
+                           run_id="r", graph_id="g", node_id="n"), SimpleNamespace(run_id="s"),
+          SimpleNamespace(run_id="r")], "run_id")
+def test_c_intern_reads_struct_fields_like_getattr(c, objs, attr):
+    """Events' fields are read from their slots: the same codes as getattr, the same error for a missing one."""
+    results = []
+    for fn in (c.intern, catalog._py_intern):
+        strs: list = []
+        ids: dict = {}
+        try:
+            out = bytes(fn(list(objs), attr, ids, strs))
+        except AttributeError:
+            out = "AttributeError"
+        results.append(out if out == "AttributeError" else (out, list(ids.items()), strs))
     assert results[0] == results[1]
 
 
