@@ -50,6 +50,8 @@ def deliver(on_record: OnRecord, recs: list[Record]) -> None:
     else:
         for rec in recs:
             on_record(rec)
+
+
 # restore(schema, payload, seq): load the snapshot of the state right after record ``seq`` into the
 # caller's catalogue, or raise ValueError (the caller's state unchanged) when it cannot be used; the
 # log then tries an older one or replays from seq 1.
