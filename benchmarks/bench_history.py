@@ -3,7 +3,9 @@
 
 Prints, for the machine it runs on:
   * open time of a ledger with a checkpoint at its head (fresh processes);
-  * full rebuild rate from the log (events/s), checkpoints moved aside;
+  * full rebuild rate from the log (events/s), checkpoints moved aside, with the C speedups and
+    with the pure-Python path (ARTIFACT_LEDGER_PURE_PYTHON=1, the previous implementation) in
+    alternated fresh processes, and the replay's phases (scan, decode, fold) for both;
   * ``as_of(seq=random)`` latency, alone and followed by one query through the view,
     with every answer checked against the recipe that generated the ledger;
   * ``verify()`` throughput (log bytes + blob bytes per second) on the big ledger,
@@ -44,8 +46,11 @@ from bench_facade import loadavg, print_machine, print_profile, verdict  # noqa:
 
 from artifact_ledger.facade import open_ledger  # noqa: E402
 from artifact_ledger.ledger.events import SCHEMA_VERSION, ArtifactRecorded, PinChanged, encode_event  # noqa: E402
+from artifact_ledger.ledger.base import RecordSink  # noqa: E402
 from artifact_ledger.ledger.filelog import SegmentLog  # noqa: E402
 from artifact_ledger.ledger.framing import FORMAT_VERSION  # noqa: E402
+from artifact_ledger.ledger.speedups import PURE_ENV  # noqa: E402
+from artifact_ledger.ledger import speedups  # noqa: E402
 from artifact_ledger.projections import snapshot  # noqa: E402
 from artifact_ledger.projections.snapshot import SNAPSHOT_SCHEMA  # noqa: E402
 from artifact_ledger.ledger.checkpoints import MAGIC as CHECKPOINT_MAGIC  # noqa: E402
@@ -282,7 +287,7 @@ def spy_checkpoint_loads() -> list:
 
 def child_open(root: str, digest: bool) -> dict:
     loads = spy_checkpoint_loads()
-    out: dict = {"hwm_import_kb": hwm_kb()}
+    out: dict = {"hwm_import_kb": hwm_kb(), "path": speedups.why}
 
     async def main() -> None:
         t, c = time.perf_counter(), time.process_time()
@@ -351,8 +356,8 @@ def phase_breakdown(root: str, drop_pins: bool, defer: bool = True) -> dict:
     """
     import gc
 
-    from artifact_ledger.facade.ledger import REPLAY_BATCH, _decode
-    from artifact_ledger.ledger.events import decode_events
+    from artifact_ledger.facade.ledger import REPLAY_BATCH, _decode, _payload, _seq, _ts
+    from artifact_ledger.ledger.events import decode_event_array, decode_events
     from artifact_ledger.projections.catalog import Catalog, apply_decoded
 
     cat = Catalog()
@@ -363,11 +368,13 @@ def phase_breakdown(root: str, drop_pins: bool, defer: bool = True) -> dict:
 
     def flush() -> None:
         t = pc()
-        events = decode_events([r.payload for r in pending]) or [_decode(r) for r in pending]
-        rows = [(r.seq, r.ts_us, ev) for r, ev in zip(pending, events)
-                if not drop_pins or type(ev) is ArtifactRecorded]
+        events = decode_events(list(map(_payload, pending))) or [_decode(r) for r in pending]
+        seqs, tss = list(map(_seq, pending)), list(map(_ts, pending))
+        if drop_pins:
+            rows = [(q, t, ev) for q, t, ev in zip(seqs, tss, events) if type(ev) is ArtifactRecorded]
+            seqs, tss, events = [x[0] for x in rows], [x[1] for x in rows], [x[2] for x in rows]
         t2 = pc()
-        apply_decoded(cat, [x[0] for x in rows], [x[1] for x in rows], [x[2] for x in rows])
+        apply_decoded(cat, seqs, tss, events)
         spent["decode"] += t2 - t
         spent["apply"] += pc() - t2
         pending.clear()
@@ -377,12 +384,33 @@ def phase_breakdown(root: str, drop_pins: bool, defer: bool = True) -> dict:
         if len(pending) >= REPLAY_BATCH:
             flush()
 
+    def on_records(recs) -> None:  # the segment log's chunks, as open_ledger takes them
+        pending.extend(recs)
+        if len(pending) >= REPLAY_BATCH:
+            flush()
+
+    def on_payloads(joined, seqs, tss) -> bool:  # a chunk as one msgpack array, as open_ledger takes it
+        t = pc()
+        events = decode_event_array(joined, len(seqs))
+        if events is None:
+            spent["decode"] += pc() - t
+            return False
+        if drop_pins:
+            rows = [(q, ts, ev) for q, ts, ev in zip(seqs, tss, events) if type(ev) is ArtifactRecorded]
+            seqs, tss, events = [x[0] for x in rows], [x[1] for x in rows], [x[2] for x in rows]
+        flush()
+        t2 = pc()
+        apply_decoded(cat, seqs, tss, events)
+        spent["decode"] += t2 - t
+        spent["apply"] += pc() - t2
+        return True
+
     gc.disable()  # as open_ledger does during replay
     try:
         t0 = pc()
         if defer:
             cat.defer_indexes()  # as open_ledger does: indexes built once at the end (counted in apply)
-        log.recover(on_record)
+        log.recover(RecordSink(on_record, on_records, on_payloads))
         flush()
         t2 = pc()
         cat.build_indexes()
@@ -492,7 +520,7 @@ def child_verify(root: str, blob_root: str, reps: int) -> dict:
             for _ in range(reps):
                 t = time.perf_counter()
                 # The same walk verify() does, handed no blobs: the hash chain alone.
-                res = await anyio.to_thread.run_sync(lambda: audit.verify(str(led.root / "log"), led.store, []))
+                res = await anyio.to_thread.run_sync(lambda: audit.verify(led._log, led.store, []))
                 out["log"].append({"s": time.perf_counter() - t, "ok": res.ok, "records": res.records,
                                    "bytes": res.bytes, "problem": res.problem})
         async with open_ledger(blob_root) as led:
@@ -502,8 +530,12 @@ def child_verify(root: str, blob_root: str, reps: int) -> dict:
     return out
 
 
-def in_child(mode: str, *args: str) -> dict:
+def in_child(mode: str, *args: str, pure: bool = False) -> dict:
+    """Run a child mode in a fresh process; ``pure``: with the C speedups switched off."""
     env = dict(os.environ)
+    env.pop(PURE_ENV, None)
+    if pure:
+        env[PURE_ENV] = "1"
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--child", mode, *args], capture_output=True, text=True,
                           env=env)
@@ -535,6 +567,7 @@ def child_main(mode: str, args: list[str]) -> None:
                                                                                          "decode", "apply")}
                for name, d in (("now", True), ("previous", False))}
         res["events"] = runs[0]["events"]
+        res["path"] = speedups.why
     elif mode == "verify":
         res = child_verify(args[0], args[1], int(args[2]))
     else:
@@ -644,45 +677,52 @@ def main() -> None:
           f"{statistics.median(o['hwm_end_kb'] for o in opens) / 1024:.1f} MiB at exit")
     print()
 
-    # ---- full rebuild from the log
-    rebuilds = []
+    # ---- full rebuild from the log: the C speedups and the pure-Python path (the previous implementation)
+    runs_by: dict[bool, list[dict]] = {False: [], True: []}
     with CheckpointsAside(root) as aside:
         for k in range(cfg["rebuilds"]):
-            aside.clear()
-            rebuilds.append(in_child("open", str(root), "digest" if k == 0 else "-"))
+            for pure in (False, True):  # alternated, so that both see the same load
+                aside.clear()
+                runs_by[pure].append(in_child("open", str(root), "digest" if k == 0 else "-", pure=pure))
         aside.clear()
-    for k, o in enumerate(rebuilds):
-        check_open(o, expect, f"full rebuild #{k + 1}", problems)
-        if o["ckpt"] is not None:
-            problems.append(f"full rebuild #{k + 1}: a checkpoint (seq {o['ckpt']}) was loaded")
-    reb_s = statistics.median(o["open_s"] for o in rebuilds)
-    rate = expect["head"] / reb_s
-    reb_cpu = statistics.median(o["open_cpu_s"] for o in rebuilds)
-    hwm_reb = statistics.median(o["hwm_open_kb"] for o in rebuilds)
-    hwm_reb_end = statistics.median(o["hwm_end_kb"] for o in rebuilds)
-    print(f"== full rebuild: open with the checkpoints directory moved aside ({len(rebuilds)} fresh processes; "
-          f"restored afterwards)")
-    print(f"rebuild       {rate:,.0f} events/s = {ms(reb_s)} median for {expect['head']:,} events "
-          f"(each: {spread([o['open_s'] for o in rebuilds])} ms)   target {TARGETS['rebuild']}: "
-          f"{verdict(rate >= 300_000)}")
-    print(f"              CPU time of the open {ms(reb_cpu)} median = {expect['head'] / reb_cpu:,.0f} events per "
-          f"CPU-second (all threads; less skewed by other load; load average now {loadavg()})")
-    print(f"              (open includes capturing the state for the background checkpoint open starts; "
-          f"close, which joins that write: {ms(statistics.median(o['close_s'] for o in rebuilds))})")
-    print(f"peak RSS      {hwm_reb / 1024:.1f} MiB VmHWM after the rebuild; {hwm_reb_end / 1024:.1f} MiB at exit "
-          f"(after writing the checkpoint)")
+    print(f"== full rebuild: open with the checkpoints directory moved aside ({cfg['rebuilds']} fresh processes "
+          f"per path, alternated; restored afterwards)")
+    rates = {}
+    for pure, label in ((False, "C speedups"), (True, "pure Python")):
+        rebuilds = runs_by[pure]
+        for k, o in enumerate(rebuilds):
+            check_open(o, expect, f"full rebuild ({label}) #{k + 1}", problems)
+            if o["ckpt"] is not None:
+                problems.append(f"full rebuild ({label}) #{k + 1}: a checkpoint (seq {o['ckpt']}) was loaded")
+            if (o["path"] == "C extension") == pure:
+                problems.append(f"full rebuild ({label}) #{k + 1}: ran on the wrong path ({o['path']})")
+        reb_s = statistics.median(o["open_s"] for o in rebuilds)
+        rates[pure] = rate = expect["head"] / reb_s
+        reb_cpu = statistics.median(o["open_cpu_s"] for o in rebuilds)
+        hwm_reb = statistics.median(o["hwm_open_kb"] for o in rebuilds)
+        hwm_reb_end = statistics.median(o["hwm_end_kb"] for o in rebuilds)
+        print(f"rebuild, {label:12s} {rate:,.0f} events/s = {ms(reb_s)} median for {expect['head']:,} events "
+              f"(each: {spread([o['open_s'] for o in rebuilds])} ms)"
+              + (f"   target {TARGETS['rebuild']}: {verdict(rate >= 300_000)}" if not pure else
+                 f"   (the baseline: {PURE_ENV}=1; path: {rebuilds[0]['path']})"))
+        print(f"              CPU time of the open {ms(reb_cpu)} median = {expect['head'] / reb_cpu:,.0f} events per "
+              f"CPU-second (all threads; less skewed by other load)")
+        print(f"              peak RSS {hwm_reb / 1024:.1f} MiB VmHWM after the rebuild; {hwm_reb_end / 1024:.1f} MiB "
+              f"at exit (after writing the checkpoint); close {ms(statistics.median(o['close_s'] for o in rebuilds))}")
+    rate = rates[False]
+    print(f"speed-up      {rates[False] / rates[True]:.2f}x over the pure-Python path; load average now {loadavg()} "
+          "(open includes capturing the state for the background checkpoint open starts)")
     print()
 
-    # ---- replay phases beside the previous implementation, same process, alternated
-    ph = in_child("phases", str(root), str(cfg["rebuilds"]))
-    print(f"== replay phases: medians of {cfg['rebuilds']} passes each, alternated in one process (gc off, as in "
-          f"open_ledger)")
-    for name, what in (("now", "indexes built once at the end"), ("previous", "previous: indexes per batch")):
-        p = ph[name]
-        print(f"  {what:32s} total {ms(p['total']):>10} = {ph['events'] / p['total']:>9,.0f} events/s: "
-              f"log scan {ms(p['scan'])}, decode {ms(p['decode'])}, fold {ms(p['apply'])}")
-    print(f"  fold speed-up {ph['previous']['apply'] / ph['now']['apply']:.2f}x, whole replay "
-          f"{ph['previous']['total'] / ph['now']['total']:.2f}x")
+    # ---- replay phases, both paths, each beside its per-batch-index fold, alternated in one process
+    print(f"== replay phases: medians of {cfg['rebuilds']} passes each, alternated in one process per path (gc off, "
+          f"as in open_ledger)")
+    for pure, label in ((False, "C speedups"), (True, "pure Python")):
+        ph = in_child("phases", str(root), str(cfg["rebuilds"]), pure=pure)
+        for name, what in (("now", "indexes once at the end"), ("previous", "indexes per batch")):
+            p = ph[name]
+            print(f"  {label + ', ' + what:38s} total {ms(p['total']):>10} = {ph['events'] / p['total']:>9,.0f} "
+                  f"events/s: log scan {ms(p['scan'])}, decode {ms(p['decode'])}, fold {ms(p['apply'])}")
     print()
 
     # ---- as_of
@@ -742,7 +782,7 @@ def main() -> None:
     print()
 
     # ---- summary
-    rss_max = max([o["hwm_end_kb"] for o in opens + rebuilds] + [a["hwm_end_kb"]])
+    rss_max = max([o["hwm_end_kb"] for o in opens + runs_by[False] + runs_by[True]] + [a["hwm_end_kb"]])
     print("== summary (targets for this 2-core machine)")
     print(f"  open with checkpoint   {ms(open_s):>12}   target {TARGETS['open']:>20}: {verdict(open_s < 1)}")
     print(f"  full rebuild           {rate:>10,.0f}/s   target {TARGETS['rebuild']:>20}: {verdict(rate >= 300_000)}")

@@ -11,11 +11,47 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 from .framing import Record
 
 OnRecord = Callable[[Record], None]
+
+
+# folded(payloads as one msgpack array, seqs, commit times (array('q') each)) -> True, or False
+# (nothing changed) to be handed the same records as Records instead.
+OnPayloads = Callable[[bytes, Sequence[int], Sequence[int]], bool]
+
+
+class RecordSink:
+    """An ``on_record`` callback that also takes a whole scanned chunk of records in one call.
+
+    The segment log hands each chunk it scanned to ``many`` (replay's fast path: no Python call
+    per record), or, when ``payloads`` is given, first offers it the chunk's payloads, seqs and
+    commit times without making a Record for each; every other reader calls it once per record,
+    which goes to ``one``. All must have the same effect for the same records in the same order.
+    """
+
+    __slots__ = ("one", "many", "payloads")
+
+    def __init__(self, one: OnRecord, many: Callable[[list[Record]], None], payloads: OnPayloads | None = None):
+        self.one = one
+        self.many = many
+        self.payloads = payloads
+
+    def __call__(self, rec: Record) -> None:
+        self.one(rec)
+
+
+def deliver(on_record: OnRecord, recs: list[Record]) -> None:
+    """Hand ``recs`` (in order) to ``on_record``: in one call to a RecordSink's ``many``, else one by one."""
+    if type(on_record) is RecordSink:
+        on_record.many(recs)
+    else:
+        for rec in recs:
+            on_record(rec)
+
+
 # restore(schema, payload, seq): load the snapshot of the state right after record ``seq`` into the
 # caller's catalogue, or raise ValueError (the caller's state unchanged) when it cannot be used; the
 # log then tries an older one or replays from seq 1.

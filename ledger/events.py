@@ -6,6 +6,7 @@ upcast when read (see ``UPCASTERS``), never rewritten on disk.
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any, Callable, Union
 
 import msgspec
@@ -219,21 +220,29 @@ def upcast_raw(raw: Any) -> Event:
 
 
 _list_decoder = msgspec.msgpack.Decoder(list[Event])
+_version_of = attrgetter("v")
 
 
 def decode_events(payloads: list[bytes]) -> list[Event] | None:
     """Decode many payloads in one call; None if any is bad (decode them one by one to find it)."""
     n = len(payloads)
     # A msgpack array32 header followed by the payloads is exactly a list of events.
+    # One join (prepending the header to the joined payloads would copy them all a second time).
+    parts = [b"\xdd" + n.to_bytes(4, "big")]
+    parts += payloads
+    return decode_event_array(b"".join(parts), n)
+
+
+def decode_event_array(data: bytes, n: int) -> list[Event] | None:
+    """Decode a msgpack array of ``n`` current-version events in one call; None if any is bad or old."""
     try:
-        events = _list_decoder.decode(b"\xdd" + n.to_bytes(4, "big") + b"".join(payloads))
+        events = _list_decoder.decode(data)
     except msgspec.DecodeError:
         return None
     if len(events) != n:
         return None
-    for ev in events:
-        if ev.v != SCHEMA_VERSION:
-            return None  # old or future versions take the one-by-one path (upcast or a clear error)
+    if any(map(SCHEMA_VERSION.__ne__, map(_version_of, events))):
+        return None  # old or future versions take the one-by-one path (upcast or a clear error)
     return events
 
 

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
 from . import checkpoints
-from .base import LogCheck, OnRecord, Restore
+from .base import LogCheck, OnRecord, RecordSink, Restore
 from ..store.durable import atomic_write
 from .errors import LedgerCorruption, LostRecordsWarning, ReadOnlyError, RecordsLost
 from .filelog import DEFAULT_SEGMENT_BYTES, Position, SegmentLog, segment_name
@@ -106,7 +106,22 @@ class FileEventLog:
                 if rec.seq % 4096 == 0:
                     progress(min(done, total), total)
 
-        log.recover(counted if progress is not None else on_record, start=start,
+        if progress is not None and type(on_record) is RecordSink:
+            # Chunks stay chunks: progress is reported at the same seqs as record by record.
+            many = on_record.many
+
+            def counted_many(recs: list[Record]) -> None:
+                nonlocal done
+                many(recs)
+                for rec in recs:
+                    done += rec.length
+                    if rec.seq % 4096 == 0:
+                        progress(min(done, total), total)
+
+            sink: OnRecord = RecordSink(counted, counted_many)
+        else:
+            sink = counted if progress is not None else on_record
+        log.recover(sink, start=start,
                     start_record_offset=0 if loaded is None else loaded.record_offset)
         if log.head_seq < known:
             self._lost(known, evidence, accept_loss)

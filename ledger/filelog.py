@@ -18,6 +18,7 @@ import struct
 import time
 import warnings
 import zlib
+from array import array
 from bisect import bisect_right
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Callable, Iterator, Protocol
 from ..store.durable import fsync_dir as _fsync_dir
 from ..store.durable import syncfs_fd as _syncfs_fd
 
-from .base import BatchFailed
+from .base import BatchFailed, RecordSink, deliver
 from .errors import LedgerCorruption, LedgerPoisoned, ReadOnlyError, RecordsLost
 from .lockfile import DEFAULT_LOCK_TIMEOUT, LogLock
 from .framing import (
@@ -44,6 +45,7 @@ from .framing import (
     read_record,
     read_segment_header,
     scan_chain,
+    scan_payloads,
 )
 
 SEGMENT_SUFFIX = ".seg"
@@ -475,23 +477,51 @@ class SegmentLog:
         buf = os.pread(self._seg_fd, size - base, base)
         n = len(buf)
         pos = 0
+        name = segment_name(self._seg_first)
+        folds = on_record.payloads if type(on_record) is RecordSink else None
         while pos < n:
-            recs, pos = scan_chain(buf, pos, segment_name(self._seg_first), base, self.head_seq + 1,
+            if folds is not None:
+                # Replay's fast path: the chunk's payloads in one msgpack array, no Record per record.
+                count, stop, joined, seqs, tss, marks, last = scan_payloads(
+                    buf, pos, name, base, self.head_seq + 1, self.head_hash, SCAN_CHUNK, self._seg_version,
+                    self._head_batch, SPARSE_EVERY)
+                if last is None:
+                    return False
+                sq, tq = array("q"), array("q")
+                sq.frombytes(seqs)
+                tq.frombytes(tss)
+                if folds(joined, sq, tq):
+                    self._sparse += [(seq, self._seg_first, off) for seq, off in marks]
+                    pos = stop
+                    self._took(last, base, pos)
+                    if count < SCAN_CHUNK and pos < n:
+                        return False
+                    continue
+                # Not foldable that way (an old event version, a bad payload): the same records as Records.
+            recs, pos = scan_chain(buf, pos, name, base, self.head_seq + 1,
                                    self.head_hash, SCAN_CHUNK, self._seg_version, self._head_batch)
             if not recs:
                 return False
-            for rec in recs:
-                on_record(rec)
-                if rec.seq % SPARSE_EVERY == 1:
-                    self._sparse.append((rec.seq, self._seg_first, rec.offset))
-            last = recs[-1]
-            self.head_seq, self.head_hash, self.head_ts = last.seq, last.hash, last.ts_us
-            self._head_batch = last.batch_first
-            self._end = base + pos
-            self._head_at = (self._seg_first, last.offset, self._end)
+            deliver(on_record, recs)
+            self._note_sparse(recs)
+            self._took(recs[-1], base, pos)
             if len(recs) < SCAN_CHUNK and pos < n:
                 return False
         return n == size - base
+
+    def _took(self, last: Record, base: int, pos: int) -> None:
+        """Make ``last`` (ending at ``pos`` of a buffer read from file offset ``base``) the head."""
+        self.head_seq, self.head_hash, self.head_ts = last.seq, last.hash, last.ts_us
+        self._head_batch = last.batch_first
+        self._end = base + pos
+        self._head_at = (self._seg_first, last.offset, self._end)
+
+    def _note_sparse(self, recs: list[Record]) -> None:
+        """Add the sparse-index entries of a chunk of consecutive records (every seq = 1 mod SPARSE_EVERY)."""
+        first = recs[0].seq
+        for k in range((1 - first) % SPARSE_EVERY, len(recs), SPARSE_EVERY):
+            rec = recs[k]
+            self._sparse.append((rec.seq, self._seg_first, rec.offset))
 
     def _seek(self, pos: Position, record_offset: int) -> None:
         path = os.path.join(self.directory, segment_name(pos.segment_first_seq))
@@ -613,11 +643,8 @@ class SegmentLog:
                 recs = [r for r in recs if r.seq <= stop]
                 pos = recs[-1].offset + recs[-1].length - base if recs else pos
             if recs:
-                sparse = self._sparse
-                for rec in recs:
-                    on_record(rec)
-                    if rec.seq % SPARSE_EVERY == 1:
-                        sparse.append((rec.seq, self._seg_first, rec.offset))
+                deliver(on_record, recs)
+                self._note_sparse(recs)
                 last = recs[-1]
                 self.head_seq, self.head_hash, self.head_ts = last.seq, last.hash, last.ts_us
                 self._head_batch = last.batch_first

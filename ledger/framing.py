@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from array import array
 import struct
 from typing import Iterator, NamedTuple
 
 from crc32c import crc32c
+
+from .speedups import native as _native
 
 MAGIC = b"ALEDGSEG"
 # New segments are written in FORMAT_VERSION; every version in READ_VERSIONS is read.
@@ -162,7 +165,23 @@ def continues_batch(batch_first: int, seq: int, prev_batch_first: int | None) ->
 def scan_chain(buf: bytes, pos: int, segment: str, base: int, next_seq: int,
                prev_hash: bytes, limit: int = 4096, version: int = FORMAT_VERSION,
                batch_first: int | None = None) -> tuple[list[Record], int]:
-    """Decode consecutive intact records that continue the chain from ``pos``.
+    """Decode consecutive intact records that continue the chain from ``pos`` (see ``py_scan_chain``).
+
+    Runs the C extension's twin when it is loaded (``ledger/speedups.py``) and the arguments are plain.
+    """
+    if (_native is not None and type(buf) is bytes and type(prev_hash) is bytes and type(pos) is int
+            and pos >= 0 and type(base) is int and -(1 << 62) <= base <= 1 << 62 and type(next_seq) is int
+            and type(limit) is int and type(version) is int
+            and (batch_first is None or type(batch_first) is int)):
+        return _native.scan_chain(Record, buf, pos, segment, base, next_seq, prev_hash, limit, version,
+                                  batch_first)
+    return py_scan_chain(buf, pos, segment, base, next_seq, prev_hash, limit, version, batch_first)
+
+
+def py_scan_chain(buf: bytes, pos: int, segment: str, base: int, next_seq: int,
+                  prev_hash: bytes, limit: int = 4096, version: int = FORMAT_VERSION,
+                  batch_first: int | None = None) -> tuple[list[Record], int]:
+    """Decode consecutive intact records that continue the chain from ``pos`` (pure Python).
 
     Stops at the first record that is incomplete, damaged, or does not carry
     ``next_seq``, the previous record's hash and (version 2) a batch start that
@@ -202,6 +221,39 @@ def scan_chain(buf: bytes, pos: int, segment: str, base: int, next_seq: int,
         next_seq += 1
         pos = start + length
     return out, pos
+
+
+def scan_payloads(buf: bytes, pos: int, segment: str, base: int, next_seq: int, prev_hash: bytes, limit: int,
+                  version: int, batch_first: int | None,
+                  sparse_every: int) -> tuple[int, int, bytes, bytes, bytes, list[tuple[int, int]], Record | None]:
+    """``scan_chain`` for replay (see ``py_scan_payloads``); the C extension's twin when it is loaded."""
+    if (_native is not None and type(buf) is bytes and type(prev_hash) is bytes and type(pos) is int
+            and pos >= 0 and type(base) is int and -(1 << 62) <= base <= 1 << 62 and type(next_seq) is int
+            and type(limit) is int and type(version) is int and type(sparse_every) is int and sparse_every >= 1
+            and (batch_first is None or type(batch_first) is int)):
+        return _native.scan_payloads(Record, buf, pos, segment, base, next_seq, prev_hash, limit, version,
+                                     batch_first, sparse_every)
+    return py_scan_payloads(buf, pos, segment, base, next_seq, prev_hash, limit, version, batch_first, sparse_every)
+
+
+def py_scan_payloads(buf: bytes, pos: int, segment: str, base: int, next_seq: int, prev_hash: bytes, limit: int,
+                     version: int, batch_first: int | None,
+                     sparse_every: int) -> tuple[int, int, bytes, bytes, bytes, list[tuple[int, int]],
+                                                 Record | None]:
+    """The records ``scan_chain`` would return, as what replay folds, without a Record for each.
+
+    Returns (how many, where it stopped, their payloads as one msgpack array, their seqs and their
+    commit times as array('q') bytes (OverflowError for a seq past 2**63 - 1), (seq, offset) of
+    each whose seq is 1 modulo ``sparse_every``, the last record or None).
+    """
+    if sparse_every < 1:
+        raise ValueError("sparse_every must be >= 1")
+    recs, stop = py_scan_chain(buf, pos, segment, base, next_seq, prev_hash, limit, version, batch_first)
+    parts = [b"\xdd" + len(recs).to_bytes(4, "big")]
+    parts += [r.payload for r in recs]
+    return (len(recs), stop, b"".join(parts), array("q", [r.seq for r in recs]).tobytes(),
+            array("q", [r.ts_us for r in recs]).tobytes(),
+            [(r.seq, r.offset) for r in recs if r.seq % sparse_every == 1], recs[-1] if recs else None)
 
 
 def _later_record_starts(start_seq: int, last_seq: int) -> re.Pattern[bytes]:

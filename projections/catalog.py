@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
-from itertools import accumulate, filterfalse
-from operator import attrgetter
+from itertools import accumulate, chain, compress, filterfalse, islice, repeat
+from operator import attrgetter, gt, is_, sub
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Iterable, NamedTuple
 
 from ..ledger.events import LIFECYCLE_EVENTS, ArtifactRecorded, Event, PinChanged
+from ..ledger.speedups import native as _native
 
 from .labels import RESERVED, canon, strict
 from .lifecycle import Lifecycle, apply_life, record_parents
@@ -428,23 +429,91 @@ def apply_decoded(state: Catalog, seqs: Sequence[int], tss: Sequence[int], event
     return state
 
 
-def _intern(state: Catalog, values: list[Any]) -> None:
-    str_ids, strs = state.str_ids, state.strs
-    # New strings in first-seen order (ids must not depend on hash order), found at C speed.
-    fresh = list(filterfalse(str_ids.__contains__, dict.fromkeys(values)))
+def _py_intern(values: list[Any], attr: str | None, str_ids: dict[Any, int], strs: list[Any]) -> bytes:
+    """Codes (C ints, as bytes) of ``getattr(v, attr)`` (``v`` if ``attr`` is None) for each of ``values``.
+
+    Values not in ``str_ids`` get the next codes in first-seen order (ids must not depend on hash
+    order) and are appended to ``strs``. The C extension's ``intern`` is the fast twin.
+    """
+    vals = values if attr is None else list(map(attrgetter(attr), values))
+    # New strings found at C speed: dict.fromkeys keeps first-seen order.
+    fresh = list(filterfalse(str_ids.__contains__, dict.fromkeys(vals)))
     if fresh:
         str_ids.update(zip(fresh, range(len(strs), len(strs) + len(fresh))))
         strs.extend(fresh)
+    return array("i", map(str_ids.__getitem__, vals)).tobytes()
 
 
-def _group_codes(index: dict, codes: Sequence[int], key_of: Callable[[int], Any], rows: Sequence[int]) -> None:
-    """Append rows[j] to index[key_of(codes[j])] for every j (rows ascending), keeping order.
+def _py_lookup(values: list[Any], table: dict[Any, int]) -> tuple[bytes, list[int]]:
+    """Codes (C ints, as bytes) of ``values`` in ``table``, with -1 for those it lacks, and where those are.
 
-    Grouping is by small integers (cheap to hash, unlike tuples of mixed
-    types) in one pass, which beats sorting by code; the index key is built
-    once per group.
+    The C extension's ``lookup`` is the fast twin.
     """
-    groups: dict[int, list[int]] = {}
+    get = table.get
+    codes = array("i", [get(v, -1) for v in values])
+    missing = [j for j, c in enumerate(codes) if c < 0] if -1 in codes else []
+    return codes.tobytes(), missing
+
+
+def _py_group_rows(cols: tuple[Sequence[int], ...], base: int, off: Sequence[int] | None = None,
+                   remap: Sequence[int] | None = None) -> list[tuple[Any, array]]:
+    """Group items by their codes: [(key, its items' rows, ascending), ...], keys first-seen first.
+
+    ``cols`` holds 1 to 3 equally long columns of codes (C ints); an item's key is its code (one
+    column, through ``remap[code]`` when given: an IndexError unless 0 <= code < len(remap)) or the
+    tuple of its codes. Item ``j`` belongs to row ``base + j``, or, with ``off`` (ascending,
+    ``off[i]..off[i+1]`` the items of row ``base + i``), to the row whose span holds it. The C
+    extension's ``group_rows`` is the fast twin (its rows are C ints as bytes, not arrays).
+    """
+    if not 1 <= len(cols) <= 3:
+        raise ValueError("cols must hold 1 to 3 columns")
+    if remap is not None and len(cols) != 1:
+        raise TypeError("remap must be a list, and needs exactly one column")
+    n = len(cols[0])
+    if any(len(c) != n for c in cols):
+        raise ValueError("columns differ in length")
+    rows: Sequence[int]
+    if off is None:
+        rows = range(base, base + n)
+    else:
+        if len(off) < 1 or off[-1] - off[0] != n:
+            raise ValueError("off must span exactly the items of the columns")
+        if any(map(gt, off, islice(off, 1, None))):
+            raise ValueError("off must be ascending")
+        # Row base + i repeated once per item of its span, at C speed.
+        rows = list(chain.from_iterable(map(repeat, range(base, base + len(off) - 1),
+                                            map(sub, islice(off, 1, None), off))))
+    if len(cols) == 1:
+        codes: Sequence[int] = cols[0]
+        if remap is not None:
+            if n and min(codes) < 0:
+                raise IndexError("list index out of range")  # a negative index would count from the end
+            codes = list(map(remap.__getitem__, codes))
+            if n and (min(codes) < -(1 << 31) or max(codes) >= 1 << 31):
+                raise OverflowError("remapped code does not fit a C int")
+        return [(c, array("i", g)) for c, g in _groups(codes, rows).items()]
+    # Small integers hash far faster than tuples: the key as one number (32 bits per code, two's
+    # complement), decoded once per group.
+    if len(cols) == 2:
+        a, b = cols
+        keyed = _groups([(x & _M32) << 32 | (y & _M32) for x, y in zip(a, b)], rows)
+        return [((_signed(k >> 32), _signed(k & _M32)), array("i", g)) for k, g in keyed.items()]
+    a, b, c3 = cols
+    keyed = _groups([((x & _M32) << 32 | (y & _M32)) << 32 | (z & _M32) for x, y, z in zip(a, b, c3)], rows)
+    return [((_signed(k >> 64), _signed(k >> 32 & _M32), _signed(k & _M32)), array("i", g)) for k, g in keyed.items()]
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _signed(u: int) -> int:
+    """A 32-bit two's complement pattern as the C int it holds."""
+    return u - (1 << 32) if u >= 1 << 31 else u
+
+
+def _groups(codes: Sequence[Any], rows: Sequence[int]) -> dict[Any, list[int]]:
+    """rows grouped by code, in one pass (beats sorting by code), groups in first-seen order."""
+    groups: dict[Any, list[int]] = {}
     get = groups.get
     for r, c in zip(rows, codes):
         grp = get(c)
@@ -452,14 +521,59 @@ def _group_codes(index: dict, codes: Sequence[int], key_of: Callable[[int], Any]
             groups[c] = [r]
         else:
             grp.append(r)
-    for code, grp in groups.items():
-        add = array("i", grp)
+    return groups
+
+
+def _py_columns(evs: list[ArtifactRecorded], label_start: int,
+                metric_start: int) -> tuple[list[str], bytes, list[str], bytes, list[tuple[str, Any]], set[type],
+                                            bytes, list[str], list[Any], bytes, list[int]]:
+    """The fields of artifact events, column by column (the C extension's ``columns`` is the fast twin).
+
+    Returns (ids, sizes as int64 bytes, sha256 hexes, pins as bytes, every label (key, value) in
+    order, the set of label value types, each row's label end offset from ``label_start`` as int64
+    bytes, metric names, metric values, metric end offsets from ``metric_start`` likewise, indexes
+    of the events with ``derived_from``).
+    """
+    items = [it for ev in evs for it in ev.labels.items()]
+    return ([ev.artifact_id for ev in evs], array("q", [ev.size for ev in evs]).tobytes(),
+            [ev.sha256 for ev in evs], bytes(bytearray(ev.pinned for ev in evs)), items,
+            set(map(type, [v for _, v in items])),
+            array("q", accumulate([len(ev.labels) for ev in evs], initial=label_start))[1:].tobytes(),
+            [k for ev in evs for k in ev.metrics], [v for ev in evs for v in ev.metrics.values()],
+            array("q", accumulate([len(ev.metrics) for ev in evs], initial=metric_start))[1:].tobytes(),
+            [j for j, ev in enumerate(evs) if ev.derived_from])
+
+
+if _native is not None:
+    _columns: Callable[[list[ArtifactRecorded], int, int], tuple] = _native.columns
+    _intern: Callable[[list[Any], str | None, dict[Any, int], list[Any]], bytes] = _native.intern
+    _group_rows: Callable[..., list[tuple[Any, Any]]] = _native.group_rows
+    _lookup: Callable[[list[Any], dict[Any, int]], tuple[bytes, list[int]]] = _native.lookup
+else:
+    _lookup = _py_lookup
+    _columns = _py_columns
+    _intern = _py_intern
+    _group_rows = _py_group_rows
+
+
+def _extend_index(index: dict, groups: list[tuple[Any, Any]], key_of: Callable[[Any], Any]) -> None:
+    """Append each group's rows (an array('i'), or C ints as bytes) to ``index[key_of(code)]``.
+
+    The key is built once per group.
+    """
+    for code, rows in groups:
         key = key_of(code)
         lst = index.get(key)
-        if lst is None:
-            index[key] = add
+        if type(rows) is array:
+            if lst is None:
+                index[key] = rows
+            else:
+                lst.extend(rows)
+        elif lst is None:
+            index[key] = lst = array("i")
+            lst.frombytes(rows)
         else:
-            lst.extend(add)
+            lst.frombytes(rows)
 
 
 def _append_deferred(state: Catalog, seqs: Sequence[int], tss: Sequence[int], events: Sequence[Event]) -> bool:
@@ -469,19 +583,29 @@ def _append_deferred(state: Catalog, seqs: Sequence[int], tss: Sequence[int], ev
     pin only counts for an artifact recorded before it (an earlier seq), exactly
     as when the events are applied one by one.
     """
-    if not all(type(ev) is ArtifactRecorded or type(ev) is PinChanged for ev in events):
+    types = list(map(type, events))
+    kinds = set(types)
+    if not kinds <= {ArtifactRecorded, PinChanged}:
         return False  # lifecycle events are folded one by one, against current indexes
-    arts = [j for j, ev in enumerate(events) if type(ev) is ArtifactRecorded]
-    evs: list[ArtifactRecorded] = [events[j] for j in arts]  # type: ignore[misc]
-    if arts and not _columns_only(state, [seqs[j] for j in arts], [tss[j] for j in arts], evs):
+    # Split by type at C speed (map/compress), not in a Python loop per event.
+    art_seqs: Sequence[int]
+    art_tss: Sequence[int]
+    if PinChanged in kinds:
+        is_art = list(map(is_, types, repeat(ArtifactRecorded)))
+        evs: list[ArtifactRecorded] = list(compress(events, is_art))  # type: ignore[arg-type]
+        art_seqs, art_tss = list(compress(seqs, is_art)), list(compress(tss, is_art))
+    else:
+        evs = list(events)  # type: ignore[arg-type]
+        art_seqs, art_tss = seqs, tss
+    if evs and not _columns_only(state, art_seqs, art_tss, evs):
         return False
-    if len(arts) < len(events):
+    if PinChanged in kinds:
         id_rows, row_seq = state.id_rows, state.seq
-        for seq, ev in zip(seqs, events):
-            if type(ev) is PinChanged:
-                i = id_rows.get(ev.artifact_id)
-                if i is not None and row_seq[i] < seq:
-                    apply_pin(state, seq, ev.artifact_id, ev.pinned)
+        for j in compress(range(len(types)), map(is_, types, repeat(PinChanged))):
+            seq, ev = seqs[j], events[j]
+            i = id_rows.get(ev.artifact_id)  # type: ignore[union-attr]
+            if i is not None and row_seq[i] < seq:
+                apply_pin(state, seq, ev.artifact_id, ev.pinned)  # type: ignore[union-attr]
     state.head_seq = seqs[-1]
     state.times.extend(tss)
     return True
@@ -506,88 +630,84 @@ def _columns_only(state: Catalog, seqs: Sequence[int], tss: Sequence[int], evs: 
     Returns False, having changed nothing, unless the column-wise path applies:
     fresh, distinct ids, plain labels and no live best tables.
     """
-    ids = [ev.artifact_id for ev in evs]
+    evl = evs if type(evs) is list else list(evs)
+    (ids, sizes, shas, pins, items, value_types, label_ends, names, values, metric_ends,
+     derived) = _columns(evl, state.label_off[-1], state.metric_off[-1])
     id_rows = state.id_rows
-    items = [it for ev in evs for it in ev.labels.items()]
-    value_types = set(map(type, [v for _, v in items]))
-    if (state.best or bool in value_types or list in value_types or len(set(ids)) != len(ids)
-            or not id_rows.keys().isdisjoint(ids)):
-        return False
     base = len(state.ids)
     n = len(evs)
+    if state.best or bool in value_types or list in value_types:
+        return False
+    # Built once: it tells repeated ids apart and merges into id_rows without hashing them again.
+    rows_of = dict(zip(ids, range(base, base + n)))
+    if len(rows_of) != n or not id_rows.keys().isdisjoint(rows_of):
+        return False
     state.ids.extend(ids)
-    id_rows.update(zip(ids, range(base, base + n)))
+    id_rows.update(rows_of)
     state.seq.extend(seqs)
     state.ts.extend(tss)
-    state.size.extend([ev.size for ev in evs])
-    str_ids = state.str_ids
+    state.size.frombytes(sizes)
+    str_ids, strs = state.str_ids, state.strs
     for col, attr in (("kind_s", "kind"), ("mime_s", "mime"), ("origin_s", "origin"), ("run_s", "run_id"),
                       ("graph_s", "graph_id"), ("node_s", "node_id"), ("project_s", "project_id"),
                       ("name_s", "name"), ("suggested_s", "suggested_uri")):
-        values = list(map(attrgetter(attr), evs))
-        _intern(state, values)
-        getattr(state, col).extend(map(str_ids.__getitem__, values))
-    shas = [ev.sha256 for ev in evs]
+        getattr(state, col).frombytes(_intern(evl, attr, str_ids, strs))
     state.sha += bytes.fromhex("".join(shas))
-    pins = bytes(bytearray(ev.pinned for ev in evs))
     state.pinned0 += pins
     state.pin_now += pins
     if state._by_sha is not None:
         for j, sha in enumerate(shas):
             state._by_sha[bytes.fromhex(sha)] = base + j
     # labels: a plain value is its own strict key, except floats (1.0 must stay apart from 1)
-    counts = [len(ev.labels) for ev in evs]
     if float in value_types:
         keys = [(k, ("f", v)) if type(v) is float else (k, v) for k, v in items]
     else:
         keys = items
     pair_ids = state.pair_ids
-    for key, it in dict(zip(keys, items)).items():
-        if key not in pair_ids:
-            pair_ids[key] = len(state.pairs)
-            _new_pair(state, it[0], it[1], it)
-    pids = list(map(pair_ids.__getitem__, keys))
-    state.label_pair.extend(pids)
-    state.label_off.extend(accumulate(counts, initial=state.label_off[-1]))
-    del state.label_off[-n - 1]  # accumulate() starts by repeating the previous end
-    mcounts = [len(ev.metrics) for ev in evs]
-    names = [k for ev in evs for k in ev.metrics]
-    _intern(state, names)
-    state.metric_name.extend(map(str_ids.__getitem__, names))
-    state.metric_val.extend([v for ev in evs for v in ev.metrics.values()])
-    state.metric_off.extend(accumulate(mcounts, initial=state.metric_off[-1]))
-    del state.metric_off[-n - 1]
-    for seq, ev in zip(seqs, evs):
-        if ev.derived_from:
-            record_parents(state, seq, ev.artifact_id, ev.derived_from)
+    codes, missing = _lookup(keys, pair_ids)
+    if missing:  # new pairs get ids in first-seen order
+        fixed = array("i")
+        fixed.frombytes(codes)
+        for j in missing:
+            key = keys[j]
+            p = pair_ids.get(key)
+            if p is None:
+                p = pair_ids[key] = len(state.pairs)
+                it = items[j]
+                _new_pair(state, it[0], it[1], it)
+            fixed[j] = p
+        state.label_pair.extend(fixed)
+    else:
+        state.label_pair.frombytes(codes)
+    state.label_off.frombytes(label_ends)
+    state.metric_name.frombytes(_intern(names, None, str_ids, strs))
+    state.metric_val.extend(values)
+    state.metric_off.frombytes(metric_ends)
+    for j in derived:
+        record_parents(state, seqs[j], ids[j], evl[j].derived_from)
     return True
 
 
 def _index_rows(state: Catalog, base: int, end: int | None = None) -> None:
     """Add rows ``base..end`` (already in the columns; default: to the last) to every index, rows ascending."""
     stop = len(state.ids) if end is None else end
-    n = stop - base
     by_label = state.by_label
-    rows = range(base, base + n)
     strs = state.strs
+    group = _group_rows
     for col, attr in (("run_s", "run_id"), ("graph_s", "graph_id"), ("node_s", "node_id"),
                       ("project_s", "project_id")):
         def key_of(c: int, a: str = attr) -> tuple[str, Any]:
             return a, strs[c]
-        _group_codes(by_label, getattr(state, col)[base:stop], key_of, rows)
+        _extend_index(by_label, group((getattr(state, col)[base:stop],), base), key_of)
     off = state.label_off
     pids = state.label_pair[off[base]:off[stop]]
-    label_rows = [i for i in rows for _ in range(off[i + 1] - off[i])]
-    # Group by canonical value (1 and 1.0 share an index entry) so rows stay ascending.
-    _group_codes(by_label, list(map(state.pair_rep.__getitem__, pids)), state.pair_canon.__getitem__, label_rows)
-    width = len(strs) + 1
+    # Grouped by canonical value (1 and 1.0 share an index entry) so rows stay ascending.
+    _extend_index(by_label, group((pids,), base, off[base:stop + 1], state.pair_rep), state.pair_canon.__getitem__)
     run_c, graph_c, node_c = state.run_s[base:stop], state.graph_s[base:stop], state.node_s[base:stop]
-    rg = [r * width + g for r, g in zip(run_c, graph_c)]
-    _group_codes(state.by_graph, rg, lambda c: (strs[c // width], strs[c % width]), rows)
-    rgn = [x * width + nd for x, nd in zip(rg, node_c)]
-    _group_codes(state.by_node, rgn,
-                 lambda c: (strs[c // width // width], strs[c // width % width], strs[c % width]), rows)
-    _group_codes(state.by_kind, state.kind_s[base:stop], strs.__getitem__, rows)
+    _extend_index(state.by_graph, group((run_c, graph_c), base), lambda k: (strs[k[0]], strs[k[1]]))
+    _extend_index(state.by_node, group((run_c, graph_c, node_c), base),
+                  lambda k: (strs[k[0]], strs[k[1]], strs[k[2]]))
+    _extend_index(state.by_kind, group((state.kind_s[base:stop],), base), strs.__getitem__)
 
 
 def _new_pair(state: Catalog, k: str, v: Any, recorded: tuple[str, Any]) -> None:
