@@ -310,34 +310,42 @@ class SegmentLog:
         before = self._durable()
         held: list[Record] = []
 
-        def hold(rec: Record) -> None:
+        def release(recs: list[Record]) -> None:
             nonlocal before
-            if held and rec.batch_first != held[0].batch_first:
-                for r in held:
-                    on_record(r)
-                before = _after(held[-1])
-                held.clear()
-            if rec.batch_first:
-                held.append(rec)
-            else:
-                on_record(rec)  # version 1: written before one flush per batch existed
-                before = _after(rec)
+            if recs:
+                deliver(on_record, recs)
+                before = _after(recs[-1])
 
+        def hold_many(recs: list[Record]) -> None:
+            # A chunk's trailing records of one batch are held (they may be the log's last batch); what
+            # comes before them, and the held records once another batch follows, are reported in bulk.
+            if not recs:
+                return
+            last = recs[-1].batch_first
+            cut = len(recs)
+            while cut and recs[cut - 1].batch_first == last and last:
+                cut -= 1
+            if held and (cut or recs[0].batch_first != held[0].batch_first):
+                release(held[:])
+                held.clear()
+            release(recs[:cut])  # version-1 records (batch start 0) are never held: they predate one flush
+            held.extend(recs[cut:])
+
+        # Chunks as Records (not the payloads path, which makes none): the held batch must be checkable.
+        hold = RecordSink(lambda rec: hold_many([rec]), hold_many)
         try:
             self._read_committed(hold)
             if held and check(held) is None:
                 # Whole already (it stays so): reported before the lock is taken, so that a long last
                 # batch is replayed without holding up writers. Only a batch found wanting is judged locked.
-                for r in held:
-                    on_record(r)
-                before = _after(held[-1])
+                release(held[:])
                 held.clear()
             with self.locked(exclusive=not self.read_only):
                 self._catch_up(hold, repair=not self.read_only)
                 if held:
                     self._judge_last_batch(held, before, check)
-                for r in held:
-                    on_record(r)
+                release(held[:])
+                held.clear()
         finally:
             self._report_torn = False
 

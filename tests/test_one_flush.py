@@ -399,6 +399,27 @@ def test_a_last_batch_naming_an_incomplete_blob_is_cut_on_open(root, tmp_path, d
 
 
 @needs_one_flush
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_a_last_batch_read_over_several_scan_chunks_is_held_and_judged_whole(root, tmp_path, monkeypatch, chunk):
+    """Replay hands the segment log's records over in chunks; a last batch that spans chunks (and chunks
+    that end inside earlier batches) is still held back whole: cut whole when one of its blobs is
+    incomplete, and kept whole, with everything before it, when none is."""
+    datas = [f"spanning {i}".encode() * 60 for i in range(5)]
+    acked, last, seqs = _two_batches(root, tmp_path, datas)
+    monkeypatch.setattr(filelog, "SCAN_CHUNK", chunk)
+    ids, torn, ok = _open_ids(root)
+    assert len(ids) == 1 + len(datas) and ids[:len(acked)] == acked and torn == [] and ok
+    shutil.rmtree(root / "checkpoints")
+    (root / "checkpoints").mkdir()
+    victim = _blob(root, last[0])
+    victim.chmod(0o644)
+    victim.write_bytes(b"")
+    ids, torn, ok = _open_ids(root)
+    assert ids == acked and ok
+    assert len(torn) == 1 and seqs in torn[0]
+
+
+@needs_one_flush
 def test_a_last_batch_whose_directory_member_is_missing_is_cut(root, tmp_path):
     """The check covers directory artifacts: a member blob of an ingest_dir in the last batch, missing,
     cuts the batch."""
