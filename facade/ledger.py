@@ -20,7 +20,7 @@ import anyio.to_thread
 from ..ledger import checkpoints
 from ..ledger.backends import (DEFAULT_SEGMENT_BYTES, MIN_SEGMENT_BYTES, directory_blob_place, is_log_url,
                                open_file_log, open_log_url)
-from ..ledger.base import EventLog, RecordSink
+from ..ledger.base import EventLog, RecordSink, ReplayAgain
 from ..ledger.errors import BlobCollected, LedgerClosed, LedgerCorruption, ReadOnlyError, RecordsLost
 from ..ledger.events import Event, EventDecodeError, decode_event, decode_event_array, decode_events
 from ..ledger.framing import Record
@@ -820,8 +820,17 @@ def _replay(led: Ledger, *, accept_loss: bool, progress: Callable[[int, int], No
     # Indexes are built once, after the last record, instead of extended batch by batch.
     led.catalog.defer_indexes()
     try:
-        led._ckpt_seq = log.open(RecordSink(on_record, on_records, on_payloads), restore, accept_loss=accept_loss,
-                                 progress=progress)
+        try:
+            led._ckpt_seq = log.open(RecordSink(on_record, on_records, on_payloads), restore,
+                                     accept_loss=accept_loss, progress=progress)
+        except ReplayAgain:
+            # The log's last batch was torn (a power cut before its flush returned) and was handed over
+            # before it was judged: what was built from it goes, and the log, now without it, is read again.
+            pending.clear()
+            led.catalog = Catalog()
+            led.catalog.defer_indexes()
+            led._ckpt_seq = log.open(RecordSink(on_record, on_records, on_payloads), restore,
+                                     accept_loss=accept_loss, progress=progress)
         apply_records(led.catalog, pending)
         led.catalog.build_indexes()
         led._head = (log.head_seq, log.head_hash.hex())

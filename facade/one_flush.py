@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from ..ledger.events import ArtifactRecorded, decode_event
+from ..ledger.events import ArtifactRecorded, Event, decode_event, decode_events
 from ..ledger.file import FileEventLog
 from ..ledger.framing import Record
 from ..store import durable
@@ -64,11 +64,9 @@ def batch_blobs(records: list[Record], store: LocalBlobStore) -> tuple[list[tupl
     is wrong with those that cannot even be listed (a directory manifest that is not whole)."""
     out: list[tuple[str, int | None]] = []
     problems: list[str] = []
-    for rec in records:
-        try:
-            ev = decode_event(rec.payload)
-        except Exception:  # noqa: BLE001 - an undecodable record is the replay's to report, as damage
-            continue
+    # One bulk decode; one by one only when that fails (an old version, or damage: the replay's to report).
+    events: list[Event | None] = list(decode_events([r.payload for r in records]) or map(_decoded, records))
+    for rec, ev in zip(records, events):
         if not isinstance(ev, ArtifactRecorded):
             continue
         if ev.mime != content.DIR_MIME:
@@ -82,6 +80,13 @@ def batch_blobs(records: list[Record], store: LocalBlobStore) -> tuple[list[tupl
             continue
         out.extend((e["sha256"], e["bytes"]) for e in manifest["files"])
     return out, problems
+
+
+def _decoded(rec: Record) -> Event | None:
+    try:
+        return decode_event(rec.payload)
+    except Exception:  # noqa: BLE001 - an undecodable record is the replay's to report, as damage
+        return None
 
 
 def last_batch_check(store: LocalBlobStore) -> Callable[[list[Record]], tuple[str, Callable[[], None]] | None]:

@@ -43,6 +43,11 @@ class RecordSink:
         self.one(rec)
 
 
+class ReplayAgain(Exception):
+    """Raised by ``open`` after it handed over a last batch that recovery then cut as torn (or, read-only,
+    left out): the caller drops the state it built and opens again, which reads the log without it."""
+
+
 def deliver(on_record: OnRecord, recs: list[Record]) -> None:
     """Hand ``recs`` (in order) to ``on_record``: in one call to a RecordSink's ``many``, else one by one."""
     if type(on_record) is RecordSink:

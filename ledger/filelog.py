@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Protocol
 from ..store.durable import fsync_dir as _fsync_dir
 from ..store.durable import syncfs_fd as _syncfs_fd
 
-from .base import BatchFailed, RecordSink, deliver
+from .base import BatchFailed, RecordSink, ReplayAgain, deliver
 from .errors import LedgerCorruption, LedgerPoisoned, ReadOnlyError, RecordsLost
 from .lockfile import DEFAULT_LOCK_TIMEOUT, LogLock
 from .framing import (
@@ -305,49 +305,76 @@ class SegmentLog:
             finally:
                 self._report_torn = False
             return
-        # The records of the newest batch are held back until the log is read to its end: if that batch
-        # is the last, its blobs are checked (under the lock) before anything of it is reported.
-        before = self._durable()
-        held: list[Record] = []
-
-        def release(recs: list[Record]) -> None:
-            nonlocal before
-            if recs:
-                deliver(on_record, recs)
-                before = _after(recs[-1])
-
-        def hold_many(recs: list[Record]) -> None:
-            # A chunk's trailing records of one batch are held (they may be the log's last batch); what
-            # comes before them, and the held records once another batch follows, are reported in bulk.
-            if not recs:
-                return
-            last = recs[-1].batch_first
-            cut = len(recs)
-            while cut and recs[cut - 1].batch_first == last and last:
-                cut -= 1
-            if held and (cut or recs[0].batch_first != held[0].batch_first):
-                release(held[:])
-                held.clear()
-            release(recs[:cut])  # version-1 records (batch start 0) are never held: they predate one flush
-            held.extend(recs[cut:])
-
-        # Chunks as Records (not the payloads path, which makes none): the held batch must be checkable.
-        hold = RecordSink(lambda rec: hold_many([rec]), hold_many)
+        # Everything is handed over at replay speed (chunks, payloads); once the log is read to its end,
+        # under the lock, its last batch is judged. A batch found torn was handed over too, so after it is
+        # cut (or, read-only, left out) the caller starts afresh: ReplayAgain. That costs a second replay
+        # only after a power cut tore the last batch.
+        start_seq = self.head_seq
+        start_state = self._durable()
         try:
-            self._read_committed(hold)
-            if held and check(held) is None:
-                # Whole already (it stays so): reported before the lock is taken, so that a long last
-                # batch is replayed without holding up writers. Only a batch found wanting is judged locked.
-                release(held[:])
-                held.clear()
+            self._read_committed(on_record)
             with self.locked(exclusive=not self.read_only):
-                self._catch_up(hold, repair=not self.read_only)
-                if held:
-                    self._judge_last_batch(held, before, check)
-                release(held[:])
-                held.clear()
+                self._catch_up(on_record, repair=not self.read_only)
+                torn = self._judge_tail(check, start_seq, start_state)
         finally:
             self._report_torn = False
+        if torn:
+            self._forget_reading()
+            raise ReplayAgain(f"the last batch of {self.directory} was torn and is cut; read the log again")
+
+    def _judge_tail(self, check: LastBatchCheck, start_seq: int, start_state: _Durable) -> bool:
+        """Judge the log's last batch (read in this recovery, after ``start_seq``); True if it was cut or,
+        read-only, left out."""
+        first = self._head_batch
+        if first is None or first <= start_seq or first > self.head_seq:
+            return False  # no batch starts in what was read (version 1 records, or one begun before)
+        window = self._tail_records(first)
+        if window is None:
+            return False  # the batch began in an earlier segment: a later append found it durable
+        held = [r for r in window if r.seq >= first]
+        if not held or held[0].seq != first:
+            return False
+        if first == start_seq + 1:
+            before = start_state
+        elif window[0].seq < first:
+            before = _after(window[held[0].seq - window[0].seq - 1])
+        else:
+            before = _after(next(self.read_range(first - 1, first - 1)))
+        head = self.head_seq
+        self._judge_last_batch(held, before, check)
+        return self.head_seq != head
+
+    def _tail_records(self, first: int) -> list[Record] | None:
+        """The current segment's records from the sparse point before seq ``first`` to the head, decoded
+        at scan speed; None if ``first`` is not in the current segment."""
+        seg, off, expect = self._start_for(first)
+        if seg != self._seg_first or self._seg_fd is None:
+            return None
+        buf = os.pread(self._seg_fd, self._end - off, off)
+        name = segment_name(seg)
+        status, rec, reason = read_record(buf, 0, name, off, self._seg_version)
+        if status != OK or rec is None or rec.seq != expect:
+            raise LedgerCorruption(name, off, expect, reason or "unexpected seq")
+        out = [rec]
+        pos = rec.length
+        while out[-1].seq < self.head_seq:
+            last = out[-1]
+            recs, pos = scan_chain(buf, pos, name, off, last.seq + 1, last.hash, SCAN_CHUNK, self._seg_version,
+                                   last.batch_first)
+            if not recs:
+                raise LedgerCorruption(name, off + pos, last.seq + 1, "a record read before is not there now")
+            out.extend(recs)
+        return out
+
+    def _forget_reading(self) -> None:
+        """Back to nothing read (what a torn last batch left out stays left out), for ``recover`` again."""
+        if self._seg_fd is not None:
+            os.close(self._seg_fd)
+            self._seg_fd = None
+        self.head_seq, self.head_hash, self.head_ts = 0, GENESIS_HASH, 0
+        self._seg_first, self._end, self._head_at = 0, 0, (0, 0, 0)
+        self._sparse = []
+        self._head_batch = -1
 
     def _cap(self, size: int) -> int:
         """How much of the current segment (``size`` bytes) to read: a read-only process stops before a last
