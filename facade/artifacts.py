@@ -254,7 +254,7 @@ class ArtifactFacade(LifecycleMixin):
             return store.put_file(str(p))
 
         for attempt in range(BLOB_RETRIES + 1):
-            info = await anyio.to_thread.run_sync(put, limiter=self._writable("save").put_slots)
+            info = await anyio.to_thread.run_sync(put, limiter=self._writable("save")._put_slots)
             try:
                 return await self._record(origin="save", sha256=info.sha256, size=info.size,
                                           mime=content.guess_mime(p.name), name=p.name, meta=meta,
@@ -280,7 +280,7 @@ class ArtifactFacade(LifecycleMixin):
         store = self._src.store
         for attempt in range(BLOB_RETRIES + 1):
             info = await anyio.to_thread.run_sync(lambda: store.put_file(str(p), adopt=True),
-                                                  limiter=self._writable(origin).put_slots)
+                                                  limiter=self._writable(origin)._put_slots)
             try:
                 art = await self._record(origin=origin, sha256=info.sha256, size=info.size, mime=mime,
                                          name=None, meta=meta,
@@ -364,7 +364,7 @@ class ArtifactFacade(LifecycleMixin):
         try:
             for attempt in range(BLOB_RETRIES + 1):
                 sha, total, needs = await anyio.to_thread.run_sync(
-                    put_all, limiter=self._writable("ingest_dir").put_slots)
+                    put_all, limiter=self._writable("ingest_dir")._put_slots)
                 try:
                     art = await self._record(origin="ingest_dir", sha256=sha, size=total, mime=content.DIR_MIME,
                                              name=p.name, meta=meta, needs=needs)

@@ -100,15 +100,15 @@ class Ledger:
         self._ckpt_prev_seq = 0  # _ckpt_seq before the running background checkpoint
         self._projecting = Projecting(self)
         self._private_cache: Path | None = None  # a read-only ledger's temporary blob cache, removed on close
-        self._put_slots: anyio.CapacityLimiter | None = None
+        self._put_limiter: anyio.CapacityLimiter | None = None
 
     @property
-    def put_slots(self) -> anyio.CapacityLimiter:
+    def _put_slots(self) -> anyio.CapacityLimiter:
         """The worker-thread slots blob puts run in (``store.put_concurrency`` of them), apart from anyio's
         default pool, so that many concurrent saves neither convoy on the GIL nor starve other blocking work."""
-        if self._put_slots is None:
-            self._put_slots = anyio.CapacityLimiter(self.store.put_concurrency)
-        return self._put_slots
+        if self._put_limiter is None:
+            self._put_limiter = anyio.CapacityLimiter(self.store.put_concurrency)
+        return self._put_limiter
 
     @property
     def materialized(self) -> Path:
