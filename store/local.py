@@ -55,6 +55,19 @@ class _Pending:
         self.renamed = False  # publish() gave it its address (one-flush)
 
 
+def _close_flushed(tmp: Path, fd: int, flush: bool) -> None:
+    """Close the fd that wrote temp file ``tmp``, fsyncing through it first if ``flush``; should the
+    fsync fail, the temp file is removed (its bytes may never reach the disk) and the error raised."""
+    try:
+        if flush:
+            durable.fsync_fd(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+
+
 class LocalBlobStore:
     """Blobs in a directory, deduplicated by SHA-256."""
 
@@ -277,14 +290,7 @@ class LocalBlobStore:
         takes ``fd``."""
         if self.sync_fd is not None:
             # Flushed by the batch's syncfs; only a large blob is flushed now, before it can have a name.
-            try:
-                if size >= LARGE_BLOB:
-                    durable.fsync_fd(fd)
-            except BaseException:
-                os.close(fd)
-                tmp.unlink(missing_ok=True)
-                raise
-            os.close(fd)
+            _close_flushed(tmp, fd, size >= LARGE_BLOB)
             with self._pending_lock:
                 self._pending.append(_Pending(str(tmp), sha, None))
             return
@@ -296,24 +302,11 @@ class LocalBlobStore:
                 if keep:
                     self._open_pending += 1
             if not keep:
-                try:
-                    durable.fsync_fd(fd)
-                except BaseException:
-                    os.close(fd)
-                    tmp.unlink(missing_ok=True)
-                    raise
-                os.close(fd)
+                _close_flushed(tmp, fd, True)
             with self._pending_lock:
                 self._pending.append(_Pending(str(tmp), sha, fd if keep else None))
             return
-        try:
-            if self.fsync:
-                durable.fsync_fd(fd)  # through the fd that wrote the bytes, before their name exists
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
+        _close_flushed(tmp, fd, self.fsync)  # through the fd that wrote the bytes, before their name exists
         self._rename_in(str(tmp), sha, sync_dirs=self.fsync)
 
     def _rename_in(self, tmp: str, sha: str, *, sync_dirs: bool) -> list[str]:
