@@ -171,7 +171,7 @@ class SegmentLog:
         # One flush per batch: the blobs renamed in under the lock and flushed with the records by one
         # syncfs (None: blobs are made durable before append_batch, and the batch is fdatasynced).
         self.batch_blobs: BatchBlobs | None = None
-        # Run by recover() on the log's last batch before its records are reported (see LastBatchCheck).
+        # Run by recover() on the log's last batch once the log is read to its end (see LastBatchCheck).
         self.check_last_batch: LastBatchCheck | None = None
         # Read-only: (segment, offset, hash of its first record) of a last batch left out as unproven.
         self._unproven: tuple[int, int, bytes] | None = None
@@ -389,17 +389,14 @@ class SegmentLog:
         return min(size, u[1])
 
     def _judge_last_batch(self, held: list[Record], before: _Durable, check: LastBatchCheck) -> None:
-        """Cut the log's last batch (``held``, read but not yet reported) if a blob it names is not whole.
+        """Cut the log's last batch (``held``: all of it, in the current segment, begun after the recovery's
+        start; see ``_judge_tail``) if a blob it names is not whole; ``before`` is the log just before it.
 
         Under one flush per batch, every batch but the last is wholly durable (the lock is held until its
         syncfs returns, and a later batch is written only after that), so only the last can name blobs a
         power cut left incomplete; such a batch was never acknowledged. Read-only, it is left out in memory.
         """
         first = held[0]
-        if int(first.segment[: -len(SEGMENT_SUFFIX)]) != self._seg_first:
-            return  # a later segment was created after it, so a later append found it durable
-        if first.batch_first != first.seq:
-            return  # it began before the checkpoint reading started from: it was acknowledged
         found = check(held)
         if found is None:
             return
@@ -416,7 +413,6 @@ class SegmentLog:
         self._sparse = [s for s in self._sparse if s[0] < first.seq]
         self._end = first.offset
         lost = f"seq {first.seq}..{held[-1].seq} ({len(held)} record(s), {problem})"
-        held.clear()
         if self.read_only:
             self._unproven = (self._seg_first, first.offset, first.hash)
             warnings.warn(f"ignored the last batch of segment {name} at offset {first.offset}: {lost}; the "
@@ -680,11 +676,7 @@ class SegmentLog:
             if recs:
                 deliver(on_record, recs)
                 self._note_sparse(recs)
-                last = recs[-1]
-                self.head_seq, self.head_hash, self.head_ts = last.seq, last.hash, last.ts_us
-                self._head_batch = last.batch_first
-                self._end = base + pos
-                self._head_at = (self._seg_first, last.offset, self._end)
+                self._took(recs[-1], base, pos)
             if pos >= n or (stop is not None and self.head_seq >= stop):
                 return
             if len(recs) == SCAN_CHUNK:
@@ -704,13 +696,9 @@ class SegmentLog:
                         f"batch start seq {rec.batch_first} does not continue the batch of the record before",
                     )
                 on_record(rec)
-                if rec.seq % SPARSE_EVERY == 1:
-                    self._sparse.append((rec.seq, self._seg_first, rec.offset))
-                self.head_seq, self.head_hash, self.head_ts = rec.seq, rec.hash, rec.ts_us
-                self._head_batch = rec.batch_first
+                self._note_sparse([rec])
                 pos += rec.length
-                self._end = base + pos
-                self._head_at = (self._seg_first, rec.offset, self._end)
+                self._took(rec, base, pos)
                 continue
             self._handle_bad_tail(buf, pos, base, name, status, reason, repair)
             return
