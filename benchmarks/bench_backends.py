@@ -33,6 +33,7 @@ from pathlib import Path
 import anyio
 
 from artifact_ledger import open_ledger
+from bench_facade import cpu_model
 
 SPAWN = multiprocessing.get_context("spawn")
 R = {"graph_id": "g", "node_id": "n"}
@@ -216,7 +217,7 @@ def main() -> None:
     args = ap.parse_args()
     import psycopg
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    cpu = cpu_model()
     print(f"machine: {os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}, "
           f"Python {sys.version.split()[0]}")
     schema = f"bench_{uuid.uuid4().hex[:12]}"

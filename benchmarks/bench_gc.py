@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_history as bh  # noqa: E402
+from bench_facade import cpu_model  # noqa: E402
 
 from artifact_ledger.facade import open_ledger  # noqa: E402
 from artifact_ledger.ledger.events import Purged  # noqa: E402
@@ -99,18 +100,8 @@ async def bench(root: Path, args: argparse.Namespace) -> int:
         t = time.perf_counter()
         v = await led.verify()
         print(f"verify after gc: ok={v.ok}, {len(v.collected)} collected, in {time.perf_counter() - t:.1f} s")
-    print(f"machine: {os.cpu_count()} cpus, {_cpu()}, {platform.platform()}")
+    print(f"machine: {os.cpu_count()} cpus, {cpu_model()}, {platform.platform()}")
     return 0 if res.bytes == expected and v.ok else 1
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

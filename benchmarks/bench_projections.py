@@ -27,6 +27,7 @@ import anyio
 
 from artifact_ledger.facade import open_ledger
 from artifact_ledger.ledger.events import ArtifactRecorded
+from bench_facade import cpu_model
 
 
 class Count:
@@ -89,15 +90,8 @@ async def open_s(root: Path, projections: list) -> float:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.release()}, {os.cpu_count()} CPUs ({cpu}), Python {sys.version.split()[0]}"
+    return f"{platform.system()} {platform.release()}, {os.cpu_count()} CPUs ({cpu_model()}), " \
+        f"Python {sys.version.split()[0]}"
 
 
 async def main() -> None:

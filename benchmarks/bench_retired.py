@@ -22,21 +22,12 @@ import time
 from pathlib import Path
 
 import anyio
+from bench_facade import cpu_model
 
 from artifact_ledger import open_ledger
 from artifact_ledger.ledger.events import ArtifactRecorded
 
 KINDS = ("model", "image", "table", "checkpoint")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def event(i: int, run: int, rng: random.Random) -> ArtifactRecorded:

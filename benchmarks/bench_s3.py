@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,16 +32,7 @@ import anyio
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (or the platform's guess)."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from bench_facade import cpu_model  # noqa: E402
 
 
 def write_random(path: Path, size: int) -> None:
