@@ -6,10 +6,14 @@ The facade, the audit and the exporter use a blob store only through ``BlobStore
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import BinaryIO, Iterator, Protocol
+
+COPY_CHUNK = 1 << 20  # bytes read at a time by copy_checked
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -43,6 +47,19 @@ class BlobCorrupted(OSError):
         self.path = path
         self.actual = actual
         super().__init__(f"blob {sha256} at {path} is damaged: its bytes hash to {actual}")
+
+
+def copy_checked(src: BinaryIO, src_name: str, dest: str | os.PathLike[str], sha256: str) -> None:
+    """Stream the open blob ``src`` into the new file ``dest`` (refused if it exists), checking its SHA-256
+    on the way: on a mismatch ``dest`` is removed and ``BlobCorrupted`` names ``src_name``."""
+    digest = hashlib.sha256()
+    with open(dest, "xb") as out:
+        while chunk := src.read(COPY_CHUNK):
+            digest.update(chunk)
+            out.write(chunk)
+    if digest.hexdigest() != sha256:
+        os.unlink(dest)
+        raise BlobCorrupted(sha256, src_name, digest.hexdigest())
 
 
 class BlobStoreError(OSError):

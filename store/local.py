@@ -21,7 +21,7 @@ from typing import Iterator
 
 from . import durable
 from .base import BlobCorrupted as BlobCorrupted  # re-exported: its home used to be this module
-from .base import BlobInfo, is_sha
+from .base import BlobInfo, copy_checked, is_sha
 from .base import check_sha as check_sha
 from ..ledger.errors import ReadOnlyError
 from .durable import fsync_dir as _fsync_dir
@@ -493,18 +493,12 @@ class LocalBlobStore:
     def copy_to(self, sha256: str, dest: str | os.PathLike[str]) -> None:
         """Stream a blob into a new file ``dest``, checking its SHA-256 on the way (``BlobCorrupted``)."""
         path = self.path(sha256)
-        digest = hashlib.sha256()
         try:
             src = open(path, "rb")
         except FileNotFoundError:
             raise FileNotFoundError(f"blob {sha256} is missing from the store at {self.root}") from None
-        with src, open(dest, "xb") as out:
-            while chunk := src.read(CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
-        if digest.hexdigest() != sha256:
-            os.unlink(dest)
-            raise BlobCorrupted(sha256, str(path), digest.hexdigest())
+        with src:
+            copy_checked(src, str(path), dest, sha256)
 
     def iter_blobs(self) -> Iterator[str]:
         """Every stored blob's SHA-256, in no particular order."""

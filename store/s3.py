@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from . import durable
 from .base import (BlobCorrupted, BlobInfo, BlobStoreAccessDenied, BlobStoreError, BlobStoreMissing,
-                   BlobStoreUnavailable, check_sha, is_sha)
+                   BlobStoreUnavailable, check_sha, copy_checked, is_sha)
 
 try:  # boto3 is only needed by ledgers whose blobs live in S3
     import boto3
@@ -504,14 +504,8 @@ class S3BlobStore:
         """Stream a blob (through the cache) into the new file ``dest``, checking its SHA-256 on the way."""
 
         def copy(path: Path) -> None:
-            digest = hashlib.sha256()
-            with open(path, "rb") as src, open(dest, "xb") as out:
-                while chunk := src.read(CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-            if digest.hexdigest() != sha256:
-                os.unlink(dest)
-                raise BlobCorrupted(sha256, str(path), digest.hexdigest())
+            with open(path, "rb") as src:
+                copy_checked(src, str(path), dest, sha256)
 
         self._from_cache(sha256, copy)
 
