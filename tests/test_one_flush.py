@@ -420,6 +420,51 @@ def test_a_last_batch_read_over_several_scan_chunks_is_held_and_judged_whole(roo
 
 
 @needs_one_flush
+def test_the_cut_of_a_torn_last_batch_is_flushed_before_its_blobs_go_and_before_open_returns(
+        root, tmp_path, monkeypatch):
+    """Recovery's own writes, in order: the segment is truncated at the batch and fsynced, and only then is
+    the incomplete blob unlinked and its shard directory fsynced; open returns after all of them. (A cut
+    left unflushed could come back after the next crash, with records of seqs the log has reused.)"""
+    datas = [f"cut order {i}".encode() * 60 for i in range(3)]
+    acked, last, _ = _two_batches(root, tmp_path, datas)
+    victim = _blob(root, last[-1])
+    victim.chmod(0o644)
+    victim.write_bytes(b"")
+    seg = str(sorted((root / "log").glob("*.seg"))[-1])
+    events: list[tuple[str, str]] = []
+    real_ftruncate, real_fsync, real_unlink, real_fsync_dir = os.ftruncate, os.fsync, os.unlink, local._fsync_dir
+
+    def ftruncate(fd, length):
+        events.append(("truncate", fd_path(fd)))
+        real_ftruncate(fd, length)
+
+    def fsync(fd):
+        events.append(("fsync", fd_path(fd)))
+        real_fsync(fd)
+
+    def unlink(path, *a, **kw):
+        events.append(("unlink", str(path)))
+        real_unlink(path, *a, **kw)
+
+    def fsync_dir(path):
+        events.append(("fsync dir", str(path)))
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(os, "ftruncate", ftruncate)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "unlink", unlink)
+    monkeypatch.setattr(local, "_fsync_dir", fsync_dir)
+    ids, torn, ok = _open_ids(root)
+    events.append(("returned", ""))
+    assert ids == acked and len(torn) == 1 and ok
+    cut = events.index(("truncate", seg))
+    flushed = events.index(("fsync", seg), cut)
+    gone = events.index(("unlink", str(victim)))
+    shard = events.index(("fsync dir", str(victim.parent)), gone)
+    assert cut < flushed < gone < shard < events.index(("returned", "")), events
+
+
+@needs_one_flush
 def test_a_last_batch_whose_directory_member_is_missing_is_cut(root, tmp_path):
     """The check covers directory artifacts: a member blob of an ingest_dir in the last batch, missing,
     cuts the batch."""
