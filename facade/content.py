@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import mimetypes
 import os
@@ -11,6 +10,7 @@ import stat
 from pathlib import Path
 from typing import Any, Callable
 
+from ..store.base import file_sha256
 from ..store.durable import owner_tag, remove_tree, unique_hex
 
 DIR_MIME = "inode/directory"
@@ -145,7 +145,7 @@ def check_tree(manifest: dict[str, Any], target: Path) -> str | None:
                 entry = want_files.get(rel)
                 if entry is None:
                     return f"{rel!r} is not in the artifact"
-                if os.lstat(full).st_size != entry["bytes"] or _file_sha256(full) != entry["sha256"]:
+                if os.lstat(full).st_size != entry["bytes"] or file_sha256(full) != entry["sha256"]:
                     return f"{rel!r} was changed"
                 seen_files.add(rel)
             else:
@@ -154,14 +154,6 @@ def check_tree(manifest: dict[str, Any], target: Path) -> str | None:
     if missing:
         return f"{missing[0]!r} is missing"
     return None
-
-
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def materialize(manifest: dict[str, Any], copy_blob: Callable[[str, Path], None], target: Path) -> Path:

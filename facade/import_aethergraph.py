@@ -190,11 +190,11 @@ def _dir_fetcher(ws: Path, tree_sha: str, archive_uri: str | None, name: str) ->
                 raise FileNotFoundError(
                     f"aethergraph kept only the manifest of this directory (no archive); the bytes of "
                     f"{len(missing)} of its {len(entries)} files are not in the workspace (e.g. {missing[0]!r})")
-        from .importing import sha256_file
+        from ..store.base import file_sha256
 
         for e in entries:
             f = out / _rel(e["path"])
-            if not f.is_file() or sha256_file(f) != e["sha256"]:
+            if not f.is_file() or file_sha256(f) != e["sha256"]:
                 raise ValueError(f"{e['path']!r} of the directory does not match its manifest's SHA-256")
         return out
     return fetch

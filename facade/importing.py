@@ -10,7 +10,6 @@ earlier import already recorded. The ``import`` command of the CLI is here too.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import numbers
@@ -26,6 +25,7 @@ import anyio.to_thread
 
 from ..ledger.errors import LedgerError
 from ..projections.labels import RESERVED
+from ..store.base import file_sha256
 
 from .cli_format import Progress, fmt_time
 
@@ -159,15 +159,6 @@ def kind_for_name(name: str) -> str:
     return "file"
 
 
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------- the import itself
 async def imported_keys(ledger: Any, source: str) -> set[str]:
     """Source identities (``import.id``) that earlier imports from ``source`` recorded in the ledger."""
@@ -185,7 +176,7 @@ async def _record_one(ledger: Any, source: str, item: SourceArtifact, scratch: P
     meta = {"kind": item.kind, "labels": labels, "metrics": item.metrics, "pin": item.pinned}
     if not item.is_dir:
         if item.sha256 is not None:
-            actual = await anyio.to_thread.run_sync(sha256_file, path)
+            actual = await anyio.to_thread.run_sync(file_sha256, path)
             if actual != item.sha256:
                 raise ValueError(f"its bytes in the source ({path}) have SHA-256 {actual}, "
                                  f"not the {item.sha256} the source recorded")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, Protocol
 
-COPY_CHUNK = 1 << 20  # bytes read at a time by copy_checked
+COPY_CHUNK = 1 << 20  # bytes read at a time by file_sha256 and copy_checked
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -47,6 +47,15 @@ class BlobCorrupted(OSError):
         self.path = path
         self.actual = actual
         super().__init__(f"blob {sha256} at {path} is damaged: its bytes hash to {actual}")
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(COPY_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def copy_checked(src: BinaryIO, src_name: str, dest: str | os.PathLike[str], sha256: str) -> None:

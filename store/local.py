@@ -21,7 +21,7 @@ from typing import Iterator
 
 from . import durable
 from .base import BlobCorrupted as BlobCorrupted  # re-exported: its home used to be this module
-from .base import BlobInfo, copy_checked, is_sha
+from .base import BlobInfo, copy_checked, file_sha256, is_sha
 from .base import check_sha as check_sha
 from ..ledger.errors import ReadOnlyError
 from .durable import fsync_dir as _fsync_dir
@@ -258,11 +258,7 @@ class LocalBlobStore:
                 return False
             if size is not None and size >= LARGE_BLOB:
                 return True
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                while chunk := f.read(CHUNK):
-                    digest.update(chunk)
-            return digest.hexdigest() == sha
+            return file_sha256(path) == sha
         except FileNotFoundError:
             return False
 
@@ -510,11 +506,7 @@ class LocalBlobStore:
 
     def verify(self, sha256: str) -> bool:
         """Whether the stored bytes still hash to their name."""
-        digest = hashlib.sha256()
-        with open(self.path(sha256), "rb") as f:
-            while chunk := f.read(CHUNK):
-                digest.update(chunk)
-        return digest.hexdigest() == sha256
+        return file_sha256(self.path(sha256)) == sha256
 
     def local_file(self, sha256: str) -> Path:
         """The blob's own file (never copied); ``FileNotFoundError`` naming the store if absent."""
