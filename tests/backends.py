@@ -233,7 +233,11 @@ def flip_blob_byte(root: Any, sha256: str, offset: int) -> None:
         data[offset] ^= 0xFF
         client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
         return
-    path = _local_blob(root, sha256)
+    flip_byte(_local_blob(root, sha256), offset)
+
+
+def flip_byte(path: Any, offset: int) -> None:
+    """Invert one byte of a file in place, read-only ones too (calling it twice restores the file)."""
     os.chmod(path, 0o644)  # blobs are stored read-only
     with open(path, "r+b") as f:
         f.seek(offset)

@@ -23,6 +23,7 @@ from artifact_ledger.ledger.framing import FRAME_SIZE
 from logcheck import read_log as disk_records
 import backends
 from backends import file_only, open_ledger
+from backends import flip_byte as flip
 
 # The conformance suite: every test here runs once per log backend (tests/backends.py).
 pytestmark = pytest.mark.usefixtures("backend")
@@ -43,16 +44,6 @@ def ids_of(ctx):
     """Keyword ids for a context tuple."""
     run, graph, node, project = ctx
     return {"run_id": run, "graph_id": graph, "node_id": node, "project_id": project}
-
-
-def flip(path: Path, offset: int) -> None:
-    """Invert one byte of a file in place (calling it twice restores the file)."""
-    os.chmod(path, 0o644)  # blobs are stored read-only
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0xFF]))
 
 
 async def collect(aiter) -> list[LedgerEvent]:
