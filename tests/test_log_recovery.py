@@ -514,7 +514,9 @@ def test_segment_header_not_continuing_chain_is_corruption(many_segments, tmp_pa
     name = segs[2].name
     first = int(Path(name).stem)
     prev = recs[first - 2].hash
-    for first_seq, prev_hash in ((first, bytes(32)), (first, b"\x01" + prev[1:]), (first + 1, prev), (first - 1, prev)):
+    # The first byte is flipped, never set: a fixed b"\x01" left the true hash whenever it began with 0x01.
+    flipped = bytes([prev[0] ^ 1]) + prev[1:]
+    for first_seq, prev_hash in ((first, bytes(32)), (first, flipped), (first + 1, prev), (first - 1, prev)):
         restore(tpl, work)
         _rewrite_header(work / "log" / name, first_seq, prev_hash)
         err = expect_corruption(work, name, 0, first)
