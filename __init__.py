@@ -14,7 +14,7 @@ from .ledger.errors import (LedgerClosed, LedgerCorruption, LedgerError, LedgerF
                             LedgerWriteError, LockTimeout,
                             LostRecordsWarning, RecordsLost)
 from .ledger.errors import AppendNotRecorded, LedgerNotFound, LedgerUnreachable, SchemaTooNew
-from .ledger.filelog import TornTailWarning
+from .ledger.errors import TornTailWarning
 from .projections.user import Projection, ProjectionError, ProjectionWarning
 
 try:

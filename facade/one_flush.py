@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+from ..ledger.base import EventLog, LastBatchCheck
 from ..ledger.events import ArtifactRecorded, Event, decode_event, decode_events
-from ..ledger.file import FileEventLog
 from ..ledger.framing import Record
 from ..store import durable
-from ..store.base import BlobStore
-from ..store.local import LocalBlobStore
+from ..store.base import BlobStore, OneFlushBlobs
 from . import content
 
 # "three" keeps the three-flush protocol (blobs, renames, log) where one flush would do; "one" (the
@@ -29,37 +28,39 @@ def chosen_protocol() -> str:
     return value
 
 
-def why_not(log: object, store: BlobStore, *, fsync: bool, read_only: bool) -> str | None:
+def why_not(log: EventLog, store: BlobStore, *, fsync: bool, read_only: bool) -> str | None:
     """None if this log and store can flush a batch with one syncfs; else why not (they keep three flushes)."""
     if read_only or not fsync:
         return "nothing is flushed"
-    if not isinstance(log, FileEventLog):
+    device = log.flush_device
+    if device is None:
         return "the log is not the segment-file log"
-    if not isinstance(store, LocalBlobStore) or not store.deferred:
+    blobs = store.one_flush_side()
+    if blobs is None or not blobs.deferred:
         return "the blobs are not in a local store"
     if not durable.syncfs_reports_errors():
         return f"syncfs(2) is missing or does not report errors on this kernel ({os.uname().release})"
-    if os.stat(log.location).st_dev != os.stat(store.root).st_dev:
+    if device != blobs.device:
         return "the log and the blobs are on different filesystems"
     return None
 
 
-def install(log: object, store: BlobStore, *, fsync: bool, read_only: bool) -> str:
-    """Wire the last-batch check into every segment log with a local store, and one flush per batch where
+def install(log: EventLog, store: BlobStore, *, fsync: bool, read_only: bool) -> str:
+    """Wire the last-batch check into every local log with a local store, and one flush per batch where
     it is safe and chosen; returns the protocol this process writes with (``one`` or ``three``)."""
-    if not isinstance(log, FileEventLog) or not isinstance(store, LocalBlobStore):
+    blobs = store.one_flush_side()
+    if blobs is None or log.flush_device is None:
         return "three"
     # Any process may have written the last batch with one flush, so every opener checks it.
-    log.segments.check_last_batch = last_batch_check(store)
+    log.check_last_batch_with(last_batch_check(blobs))
     protocol = chosen_protocol()
     if protocol == "one" and why_not(log, store, fsync=fsync, read_only=read_only) is None:
-        store.enable_one_flush()
-        log.segments.batch_blobs = store
+        log.flush_batches_with(blobs)
         return "one"
     return "three"
 
 
-def batch_blobs(records: list[Record], store: LocalBlobStore) -> tuple[list[tuple[str, int | None]], list[str]]:
+def batch_blobs(records: list[Record], store: OneFlushBlobs) -> tuple[list[tuple[str, int | None]], list[str]]:
     """(blob, size) of every blob the records' events name (directory members included), and what
     is wrong with those that cannot even be listed (a directory manifest that is not whole)."""
     out: list[tuple[str, int | None]] = []
@@ -89,7 +90,7 @@ def _decoded(rec: Record) -> Event | None:
         return None
 
 
-def last_batch_check(store: LocalBlobStore) -> Callable[[list[Record]], tuple[str, Callable[[], None]] | None]:
+def last_batch_check(store: OneFlushBlobs) -> LastBatchCheck:
     """The check ``SegmentLog.recover`` runs on the log's last batch: None if every blob it names is whole,
     else (what is wrong, a cleanup removing the blob files that are present but not whole)."""
 
@@ -101,7 +102,7 @@ def last_batch_check(store: LocalBlobStore) -> Callable[[list[Record]], tuple[st
                 broken.append((sha, size))
         if not broken and not problems:
             return None
-        names = [f"blob {sha[:16]}... {'missing' if not store.path(sha).exists() else 'incomplete'}"
+        names = [f"blob {sha[:16]}... {'incomplete' if store.exists(sha) else 'missing'}"
                  for sha, _ in broken[:3]]
         more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
         what = "; ".join(problems[:2] + names) + more

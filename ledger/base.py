@@ -11,12 +11,19 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 from .framing import Record
 
+if TYPE_CHECKING:
+    from ..store.base import OneFlushBlobs
+
 OnRecord = Callable[[Record], None]
 
+
+# Recovery's check of the log's last batch: None if every blob its records name is whole, else
+# (what is wrong, a cleanup that removes the incomplete blob files) -- see FORMAT.md, "One flush per batch".
+LastBatchCheck = Callable[[list[Record]], "tuple[str, Callable[[], None]] | None"]
 
 # folded(payloads as one msgpack array, seqs, commit times (array('q') each)) -> True, or False
 # (nothing changed) to be handed the same records as Records instead.
@@ -155,6 +162,22 @@ class EventLog(Protocol):
     def holding(self, on_record: OnRecord) -> AbstractContextManager[None]:
         """Hold the write lock, caught up with every committed record (``on_record`` sees the news):
         no append of any process can interleave until the context ends."""
+        ...
+
+    def check_last_batch_with(self, check: LastBatchCheck) -> None:
+        """Have every open from now on run ``check`` on the log's last batch and cut it if ``check`` finds
+        it names a blob that is not whole; a log whose batches commit atomically with no blob ignores it."""
+        ...
+
+    @property
+    def flush_device(self) -> int | None:
+        """``st_dev`` of the local filesystem holding the log, whose syncfs could flush a batch's records and
+        blobs at once (None: the log is not local files, and its batches keep three flushes)."""
+        ...
+
+    def flush_batches_with(self, blobs: OneFlushBlobs) -> None:
+        """From now on flush each batch's blobs and records with one syncfs (FORMAT.md, "One flush per
+        batch"); only for a store on ``flush_device``, with the last-batch check installed."""
         ...
 
     def blob_place(self) -> str | None:

@@ -58,6 +58,10 @@ class RecordsLost(LedgerCorruption):
         )
 
 
+class TornTailWarning(UserWarning):
+    """A partly written record at the end of the log was truncated on open (ignored, when read-only)."""
+
+
 class LostRecordsWarning(UserWarning):
     """Missing records were accepted (``accept_loss=True``): the ledger continues from a shorter log."""
 

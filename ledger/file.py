@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
 from . import checkpoints
-from .base import LogCheck, OnRecord, RecordSink, Restore
+from .base import LastBatchCheck, LogCheck, OnRecord, RecordSink, Restore
+from ..store.base import OneFlushBlobs
 from ..store.durable import atomic_write
 from .errors import LedgerCorruption, LostRecordsWarning, ReadOnlyError, RecordsLost
 from .filelog import DEFAULT_SEGMENT_BYTES, Position, SegmentLog, segment_name
@@ -220,6 +221,23 @@ class FileEventLog:
     def holding(self, on_record: OnRecord) -> Any:
         """The exclusive lock of the segment files, caught up (see ``SegmentLog.holding``)."""
         return self.segments.holding(on_record)
+
+    # ----------------------------------------------------------------- one flush per batch
+    def check_last_batch_with(self, check: LastBatchCheck) -> None:
+        """Recovery runs ``check`` on the last batch: any process may have written it with one flush."""
+        self.segments.check_last_batch = check
+
+    @property
+    def flush_device(self) -> int:
+        """``st_dev`` of the filesystem holding the segments."""
+        return os.stat(self.segments.directory).st_dev
+
+    def flush_batches_with(self, blobs: OneFlushBlobs) -> None:
+        """Flush each batch's blobs with its segment write by one syncfs through ``blobs.sync_fd``."""
+        if self.segments.check_last_batch is None:
+            raise ValueError("one flush per batch needs the last-batch check installed first")
+        blobs.enable_one_flush()
+        self.segments.batch_blobs = blobs
 
     # ----------------------------------------------------------------- the blob place
     def blob_place(self) -> str | None:

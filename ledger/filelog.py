@@ -22,13 +22,15 @@ from array import array
 from bisect import bisect_right
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator
 
 from ..store.durable import fsync_dir as _fsync_dir
 from ..store.durable import syncfs_fd as _syncfs_fd
 
-from .base import BatchFailed, RecordSink, ReplayAgain, deliver
+from ..store.base import OneFlushBlobs as BatchBlobs
+from .base import BatchFailed, LastBatchCheck, RecordSink, ReplayAgain, deliver
 from .errors import LedgerCorruption, LedgerPoisoned, ReadOnlyError, RecordsLost
+from .errors import TornTailWarning as TornTailWarning  # re-exported: its home used to be this module
 from .lockfile import DEFAULT_LOCK_TIMEOUT, LogLock
 from .framing import (
     BAD,
@@ -57,29 +59,6 @@ SCAN_CHUNK = 4096  # records decoded per scan_chain call (bounds memory during r
 POISON_MARK = "POISONED"
 
 
-class TornTailWarning(UserWarning):
-    """A partly written record at the end of the log was truncated on open (ignored, when read-only)."""
-
-
-class BatchBlobs(Protocol):
-    """The blob store's side of one flush per batch (``LocalBlobStore`` with ``enable_one_flush()``)."""
-
-    sync_fd: int | None
-
-    def publish(self) -> list: ...  # noqa: E704 - rename the pending blobs in (under the log lock)
-
-    def unpublish(self, published: list) -> None: ...  # noqa: E704 - undo publish() after a failed flush
-
-    def needs_syncfs(self) -> bool: ...  # noqa: E704 - whether the batch published bytes only a syncfs flushes
-
-    def flush_names(self) -> None: ...  # noqa: E704 - else: fsync the directories the batch renamed into
-
-    def batch_flushed(self) -> None: ...  # noqa: E704 - the batch's flush returned
-
-
-# Recovery's check of the log's last batch: None if every blob its records name is whole, else
-# (what is wrong, a cleanup that removes the incomplete blob files) -- see FORMAT.md, "One flush per batch".
-LastBatchCheck = Callable[[list[Record]], "tuple[str, Callable[[], None]] | None"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,8 @@ import msgspec
 import psycopg
 from psycopg import sql
 
-from .base import LogCheck, OnRecord, Restore
+from ..store.base import OneFlushBlobs
+from .base import LastBatchCheck, LogCheck, OnRecord, Restore
 from .checkpoints import CheckpointWarning
 from .errors import (AppendNotRecorded, LedgerCorruption, LedgerForked, LedgerNotFound, LedgerUnreachable,
                      LockTimeout, ReadOnlyError, SchemaTooNew)
@@ -533,6 +534,20 @@ class PostgresEventLog:
         last = out[-1]
         self.head_seq, self.head_hash, self.head_ts, self._head_batch = last.seq, last.hash, last.ts_us, first
         return out
+
+    # ----------------------------------------------------------------- one flush per batch
+    def check_last_batch_with(self, check: LastBatchCheck) -> None:
+        """Nothing to check: a batch's rows commit in one transaction, after its blobs are durable."""
+
+    @property
+    def flush_device(self) -> None:
+        """None: no local syncfs flushes a server's COMMIT."""
+        return None
+
+    def flush_batches_with(self, blobs: OneFlushBlobs) -> None:
+        """Refused: a batch's blobs are flushed before its transaction commits (three flushes)."""
+        raise ValueError("the PostgreSQL log commits each batch on its server; one flush per batch needs a "
+                         "segment-file log on the blobs' filesystem")
 
     # ----------------------------------------------------------------- the blob place
     def blob_place(self) -> str | None:

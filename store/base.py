@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Protocol
+from typing import Any, BinaryIO, Iterator, Protocol
 
 COPY_CHUNK = 1 << 20  # bytes read at a time by file_sha256 and copy_checked
 
@@ -87,6 +87,62 @@ class BlobStoreMissing(BlobStoreError, FileNotFoundError):
     """The store's location (a bucket) does not exist."""
 
 
+class OneFlushBlobs(Protocol):
+    """A blob store's side of one device flush per batch (FORMAT.md, "One flush per batch"): local files
+    that the log's syncfs flushes together with the batch's records."""
+
+    # A descriptor in the blobs' directory, for the batch's syncfs (set by enable_one_flush()).
+    sync_fd: int | None
+    # Whether puts wait for make_durable() (a ledger's store) rather than flush one by one; only such a
+    # store can leave them for the batch's flush.
+    deferred: bool
+
+    @property
+    def device(self) -> int:
+        """``st_dev`` of the filesystem holding the blobs (one syncfs covers the log only on the same one)."""
+        ...
+
+    def enable_one_flush(self) -> None:
+        """From now on, leave put blobs unflushed and unnamed until the batch's ``publish()``."""
+        ...
+
+    def publish(self) -> list[Any]:
+        """Under the log lock: rename every blob put since the last call to its address, unflushed."""
+        ...
+
+    def unpublish(self, published: list[Any]) -> None:
+        """Undo ``publish()`` after the batch's flush failed."""
+        ...
+
+    def needs_syncfs(self) -> bool:
+        """Whether the batch published bytes that only a syncfs flushes (else ``flush_names`` will do)."""
+        ...
+
+    def flush_names(self) -> None:
+        """Fsync the directories the batch renamed into (a batch with no small blob)."""
+        ...
+
+    def batch_flushed(self) -> None:
+        """The batch's flush returned: forget what it published."""
+        ...
+
+    def complete(self, sha256: str, size: int | None) -> bool:
+        """Whether the blob is present and whole (recovery's check of the last batch)."""
+        ...
+
+    def remove_incomplete(self, sha256: str, size: int | None) -> bool:
+        """Remove the blob's file if it is present but not whole; returns whether it did."""
+        ...
+
+    def exists(self, sha256: str) -> bool:
+        """Whether the blob's name is present."""
+        ...
+
+    def read_bytes(self, sha256: str) -> bytes:
+        """A blob's bytes, checked against its SHA-256."""
+        ...
+
+
 class BlobStore(Protocol):
     """Content-addressed blob storage; every method is blocking (run it in a thread)."""
 
@@ -157,6 +213,11 @@ class BlobStore(Protocol):
     def verify(self, sha256: str) -> bool:
         """Whether the stored bytes (in the store itself, never a cache) still hash to ``sha256``;
         ``FileNotFoundError`` if absent."""
+        ...
+
+    def one_flush_side(self) -> OneFlushBlobs | None:
+        """This store's side of one flush per batch (and of recovery's check of the last batch); None when
+        its blobs are not local files."""
         ...
 
     def blob_stat(self, sha256: str) -> tuple[int, float]:

@@ -543,6 +543,15 @@ class LocalBlobStore:
             _fsync_dir(str(path.parent))
         return True
 
+    @property
+    def device(self) -> int:
+        """``st_dev`` of the filesystem holding the blobs."""
+        return os.stat(self.root).st_dev
+
+    def one_flush_side(self) -> LocalBlobStore:
+        """This store itself: its blobs are local files, which recovery can check and a syncfs can flush."""
+        return self
+
     def blob_stat(self, sha256: str) -> tuple[int, float]:
         """(size in bytes, last-modified time) of the blob's file; ``FileNotFoundError`` if absent."""
         st = os.stat(self.path(sha256))

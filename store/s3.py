@@ -407,6 +407,10 @@ class S3BlobStore:
             raise FileNotFoundError(f"blob {sha256} is missing from the store at {self._describe()}")
         return int(head["ContentLength"])
 
+    def one_flush_side(self) -> None:
+        """None: no syncfs of the log's filesystem can flush objects on a server."""
+        return None
+
     def blob_stat(self, sha256: str) -> tuple[int, float]:
         """(size, the server's last-modified time) of the object; ``FileNotFoundError`` if absent."""
         head = self._head(sha256)
