@@ -55,6 +55,19 @@ class _Pending:
         self.renamed = False  # publish() gave it its address (one-flush)
 
 
+def _flush_file(path: Path) -> bool:
+    """Fsync a file another process may have left unflushed; False if it is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        durable.fsync_fd(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
 def _close_flushed(tmp: Path, fd: int, flush: bool) -> None:
     """Close the fd that wrote temp file ``tmp``, fsyncing through it first if ``flush``; should the
     fsync fail, the temp file is removed (its bytes may never reach the disk) and the error raised."""
@@ -232,20 +245,29 @@ class LocalBlobStore:
         next make_durable(), before any event of its own can name the blob.
         A name alone proves nothing for a small blob: under one flush per batch,
         a power cut can keep a rename and drop the bytes of a batch that was
-        never acknowledged. So a small blob is trusted only once re-hashed.
+        never acknowledged. So a small blob is trusted only once re-hashed, and
+        then flushed: a one-flush process killed between its batch's renames and
+        its syncfs leaves names whose bytes only the page cache holds, which
+        neither a directory fsync nor this batch's flush (a batch of deduplicated
+        blobs has no syncfs) would make durable.
         """
-        if not self._intact(self.path(sha), sha, size):
+        path = self.path(sha)
+        if not self._intact(path, sha, size):
             return False
         try:
             # Touched: a gc spares blobs touched since its plan, so it does not starve this save.
-            os.utime(self.path(sha))
+            os.utime(path)
         except FileNotFoundError:
             return False  # collected just now: store it again
         except OSError:
             pass  # another owner's file: the check under the log lock still keeps the save safe
+        if self.fsync and size < LARGE_BLOB and not _flush_file(path):
+            return False  # collected just now: store it again
         if self.fsync and self.deferred:
             with self._pending_lock:
-                self._pending_dirs.add(str(self.path(sha).parent))
+                # The shard's own name too: the process that created the shard may have died before
+                # flushing it into sha256/.
+                self._pending_dirs.update((str(path.parent), str(self._objects)))
         return True
 
     @staticmethod

@@ -52,6 +52,8 @@ def put_bug(bug: str | None) -> None:
         local._fsync_dir = lambda path: None
     elif bug == "no_syncfs":  # one flush per batch: the batch acknowledged without its syncfs
         filelog._syncfs_fd = lambda fd, what: None
+    elif bug == "no_dedup_flush":  # a deduplicated small blob trusted without flushing its file
+        local._flush_file = lambda path: True
     else:
         raise SystemExit(f"unknown bug {bug!r}")
 
@@ -134,6 +136,11 @@ async def workload(root: str, scratch: str, rec: Recorder, small: bool = False) 
         await led.checkpoint()
         for i in range(6):
             art = await save(fa, rng.randbytes(2000 + 700 * i), labels={"tail": i})
+        # Another process, flushing one syncfs per batch, renamed a blob in and was killed before its
+        # syncfs: a name whose bytes were never flushed. Saving the same bytes here must not trust it.
+        orphan = b"renamed in by a process that died before its syncfs\n" * 20
+        if await anyio.to_thread.run_sync(_dead_one_flush_put, str(led.store.root), scratch, orphan):
+            await save(fa, orphan, labels={"after": "dead one-flush put"})
         await fa.pin(art.artifact_id)
         rec.record("ack", "pin", art.artifact_id, led.head[0], True)
     # What a writer killed inside its pwrite leaves (flushed, so it survives): half a record. The reopen
@@ -151,6 +158,26 @@ async def workload(root: str, scratch: str, rec: Recorder, small: bool = False) 
         fa = led.artifacts(**RUN)
         for i in range(3):
             await save(fa, f"after reopen {i}".encode() * 30)
+
+
+def _dead_one_flush_put(blobs: str, scratch: str, data: bytes) -> bool:
+    """What a one-flush process killed between its batch's renames and its syncfs leaves: the blob renamed
+    to its address, its bytes unflushed, no event. False where the kernel does not allow one flush."""
+    from artifact_ledger.store import durable
+    from artifact_ledger.store.local import LocalBlobStore
+
+    if not durable.syncfs_reports_errors():
+        return False
+    src = os.path.join(scratch, "dead-process-source.bin")
+    with open(src, "wb") as f:
+        f.write(data)
+    other = LocalBlobStore(blobs, deferred=True)
+    other.enable_one_flush()
+    other.put_file(src)
+    other.publish()
+    assert other.sync_fd is not None
+    os.close(other.sync_fd)  # and nothing more: the process is gone
+    return True
 
 
 def main() -> None:

@@ -119,9 +119,18 @@ def test_sequential_saves_fsync_each_blob(root, tmp_path, trace):
             await arts.save(str(files[0]), kind="again")  # deduplicated: its blob is already in place
 
     anyio.run(main)
-    _check_order(trace, root.resolve() / "blobs" / "sha256")
+    blobs = root.resolve() / "blobs" / "sha256"
+    _check_order(trace, blobs)
     assert ("syncfs",) not in trace
-    assert sum(1 for e in trace if e[0] == "data") == 3
+    data = [i for i, e in enumerate(trace) if e[0] == "data"]
+    assert len(data) == 4
+    # The deduplicated save writes nothing, but flushes the file it trusts (another process may have
+    # renamed it in unflushed) and its shard and sha256/, all before its event is appended.
+    last_append = max(i for i, e in enumerate(trace) if e[0] == "append")
+    sha = trace[last_append][1][0]
+    assert str(trace[data[-1]][1]) == str(blobs / sha[:2] / sha) and data[-1] < last_append
+    flushed = {e[1] for e in trace[data[-1]:last_append] if e[0] == "dir"}
+    assert {str(blobs / sha[:2]), str(blobs)} <= flushed
 
 
 def test_store_used_alone_is_durable_at_once(tmp_path, trace):

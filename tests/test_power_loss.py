@@ -186,11 +186,13 @@ def test_power_cut_during_creation_leaves_a_ledger_that_can_be_created(recorded)
 
 @pytest.mark.parametrize("bug,protocol", [("no_fdatasync", "three"), ("late_fdatasync", "three"),
                                           ("no_segment_dir_fsync", "three"), ("no_blob_dir_fsync", "three"),
-                                          ("no_syncfs", "one")])
+                                          ("no_syncfs", "one"), ("no_dedup_flush", "one"),
+                                          ("no_dedup_flush", "three")])
 def test_power_loss_check_notices_a_durability_bug(bug, protocol, tmp_path_factory):
     """The check has teeth: with a flush taken out of the library or moved after the acknowledgement
     (no fdatasync of a batch, a batch's fdatasync run only with the next batch, no directory fsync
-    after a segment or a blob is renamed in; with one flush per batch, no syncfs of a batch), some
+    after a segment or a blob is renamed in; with one flush per batch, no syncfs of a batch; a small
+    blob deduplicated against a name a killed one-flush process left unflushed, not flushed), some
     power-cut image loses an acknowledged artifact or does not open. (With one flush per batch a
     missing directory fsync of a new segment is no bug: the batch's syncfs flushes log/ too.)"""
     if protocol == "one" and not durable.syncfs_reports_errors():
