@@ -17,7 +17,10 @@ from ..ledger.framing import SEGMENT_HEADER_SIZE, HeaderError, decode_segment_he
 from ..store.durable import fsync_dir, fsync_fd, makedirs_durable, owner_tag, unique_hex
 
 MARKER = "ARTIFACT-LEDGER"
-MARKER_TEXT = "artifact-ledger 1\n"
+# Version 2: processes may flush a batch's blobs and records with one syncfs (FORMAT.md, "One flush per
+# batch"), which libraries that wrote version 1 do not know how to recover or deduplicate against.
+MARKER_TEXT = "artifact-ledger 2\n"
+OLD_MARKER_TEXTS = ("artifact-ledger 1\n",)  # read, and rewritten as MARKER_TEXT by a writable open
 _MARKER_VERSION = re.compile(r"artifact-ledger (\S+)\n")
 # Every directory a ledger holds, parents before children.
 LEDGER_DIRS = ("log", "blobs", "blobs/sha256", "blobs/tmp", "checkpoints", "staging", "materialized")
@@ -30,7 +33,8 @@ class LedgerNeedsRepair(LedgerError):
 
 
 def marker_state(root: Path) -> str:
-    """``"ok"``, ``"missing"``, ``"damaged"`` (unreadable as a marker) or ``"version <v>"`` (another version)."""
+    """``"ok"``, ``"old"`` (a version this library upgrades), ``"missing"``, ``"damaged"`` (unreadable as a
+    marker) or ``"version <v>"`` (another version)."""
     try:
         text = (root / MARKER).read_bytes().decode("utf-8")
     except FileNotFoundError:
@@ -39,6 +43,8 @@ def marker_state(root: Path) -> str:
         return "damaged"
     if text == MARKER_TEXT:
         return "ok"
+    if text in OLD_MARKER_TEXTS:
+        return "old"
     m = _MARKER_VERSION.fullmatch(text)
     return f"version {m.group(1)}" if m else "damaged"
 
@@ -118,13 +124,18 @@ def prepare_root(root: Path, create: bool, *, read_only: bool = False) -> None:
     ``read_only`` only checks: nothing is created, not even a missing subdirectory.
     """
     state = marker_state(root) if root.is_dir() else "missing"
-    if state == "ok":
+    if state in ("ok", "old"):
         if not read_only:
             ensure_dirs(root)  # a ledger from an older version may lack some (no-op otherwise)
+            if state == "old":
+                # Before this process writes anything: from now on, libraries that only know version 1
+                # refuse the ledger rather than trust a blob name whose bytes were never flushed.
+                write_marker(root)
         return
     if state.startswith("version"):
         raise ValueError(f"{root / MARKER} names an unsupported ledger version: {state.split(' ', 1)[1]!r}; "
-                         f"this library reads {MARKER_TEXT.split()[1]!r}")
+                         f"this library reads {', '.join(repr(t.split()[1]) for t in OLD_MARKER_TEXTS)} and "
+                         f"{MARKER_TEXT.split()[1]!r}")
     if log_segments(root):
         raise LedgerNeedsRepair(needs_repair_message(root, state))
     if not create:
@@ -143,8 +154,8 @@ def prepare_root(root: Path, create: bool, *, read_only: bool = False) -> None:
 
 def _repair_marker(root: Path) -> list[str]:
     state = marker_state(root)
-    if state == "ok" or state.startswith("version"):
-        return []
+    if state in ("ok", "old") or state.startswith("version"):
+        return []  # an old marker is upgraded by the next writable open
     if not log_segments(root) and not (root / "log").is_dir():
         raise FileNotFoundError(f"{root} is not a ledger (no {MARKER} and no log/); nothing to repair")
     foreign = foreign_entries(root)

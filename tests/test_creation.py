@@ -162,6 +162,36 @@ def test_unsupported_marker_version_is_not_rewritten(tmp_path):
     assert (root / repair.MARKER).read_text() == "artifact-ledger 9\n"
 
 
+def test_a_version_1_ledger_is_read_as_is_and_upgraded_by_the_first_writable_open(tmp_path, os_trace):
+    """Read-only opens leave a version-1 marker alone; a writable open rewrites it as version 2 (fsynced,
+    renamed, root fsynced) before anything of its own reaches the log, so version-1 libraries then refuse
+    the ledger; repair has nothing to do with either."""
+    root = tmp_path / "ledger"
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"from version 1")
+    aid = _save_one(root, src)
+    marker = root / repair.MARKER
+    assert marker.read_text() == repair.MARKER_TEXT == "artifact-ledger 2\n"  # new ledgers: version 2
+    marker.write_text("artifact-ledger 1\n")
+    assert repair_ledger(root) == []
+    assert _ids(root, read_only=True) == [aid]
+    assert marker.read_text() == "artifact-ledger 1\n"
+    os_trace.clear()
+    src2 = tmp_path / "g.bin"
+    src2.write_bytes(b"from version 2")
+    aid2 = _save_one(root, src2, os_trace)
+    assert marker.read_text() == "artifact-ledger 2\n"
+    renamed = next(i for i, e in enumerate(os_trace) if e[0] == "rename" and str(e[2]).endswith(repair.MARKER))
+    assert any(e[0] == "fsync" and ".ARTIFACT-LEDGER." in str(e[1]) for e in os_trace[:renamed])
+    root_synced = next(i for i, e in enumerate(os_trace)
+                       if i > renamed and e[0] == "fsync" and str(e[1]) == str(root.resolve()))
+    # Before the save's batch is flushed (a syncfs, or a segment's fsync) and acknowledged.
+    flushed = next(i for i, e in enumerate(os_trace) if e == ("syncfs",) or
+                   (e[0] == "fsync" and "/log/" in str(e[1])) or e == ("ack",))
+    assert root_synced < flushed
+    assert sorted(_ids(root)) == sorted([aid, aid2])
+
+
 def test_cli_names_the_repair_and_repair_command_fixes_it(tmp_path):
     root = tmp_path / "ledger"
     src = tmp_path / "f.bin"
