@@ -333,9 +333,11 @@ class LocalBlobStore:
         shard = final.parent
         try:
             shard.mkdir()
-            dirs = [str(shard), str(self._objects)]
         except FileExistsError:
-            dirs = [str(shard)]
+            pass
+        # sha256/ even for a shard that existed: its creator may be a one-flush process killed before
+        # its syncfs, which left the shard's own name unflushed.
+        dirs = [str(shard), str(self._objects)]
         _rename(tmp, final)
         if sync_dirs:
             # Shard before its parent, so a new shard's entries are durable before its name.
@@ -362,6 +364,10 @@ class LocalBlobStore:
                 size = os.stat(p.tmp).st_size
                 if self._intact(final, p.sha, size):
                     os.unlink(p.tmp)
+                    # The file kept may be another process's, renamed in and never flushed (killed before
+                    # its syncfs): its bytes (small) and its names are flushed with this batch.
+                    self._batch_dirs.update((str(final.parent), str(self._objects)))
+                    self._batch_small = self._batch_small or size < LARGE_BLOB
                     continue
                 self._batch_dirs.update(self._rename_in(p.tmp, p.sha, sync_dirs=False))
                 p.renamed = True

@@ -141,6 +141,22 @@ async def workload(root: str, scratch: str, rec: Recorder, small: bool = False) 
         orphan = b"renamed in by a process that died before its syncfs\n" * 20
         if await anyio.to_thread.run_sync(_dead_one_flush_put, str(led.store.root), scratch, orphan):
             await save(fa, orphan, labels={"after": "dead one-flush put"})
+            # The same, racing: it renames the blob in after this save's put found no name, so this batch
+            # finds the blob whole at its address and keeps the dead process's unflushed file.
+            for racing in (b"renamed in between this save's put and its batch\n" * 30,
+                           rng.randbytes(1024 * 1024 + 17)):  # and a large one, whose name is not flushed
+                real_put = led.store.put_file
+
+                def put_then_race(path, *, adopt=False, racing=racing, real_put=real_put):
+                    info = real_put(path, adopt=adopt)
+                    _dead_one_flush_put(str(led.store.root), scratch, racing)
+                    return info
+
+                led.store.put_file = put_then_race  # type: ignore[method-assign]
+                try:
+                    await save(fa, racing, labels={"after": "racing one-flush put"})
+                finally:
+                    del led.store.put_file
         await fa.pin(art.artifact_id)
         rec.record("ack", "pin", art.artifact_id, led.head[0], True)
     # What a writer killed inside its pwrite leaves (flushed, so it survives): half a record. The reopen
@@ -168,7 +184,7 @@ def _dead_one_flush_put(blobs: str, scratch: str, data: bytes) -> bool:
 
     if not durable.syncfs_reports_errors():
         return False
-    src = os.path.join(scratch, "dead-process-source.bin")
+    src = os.path.join(scratch, f"dead-process-source-{_sha(data)[:12]}.bin")
     with open(src, "wb") as f:
         f.write(data)
     other = LocalBlobStore(blobs, deferred=True)
