@@ -119,7 +119,7 @@ class ArtifactFacade(LifecycleMixin):
         if self._read_only:
             raise ReadOnlyError(f"{what}() is not allowed on a read-only past view of the ledger")
         if getattr(self._src, "read_only", False):
-            raise ReadOnlyError(f"{what}() is not allowed: the ledger at {self._src.root} is open read-only "
+            raise ReadOnlyError(f"{what}() is not allowed: the ledger at {self._src.where} is open read-only "
                                 "(open_ledger(root, read_only=True)); nothing was written")
         self._src._check_open()
         # Past views are read-only (raised above), so a writable source is the Ledger itself.
@@ -436,7 +436,7 @@ class ArtifactFacade(LifecycleMixin):
                 if sha is not None and store.uri(sha) == base:
                     row = by_blob(cat, sha, upto)
         if row is None:
-            raise FileNotFoundError(f"no artifact with URI {uri!r} in the ledger at {self._src.root}")
+            raise FileNotFoundError(f"no artifact with URI {uri!r} in the ledger at {self._src.where}")
         self._check_loadable(cat, row)
         return cat, row
 
@@ -574,7 +574,7 @@ class ArtifactFacade(LifecycleMixin):
         row = cat.rows.get(artifact_id)
         upto = self._src.upto
         if row is None:
-            raise KeyError(f"unknown artifact_id {artifact_id!r} in the ledger at {self._src.root}")
+            raise KeyError(f"unknown artifact_id {artifact_id!r} in the ledger at {self._src.where}")
         if upto is not None and row.seq > upto:
             raise KeyError(f"artifact_id {artifact_id!r} was recorded at seq {row.seq}, after this view's seq {upto}")
         return self._src._to_artifact(row, cat)

@@ -260,7 +260,7 @@ def _resolve_id(ledger: Any, given: str) -> str:
             shown = ", ".join(hits[:10]) + (f" and {len(hits) - 10} more" if len(hits) > 10 else "")
             raise CliError(f"artifact id prefix {given!r} is ambiguous: it matches {len(hits)} artifacts "
                            f"({shown}); give more characters")
-    raise CliError(f"no artifact with id {given!r} in the ledger at {ledger.root}")
+    raise CliError(f"no artifact with id {given!r} in the ledger at {ledger.where}")
 
 
 async def cmd_show(reader: Reader, args: Any) -> Result:

@@ -73,8 +73,12 @@ class Ledger:
     upto: int | None = None  # a live ledger sees everything; views set a cut
 
     def __init__(self, root: Path, log: EventLog, store: BlobStore, *,
-                 checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, fsync: bool = True, read_only: bool = False):
+                 checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, fsync: bool = True, read_only: bool = False,
+                 where: str | None = None):
         self.root = root
+        # What messages call the ledger: its directory, or for a log opened by URL the URL (without its
+        # password), not the cache directory that ``root`` then is.
+        self.where = str(root) if where is None else where
         self.store = store
         self.catalog = Catalog()
         self.staging = root / "staging"
@@ -180,7 +184,7 @@ class Ledger:
         """Write a checkpoint of the current state now; returns the seq it reflects."""
         self._check_open()
         if self.read_only:
-            raise ReadOnlyError(f"checkpoint() is not allowed: the ledger at {self.root} is open read-only; "
+            raise ReadOnlyError(f"checkpoint() is not allowed: the ledger at {self.where} is open read-only; "
                                 "open it without read_only=True to write a checkpoint")
         await self._join_checkpoint()
         async with self._gc._lock:  # no append may move the head while the cut is taken
@@ -268,7 +272,7 @@ class Ledger:
     def _check_open(self) -> None:
         self._log.check_process()
         if self._closed:
-            raise LedgerClosed(f"the ledger at {self.root} is closed")
+            raise LedgerClosed(f"the ledger at {self.where} is closed")
 
     async def _append(self, event: Event) -> int:
         """Append an event durably; returns its seq (already applied to the catalogue).
@@ -278,7 +282,7 @@ class Ledger:
         """
         self._check_open()
         if self.read_only:
-            raise ReadOnlyError(f"the ledger at {self.root} is open read-only; nothing was recorded")
+            raise ReadOnlyError(f"the ledger at {self.where} is open read-only; nothing was recorded")
         # Defence in depth: the facade checks sizes before storing bytes, but no
         # event the reader could refuse may reach the log by any path.
         payload = check_event_size(event)
@@ -477,7 +481,7 @@ class Ledger:
         if dry_run:
             return await gc_mod.plan(self, policy, grace)
         if self.read_only:
-            raise ReadOnlyError(f"gc() is not allowed: the ledger at {self.root} is open read-only; "
+            raise ReadOnlyError(f"gc() is not allowed: the ledger at {self.where} is open read-only; "
                                 "gc(dry_run=True) shows the plan")
         return await gc_mod.run(self, policy, grace, staging_age)
 
@@ -764,7 +768,8 @@ async def _open_url(url: str, *, create: bool, fsync: bool, checkpoint_every: in
             log.close()
             store.close()
             raise
-        led = Ledger(cache, log, store, checkpoint_every=checkpoint_every, fsync=fsync, read_only=read_only)
+        led = Ledger(cache, log, store, checkpoint_every=checkpoint_every, fsync=fsync, read_only=read_only,
+                     where=log.location)
         # Read-only, nothing is recorded; a log whose events name local blobs is still not read from S3.
         check = (None if place is None or recorded is not None or not read_only
                  else (lambda: _refuse_local_events(led, place)))
@@ -892,7 +897,7 @@ def _adopt_remote(led: Ledger, place: str) -> None:
     """Record in a new (or still empty) ledger that its blobs live at ``place``; refuse it for a ledger
     whose events already name blobs of its own directory."""
     if led.catalog.head_seq > 0:
-        raise ValueError(f"the ledger at {led.root} already holds {led.catalog.head_seq} event(s) whose blobs are "
+        raise ValueError(f"the ledger at {led.where} already holds {led.catalog.head_seq} event(s) whose blobs are "
                          f"in its own blobs/ directory; it cannot move them to {place} (open it without blobs=)")
     if not led.read_only:
         led._log.adopt_blob_place(place)

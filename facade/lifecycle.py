@@ -130,7 +130,7 @@ class LifecycleMixin:
         row = cat.rows.get(aid)
         upto = self._src.upto
         if row is None or (upto is not None and row.seq > upto):
-            raise KeyError(f"unknown {name} {aid!r}: no such artifact in the ledger at {self._src.root}"
+            raise KeyError(f"unknown {name} {aid!r}: no such artifact in the ledger at {self._src.where}"
                            + ("" if upto is None or row is None else f" as of seq {upto}"))
         return row
 

@@ -68,9 +68,9 @@ def _outside_event_loop(what: str) -> None:
 class _Loop:
     """A ledger's event-loop thread, shared by everything reached through it."""
 
-    def __init__(self, portal: BlockingPortal, root: Any):
+    def __init__(self, portal: BlockingPortal, where: str):
         self.portal = portal
-        self.root = root
+        self.where = where  # what messages call the ledger
         self.closed = False
 
 
@@ -85,7 +85,7 @@ class _Bound:
         _outside_event_loop(what)
         if self._loop.closed:
             # The loop thread is gone; say what the async API would have said.
-            raise LedgerClosed(f"the ledger at {self._loop.root} is closed")
+            raise LedgerClosed(f"the ledger at {self._loop.where} is closed")
         return self._loop.portal.call(functools.partial(fn, *args, **kwargs))
 
 
@@ -335,7 +335,7 @@ class SyncLedger(_Bound):
         """Iterate recorded events in order (bounds inclusive), fetched from the loop in chunks."""
         _outside_event_loop("events")
         if self._loop.closed:
-            raise LedgerClosed(f"the ledger at {self._loop.root} is closed")
+            raise LedgerClosed(f"the ledger at {self._loop.where} is closed")
         portal = self._loop.portal
         agen = cast(AsyncGenerator[LedgerEvent, None], self._async.events(since, until))
 
@@ -403,4 +403,4 @@ def open_ledger(root: Any, **options: Any) -> SyncLedger:
     except BaseException:
         stack.close()
         raise
-    return SyncLedger(_Loop(portal, ledger.root), ledger, stack)
+    return SyncLedger(_Loop(portal, ledger.where), ledger, stack)

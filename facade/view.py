@@ -27,6 +27,7 @@ class LedgerView:
         self.upto: int | None = seq
         self.store = ledger.store
         self.root = ledger.root
+        self.where = ledger.where
         self.staging = ledger.staging
 
     def __repr__(self) -> str:

@@ -19,7 +19,7 @@ import pytest
 
 import backends
 import pg_workers
-from artifact_ledger import open_ledger
+from artifact_ledger import ReadOnlyError, open_ledger
 from artifact_ledger.ledger import postgres
 from artifact_ledger.ledger.errors import (LedgerCorruption, LedgerNotFound, LedgerPoisoned, LedgerUnreachable,
                                            LockTimeout, SchemaTooNew)
@@ -697,3 +697,22 @@ def test_a_version_1_schema_is_migrated_on_open_keeping_every_record(schema, tmp
     anyio.run(reopen)
     assert sql(f'SELECT version FROM "{name}".ledger_version ORDER BY version') == [
         (v,) for v in range(1, postgres.SCHEMA_VERSION + 1)]
+
+
+def test_messages_name_the_ledgers_url_not_its_cache_directory(schema, tmp_path):
+    """A ledger opened by URL is "the ledger at <URL>" in its errors; the cache directory is only scratch."""
+    url, _ = schema
+    cache = tmp_path / "cache"
+
+    async def main():
+        async with open_ledger(url, cache_dir=cache) as led:
+            await save(led, tmp_path, b"named by url")
+            with pytest.raises(FileNotFoundError) as unknown:
+                await led.artifacts(**R).load_artifact_bytes("artifact://" + "0" * 32)
+        async with open_ledger(url, cache_dir=cache, read_only=True) as ro:
+            with pytest.raises(ReadOnlyError) as refused:
+                await save(ro, tmp_path, b"refused")
+        return [str(unknown.value), str(refused.value)]
+
+    for text in anyio.run(main):
+        assert f"the ledger at {url}" in text and str(cache) not in text, text
