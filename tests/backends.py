@@ -291,6 +291,15 @@ class StoredRecord:
         self.batch_first, self.payload = batch_first, payload
 
 
+def pg_sql(query: str, params: tuple = ()) -> list[tuple]:
+    """Run one statement on the test server in its own connection (autocommit); its rows, if any."""
+    import psycopg
+
+    with psycopg.connect(PG_BASE, autocommit=True, connect_timeout=5) as conn:
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+
 def pg_rows(schema: str) -> list[StoredRecord]:
     """Every row of ``schema``.events in seq order, straight from the table."""
     import psycopg

@@ -75,6 +75,12 @@ def pg_url():
         backends.drop_schemas()
 
 
+@pytest.fixture
+def schema(pg_url):
+    """(url, schema name) of a fresh PostgreSQL schema (``pg_url``'s)."""
+    return pg_url, pg_url.rsplit("schema=", 1)[1]
+
+
 # ------------------------------------------------------------------ S3 (SeaweedFS on loopback)
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):

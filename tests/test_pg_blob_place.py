@@ -10,7 +10,6 @@ from pathlib import Path
 
 import anyio
 import boto3
-import psycopg
 import pytest
 
 import backends
@@ -23,11 +22,7 @@ SPAWN = multiprocessing.get_context("spawn")
 R = {"run_id": "r", "graph_id": "g", "node_id": "n"}
 
 
-def sql(query: str, params: tuple = ()) -> list[tuple]:
-    """Run one statement on the test server in its own connection (autocommit)."""
-    with psycopg.connect(backends.PG_BASE, autocommit=True, connect_timeout=5) as conn:
-        cur = conn.execute(query, params)
-        return cur.fetchall() if cur.description else []
+sql = backends.pg_sql
 
 
 def settings(url: str) -> dict[str, str]:

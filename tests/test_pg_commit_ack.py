@@ -22,17 +22,7 @@ R = {"run_id": "r", "graph_id": "g", "node_id": "n"}
 LOCK_KEY = 7_340_011  # the advisory lock a waiting COMMIT queues on
 
 
-@pytest.fixture
-def schema(pg_url):
-    """(url, schema name) of a fresh schema."""
-    return pg_url, pg_url.rsplit("schema=", 1)[1]
-
-
-def sql(query: str, params: tuple = ()) -> list[tuple]:
-    """Run one statement on the test server in its own connection (autocommit)."""
-    with psycopg.connect(backends.PG_BASE, autocommit=True, connect_timeout=5) as conn:
-        cur = conn.execute(query, params)
-        return cur.fetchall() if cur.description else []
+sql = backends.pg_sql
 
 
 def install_commit_trigger(name: str) -> None:

@@ -29,17 +29,7 @@ GENESIS = "0" * 64
 R = {"run_id": "r", "graph_id": "g", "node_id": "n"}
 
 
-@pytest.fixture
-def schema(pg_url):
-    """(url, schema name) of a fresh schema."""
-    return pg_url, pg_url.rsplit("schema=", 1)[1]
-
-
-def sql(query: str, params: tuple = ()) -> list[tuple]:
-    """Run one statement on the test server in its own connection (autocommit)."""
-    with psycopg.connect(backends.PG_BASE, autocommit=True, connect_timeout=5) as conn:
-        cur = conn.execute(query, params)
-        return cur.fetchall() if cur.description else []
+sql = backends.pg_sql
 
 
 async def save(led, tmp_path: Path, data: bytes, **kw):
