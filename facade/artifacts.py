@@ -268,7 +268,7 @@ class ArtifactFacade(LifecycleMixin):
             return store.put_file(src)
 
         for attempt in range(BLOB_RETRIES + 1):
-            info = await anyio.to_thread.run_sync(put, limiter=self._writable("save")._put_slots)
+            info = await self._writable("save")._puts.run(put)
             try:
                 return await self._record(origin="save", sha256=info.sha256, size=info.size,
                                           mime=mime, name=name, meta=meta,
@@ -293,8 +293,7 @@ class ArtifactFacade(LifecycleMixin):
     async def _ingest_file(self, p: Path, *, origin: str, mime: str, meta: dict[str, Any]) -> Artifact:
         store = self._src.store
         for attempt in range(BLOB_RETRIES + 1):
-            info = await anyio.to_thread.run_sync(lambda: store.put_file(str(p), adopt=True),
-                                                  limiter=self._writable(origin)._put_slots)
+            info = await self._writable(origin)._puts.run(lambda: store.put_file(str(p), adopt=True))
             try:
                 art = await self._record(origin=origin, sha256=info.sha256, size=info.size, mime=mime,
                                          name=None, meta=meta,
@@ -377,8 +376,7 @@ class ArtifactFacade(LifecycleMixin):
 
         try:
             for attempt in range(BLOB_RETRIES + 1):
-                sha, total, needs = await anyio.to_thread.run_sync(
-                    put_all, limiter=self._writable("ingest_dir")._put_slots)
+                sha, total, needs = await self._writable("ingest_dir")._puts.run(put_all)
                 try:
                     art = await self._record(origin="ingest_dir", sha256=sha, size=total, mime=content.DIR_MIME,
                                              name=p.name, meta=meta, needs=needs)
