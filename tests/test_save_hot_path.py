@@ -1,0 +1,75 @@
+"""The save path's shortcuts answer as the long way did: a str source path is read and named as pathlib
+would, and a rename into a shard the store knows touches the directories a mkdir attempt would report."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from artifact_ledger.facade.artifacts import _source_and_name
+from artifact_ledger.store.local import LocalBlobStore
+
+_PARTS = st.lists(st.sampled_from(["a", "b", "f.txt", ".", "..", "", "sub"]), min_size=1, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=_PARTS, absolute=st.booleans(), trailing=st.booleans())
+def test_source_and_name_match_pathlib(tmp_path_factory, parts, absolute, trailing):
+    """The name is Path(path).name and the path opens the same file (or fails the same way)."""
+    root = tmp_path_factory.getbasetemp() / "srcs"
+    (root / "sub").mkdir(parents=True, exist_ok=True)
+    (root / "f.txt").write_bytes(b"x")
+    (root / "sub" / "f.txt").write_bytes(b"y")
+    text = "/".join(parts) + ("/" if trailing else "")
+    if not text:
+        return  # save() refuses '' before this
+    if absolute:
+        text = str(root) + "/" + text
+    src, name = _source_and_name(text)
+    assert name == Path(text).name
+
+    def outcome(p: str) -> object:
+        try:
+            st_ = os.stat(p if os.path.isabs(p) else os.path.join(root, p))
+            return (st_.st_ino, st_.st_mode)
+        except OSError as exc:
+            return type(exc)
+
+    assert outcome(src) == outcome(str(Path(text)))
+    assert _source_and_name(Path(text)) == (str(Path(text)), Path(text).name)
+
+
+def _fresh_dirs(store: LocalBlobStore, tmp: str, sha: str) -> list[str]:
+    store._shards.clear()  # as if never seen: the mkdir attempt decides
+    return store._rename_in(tmp, sha, sync_dirs=False)
+
+
+def test_known_shard_renames_report_what_a_mkdir_attempt_would(tmp_path):
+    """Renames into new, known and vanished shards name the same directories with and without the cache."""
+    cached = LocalBlobStore(tmp_path / "a", fsync=False)
+    plain = LocalBlobStore(tmp_path / "b", fsync=False)
+    shas = ["ab" + "0" * 62, "ab" + "1" * 62, "cd" + "2" * 62, "ab" + "3" * 62]
+    try:
+        for i, sha in enumerate(shas):
+            if i == 3:
+                # The shard vanished behind both stores' backs (emptied and removed).
+                for s in (cached, plain):
+                    shard = s._objects / "ab"
+                    for f in shard.iterdir():
+                        f.unlink()
+                    shard.rmdir()
+            got = []
+            for s, rename in ((cached, lambda s, t, h: s._rename_in(t, h, sync_dirs=False)), (plain, _fresh_dirs)):
+                tmp = s._new_tmp()
+                Path(tmp).write_bytes(b"z")
+                dirs = rename(s, tmp, sha)
+                assert os.path.exists(s._name(sha)) and not os.path.exists(tmp)
+                got.append([os.path.relpath(d, s.root) for d in dirs])
+            assert got[0] == got[1], (i, got)
+        assert str(cached._objects / "ab") in cached._shards
+    finally:
+        cached.close()
+        plain.close()
