@@ -73,3 +73,22 @@ def test_known_shard_renames_report_what_a_mkdir_attempt_would(tmp_path):
     finally:
         cached.close()
         plain.close()
+
+
+def test_put_file_copies_and_hashes_across_the_read_buffer_boundary(tmp_path):
+    """put_file's reused read buffer: files below, at and past CHUNK (several reads) keep their bytes."""
+    import hashlib
+
+    from artifact_ledger.store.local import CHUNK
+
+    store = LocalBlobStore(tmp_path / "b", fsync=False)
+    try:
+        for n in (0, 1, 4096, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 517):
+            data = os.urandom(n)
+            src = tmp_path / f"src{n}"
+            src.write_bytes(data)
+            info = store.put_file(str(src))
+            assert (info.sha256, info.size) == (hashlib.sha256(data).hexdigest(), n)
+            assert store.path(info.sha256).read_bytes() == data
+    finally:
+        store.close()
