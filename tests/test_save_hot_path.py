@@ -92,3 +92,38 @@ def test_put_file_copies_and_hashes_across_the_read_buffer_boundary(tmp_path):
             assert store.path(info.sha256).read_bytes() == data
     finally:
         store.close()
+
+
+def _naive_metric(value):
+    """The metric rule spelled out the long way: finite reals, bools refused, integers kept exact."""
+    import math
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return TypeError
+    if isinstance(value, numbers.Integral):
+        return ("int", int(value))
+    value = float(value)
+    return ValueError if not math.isfinite(value) else ("float", value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.one_of(st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                       st.text(max_size=3), st.none(), st.fractions(max_denominator=50),
+                       st.integers(-(2**70), 2**70)))
+def test_check_metrics_fast_path_matches_the_naive_rule(value):
+    """Plain ints and floats take the fast path; every value is accepted or refused as the rule says."""
+    from artifact_ledger.facade.validation import check_metrics
+
+    want = _naive_metric(value)
+    try:
+        got = check_metrics({"m": value})["m"]
+    except (TypeError, ValueError) as exc:
+        if want is TypeError or want is ValueError:
+            assert type(exc) is want
+        else:
+            # An int the ledger cannot store (out of its range) is refused by both paths alike.
+            assert want[0] == "int" and abs(want[1]) >= 2**63 and type(exc) is ValueError, (value, exc)
+        return
+    assert want not in (TypeError, ValueError), (value, got)
+    assert (type(got).__name__, got) == want
