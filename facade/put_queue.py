@@ -3,23 +3,28 @@
 One ``anyio.to_thread.run_sync`` per put hands each one to a thread and back: a wake-up of a worker and
 one of the event loop, which under many concurrent saves cost more than the puts' own Python. Here a
 put is queued; while fewer than ``slots`` runners are active, the caller becomes one and runs, in one
-worker thread, every put it finds queued (its own and others'), up to ``RUN_AT_MOST`` of them, then
-wakes their callers. So at most ``slots`` puts run at once, as with a limiter of that many threads,
-and a burst of puts costs a few thread hand-offs instead of two per put.
+worker thread, every put it finds queued (its own and others'), up to ``RUN_AT_MOST`` of them or for
+``RUN_FOR_AT_MOST_S``, then wakes their callers. So at most ``slots`` puts run at once, as with a
+limiter of that many threads, and a burst of puts costs a few thread hand-offs instead of two per put.
+The price: a put's result reaches its caller only when its runner's turn ends, which a long put taken
+within the budget (a large file) delays by its own duration.
 """
 
 from __future__ import annotations
 
 import contextvars
+import time
 from collections import deque
 from typing import Any, Callable
 
 import anyio
 import anyio.to_thread
 
-# A runner goes back to its own caller after this many puts, handing the queue to a waiting caller,
-# so that no one caller keeps running other callers' puts while its own result waits.
+# A runner goes back to the event loop after this many puts, or once it has run puts for this long,
+# handing the queue to a waiting caller: the callers of the puts it ran hear of them only then, so the
+# budget bounds how long a finished put's result waits (beyond the one put running when it runs out).
 RUN_AT_MOST = 32
+RUN_FOR_AT_MOST_S = 0.002
 
 
 class _Put:
@@ -98,7 +103,8 @@ class PutQueue:
 
     def _drain(self, ran: list[_Put]) -> None:
         queue = self._queue
-        while len(ran) < RUN_AT_MOST:
+        stop = time.monotonic() + RUN_FOR_AT_MOST_S
+        while len(ran) < RUN_AT_MOST and (not ran or time.monotonic() < stop):
             try:
                 put = queue.popleft()
             except IndexError:
