@@ -6,7 +6,8 @@ Prints, for the machine it runs on:
     tasks, beside the raw cost of ``write + fsync + rename + dir fsync`` in the
     same filesystem, with one flush per batch (the default where it is safe)
     and with the three-flush protocol (``ARTIFACT_LEDGER_BATCH_FLUSH=three``)
-    in the same run, as its baseline;
+    in the same run, as its baseline; the 64-thread raw baseline beside a
+    create-only one (inode creation, no flush) and the CPU per save;
   * one durable 256 MiB save against a raw write+fsync of the same bytes (both
     protocols);
   * on a 100,000-artifact ledger over 100 runs: median ``best(scope="run")``
@@ -30,6 +31,7 @@ import os
 import platform
 import pstats
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -221,6 +223,32 @@ def raw_durable_writes_threaded(directory: Path, n: int, rng: random.Random, thr
         return (time.perf_counter() - t0) / n
 
 
+def raw_creates_threaded(directory: Path, n: int, rng: random.Random, threads: int) -> float:
+    """Seconds per create + write 4 KiB + close from ``threads`` threads, no fsync or rename: how much of the
+    threaded raw baseline is making the inodes (a save makes one temp file per blob too)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    directory.mkdir(parents=True)
+    datas = [rng.randbytes(SIZE) for _ in range(n)]
+    d = str(directory)
+
+    def one(i: int) -> None:
+        fd = os.open(os.path.join(d, f"{i}.part"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, datas[i])
+        os.close(fd)
+
+    with ThreadPoolExecutor(threads) as ex:
+        t0 = time.perf_counter()
+        list(ex.map(one, range(n)))
+        return (time.perf_counter() - t0) / n
+
+
+def cpu_s() -> tuple[float, float]:
+    """(user, system) CPU seconds this process has used."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime, ru.ru_stime
+
+
 async def run_sequential(led, files: list[str]) -> float:
     """Saves per second, one await after the other."""
     fac = led.artifacts(run_id="bench", graph_id="g", node_id="seq")
@@ -272,7 +300,7 @@ def bench_saves(cfg: dict, tmp: Path, rng: random.Random) -> dict:
     srcs = make_sources(tmp / "src", 2 * (warm + cfg["seq_saves"] + reps * (cfg["seq_saves"] + cfg["conc_saves"])),
                         rng)
     res: dict = {"seq": [], "conc": [], "raw": [], "raw_thr": [], "raw_batched": [], "raw_rename": [],
-                 "seq_three": [], "conc_three": []}
+                 "seq_three": [], "conc_three": [], "raw_create": [], "cpu_conc": [], "cpu_conc_three": []}
 
     async def session() -> None:
         cursor = 0
@@ -305,9 +333,13 @@ def bench_saves(cfg: dict, tmp: Path, rng: random.Random) -> dict:
             order = [(led, "seq", "conc"), (three, "seq_three", "conc_three")]
             for lg, s_key, c_key in order if r % 2 == 0 else order[::-1]:
                 res[s_key].append(await run_sequential(lg, take(cfg["seq_saves"])))
+                u0, s0 = cpu_s()
                 res[c_key].append(await run_concurrent(lg, take(cfg["conc_saves"])))
+                u1, s1 = cpu_s()
+                res["cpu_" + c_key].append(((u1 - u0) / cfg["conc_saves"], (s1 - s0) / cfg["conc_saves"]))
             res["raw_thr"].append(
                 raw_durable_writes_threaded(tmp / f"rawt{r}", cfg["conc_saves"] // 2, rng, CONCURRENCY))
+            res["raw_create"].append(raw_creates_threaded(tmp / f"rawc{r}", cfg["conc_saves"] // 2, rng, CONCURRENCY))
             res["raw_batched"].append(raw_durable_writes(tmp / f"rawb{r}", cfg["raw_ops"], rng, 32))
             res["raw_rename"].append(raw_rename_fsync_loop(tmp / f"rawr{r}", cfg["raw_ops"], rng))
         res["artifacts"] = len(led.catalog.rows)
@@ -337,6 +369,16 @@ def bench_saves(cfg: dict, tmp: Path, rng: random.Random) -> dict:
     print(f"raw baseline  the same from {CONCURRENCY} threads: {1 / statistics.median(res['raw_thr']):8.0f} ops/s "
           f"(how far the device overlaps fsyncs); concurrent saves / it, per repetition: {thr_ratio:5.2f}x   "
           f"target >= 1.5x: {verdict(thr_ratio >= 1.5)}")
+    create_share = statistics.median(c / t for c, t in zip(res["raw_create"], res["raw_thr"]))
+    print(f"raw baseline  create + write 4 KiB only (no fsync, no rename) from {CONCURRENCY} threads: "
+          f"{1 / statistics.median(res['raw_create']):8.0f} ops/s; its time is {create_share:5.1%} of the "
+          f"{CONCURRENCY}-thread durable baseline's, per repetition (reps: "
+          + ", ".join(f"{1 / x:.0f}" for x in res["raw_create"]) + ")")
+    for key, what in (("cpu_conc", res["protocol"]), ("cpu_conc_three", res["protocol_three"])):
+        user = statistics.median(u for u, _ in res[key])
+        system = statistics.median(s_ for _, s_ in res[key])
+        print(f"(info) CPU of this process per concurrent save ({what}): user {user * 1e6:6.0f} us, "
+              f"system {system * 1e6:6.0f} us")
     print(f"raw baseline  rename + dir fsync loop alone: {1 / statistics.median(res['raw_rename']):8.0f} ops/s "
           f"(reps: " + ", ".join(f"{1 / x:.0f}" for x in res["raw_rename"]) + ")")
     print(f"(info) raw baseline, dir fsync once per 32 renames: {1 / statistics.median(res['raw_batched']):8.0f} "

@@ -92,6 +92,19 @@ def _blob_shaped(path: Path, sha: str) -> bool:
 
 
 
+def _source_and_name(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """The path ``save()`` reads and the name it records (``Path(path).name``) for a non-empty path.
+
+    A str whose last component is a real name (no trailing slash, not ".") is used as it is: the kernel
+    resolves it as it would pathlib's normalised form, and its basename is that form's last part."""
+    if isinstance(path, str):
+        name = os.path.basename(path)
+        if name and name != ".":
+            return path, name
+    p = Path(path)
+    return str(p), p.name
+
+
 def _restorer(store: Any, path: str) -> Callable[[], str]:
     """Store a file's bytes again (under the log lock, after a gc collected its blob); returns its SHA-256."""
     return lambda: str(store.put_file(path).sha256)
@@ -234,15 +247,16 @@ class ArtifactFacade(LifecycleMixin):
         if not os.fspath(path):
             # Path("") would mean the current directory.
             raise ValueError("cannot save '': the path is empty; give the path of a regular file")
-        p = Path(path)
-        self._check_fits(meta, origin="save", mime=content.guess_mime(p.name), name=p.name)
+        src, name = _source_and_name(path)
+        mime = content.guess_mime(name)
+        self._check_fits(meta, origin="save", mime=mime, name=name)
         store = self._src.store
 
         def put() -> BlobInfo:
             # Checked in the worker thread: stat calls would otherwise stall the event loop.
             # stat, never open: opening a FIFO would block until a writer appears.
             try:
-                mode = os.stat(p).st_mode
+                mode = os.stat(src).st_mode
             except FileNotFoundError:
                 raise FileNotFoundError(f"cannot save {str(path)!r}: no such file") from None
             if stat.S_ISDIR(mode):
@@ -251,14 +265,14 @@ class ArtifactFacade(LifecycleMixin):
             if not stat.S_ISREG(mode):
                 raise ValueError(f"cannot save {str(path)!r}: it is {_not_regular(mode)}; "
                                  "save() copies regular files only")
-            return store.put_file(str(p))
+            return store.put_file(src)
 
         for attempt in range(BLOB_RETRIES + 1):
-            info = await anyio.to_thread.run_sync(put, limiter=self._writable("save")._put_slots)
+            info = await self._writable("save")._puts.run(put)
             try:
                 return await self._record(origin="save", sha256=info.sha256, size=info.size,
-                                          mime=content.guess_mime(p.name), name=p.name, meta=meta,
-                                          needs=((info.sha256, lambda: store.put_file(str(p)).sha256),))
+                                          mime=mime, name=name, meta=meta,
+                                          needs=((info.sha256, lambda: store.put_file(src).sha256),))
             except BlobCollected:
                 if attempt == BLOB_RETRIES:
                     raise
@@ -279,8 +293,7 @@ class ArtifactFacade(LifecycleMixin):
     async def _ingest_file(self, p: Path, *, origin: str, mime: str, meta: dict[str, Any]) -> Artifact:
         store = self._src.store
         for attempt in range(BLOB_RETRIES + 1):
-            info = await anyio.to_thread.run_sync(lambda: store.put_file(str(p), adopt=True),
-                                                  limiter=self._writable(origin)._put_slots)
+            info = await self._writable(origin)._puts.run(lambda: store.put_file(str(p), adopt=True))
             try:
                 art = await self._record(origin=origin, sha256=info.sha256, size=info.size, mime=mime,
                                          name=None, meta=meta,
@@ -363,8 +376,7 @@ class ArtifactFacade(LifecycleMixin):
 
         try:
             for attempt in range(BLOB_RETRIES + 1):
-                sha, total, needs = await anyio.to_thread.run_sync(
-                    put_all, limiter=self._writable("ingest_dir")._put_slots)
+                sha, total, needs = await self._writable("ingest_dir")._puts.run(put_all)
                 try:
                     art = await self._record(origin="ingest_dir", sha256=sha, size=total, mime=content.DIR_MIME,
                                              name=p.name, meta=meta, needs=needs)

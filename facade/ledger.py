@@ -38,6 +38,7 @@ from ..store.durable import unique_hex
 from . import audit, content, exporting
 from . import gc as gc_mod
 from . import one_flush
+from .put_queue import PutQueue
 from .projecting import ProjectionHandle, Projecting, check_projections, fold_range
 from .repair import MARKER, MARKER_TEXT, prepare_root  # noqa: F401  (MARKER names are re-exported)
 from .sweep import STAGING_MAX_AGE, sweep_root
@@ -105,6 +106,7 @@ class Ledger:
         self._projecting = Projecting(self)
         self._private_cache: Path | None = None  # a read-only ledger's temporary blob cache, removed on close
         self._put_limiter: anyio.CapacityLimiter | None = None
+        self._put_queue: PutQueue | None = None
 
     @property
     def _put_slots(self) -> anyio.CapacityLimiter:
@@ -113,6 +115,13 @@ class Ledger:
         if self._put_limiter is None:
             self._put_limiter = anyio.CapacityLimiter(self.store.put_concurrency)
         return self._put_limiter
+
+    @property
+    def _puts(self) -> PutQueue:
+        """The queue blob puts run through: in the ``_put_slots`` threads, many puts per thread hand-off."""
+        if self._put_queue is None:
+            self._put_queue = PutQueue(self.store.put_concurrency, self._put_slots)
+        return self._put_queue
 
     @property
     def materialized(self) -> Path:

@@ -46,16 +46,17 @@ _rename = os.rename
 class _Pending:
     """A blob written to a temp file, awaiting make_durable(): its fd stays open until flushed through."""
 
-    __slots__ = ("tmp", "sha", "fd", "renamed")
+    __slots__ = ("tmp", "sha", "fd", "size", "renamed")
 
-    def __init__(self, tmp: str, sha: str, fd: int | None):
+    def __init__(self, tmp: str, sha: str, fd: int | None, size: int):
         self.tmp = tmp
         self.sha = sha
         self.fd = fd  # None once flushed (and closed) at put time, or never kept (one-flush)
+        self.size = size  # the bytes the put wrote into the temp file (publish needs no stat for it)
         self.renamed = False  # publish() gave it its address (one-flush)
 
 
-def _flush_file(path: Path) -> bool:
+def _flush_file(path: str) -> bool:
     """Fsync a file another process may have left unflushed; False if it is gone."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -68,7 +69,7 @@ def _flush_file(path: Path) -> bool:
     return True
 
 
-def _close_flushed(tmp: Path, fd: int, flush: bool) -> None:
+def _close_flushed(tmp: str, fd: int, flush: bool) -> None:
     """Close the fd that wrote temp file ``tmp``, fsyncing through it first if ``flush``; should the
     fsync fail, the temp file is removed (its bytes may never reach the disk) and the error raised."""
     try:
@@ -76,9 +77,27 @@ def _close_flushed(tmp: Path, fd: int, flush: bool) -> None:
             durable.fsync_fd(fd)
     except BaseException:
         os.close(fd)
-        tmp.unlink(missing_ok=True)
+        _unlink_missing_ok(tmp)
         raise
     os.close(fd)
+
+
+def _unlink_missing_ok(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+_buffers = threading.local()
+
+
+def _read_buffer() -> bytearray:
+    """This thread's CHUNK-sized buffer for copying a put's bytes (made on its first put)."""
+    buf: bytearray | None = getattr(_buffers, "buf", None)
+    if buf is None:
+        buf = _buffers.buf = bytearray(CHUNK)
+    return buf
 
 
 class LocalBlobStore:
@@ -104,6 +123,12 @@ class LocalBlobStore:
         self.put_concurrency = max(2, min(8, os.cpu_count() or 2))
         self._objects = self.root / "sha256"
         self._tmp = self.root / "tmp"
+        # The hot paths build blob and temp names as plain strings (pathlib costs more than the syscalls).
+        self._objects_s = str(self._objects)
+        self._tmp_s = str(self._tmp)
+        # Shard directories this store has made or seen exist: a rename into one needs no mkdir attempt
+        # first. Only ever a cache: a rename that finds its shard gone makes it again (see _rename_in).
+        self._shards: set[str] = set()
         if not read_only:  # a read-only ledger creates nothing; its store is only read
             self._objects.mkdir(parents=True, exist_ok=True)
         self._uri_prefix = self._objects.as_uri() + "/"
@@ -141,9 +166,14 @@ class LocalBlobStore:
         # Hex digests need no quoting, so the prefix is built (and quoted) once.
         return f"{self._uri_prefix}{sha256[:2]}/{sha256}"
 
+    def _name(self, sha: str) -> str:
+        """Final path of a blob whose name this store computed itself (a hexdigest: nothing to check)."""
+        return f"{self._objects_s}/{sha[:2]}/{sha}"
+
     def exists(self, sha256: str) -> bool:
         """Whether the blob is present."""
-        return self.path(sha256).is_file()
+        check_sha(sha256)
+        return os.path.isfile(self._name(sha256))
 
     def put_bytes(self, data: bytes) -> BlobInfo:
         """Store bytes durably and return their address."""
@@ -159,7 +189,7 @@ class LocalBlobStore:
                 view = view[n:]
         except BaseException:
             os.close(fd)
-            tmp.unlink(missing_ok=True)
+            _unlink_missing_ok(tmp)
             raise
         self._publish(tmp, sha, fd, len(data))
         return BlobInfo(sha, len(data))
@@ -172,7 +202,7 @@ class LocalBlobStore:
         with other hard links is always copied, since another name could change
         the blob's bytes.
         """
-        src = Path(path)
+        src = os.fspath(path)
         if adopt and os.lstat(src).st_nlink == 1:
             info = self._link_in(src)
             if info is not None:
@@ -182,28 +212,35 @@ class LocalBlobStore:
         tmp = self._new_tmp()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
-            with open(src, "rb") as f:
-                while chunk := f.read(CHUNK):
+            # Plain fds and one reused buffer: open() would add fstat, ioctl and lseek calls and each
+            # read a fresh CHUNK-sized bytes object, which for small files cost more than the copy.
+            buf = _read_buffer()
+            whole = memoryview(buf)
+            rfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                while got := os.readv(rfd, (buf,)):
+                    chunk = whole[:got]
                     digest.update(chunk)
-                    size += len(chunk)
-                    view = memoryview(chunk)
-                    while view:
-                        n = os.write(fd, view)
-                        view = view[n:]
+                    size += got
+                    while chunk:
+                        n = os.write(fd, chunk)
+                        chunk = chunk[n:]
+            finally:
+                os.close(rfd)
             sha = digest.hexdigest()
             present = self._present(sha, size)
         except BaseException:
             os.close(fd)
-            tmp.unlink(missing_ok=True)
+            _unlink_missing_ok(tmp)
             raise
         if present:
             os.close(fd)
-            tmp.unlink()
+            os.unlink(tmp)
             return BlobInfo(sha, size)
         self._publish(tmp, sha, fd, size)
         return BlobInfo(sha, size)
 
-    def _link_in(self, src: Path) -> BlobInfo | None:
+    def _link_in(self, src: str) -> BlobInfo | None:
         """Publish ``src``'s inode under its address; None when linking is impossible."""
         digest = hashlib.sha256()
         size = 0
@@ -251,27 +288,27 @@ class LocalBlobStore:
         neither a directory fsync nor this batch's flush (a batch of deduplicated
         blobs has no syncfs) would make durable.
         """
-        path = self.path(sha)
-        if not self._intact(path, sha, size):
+        final = self._name(sha)
+        if not self._intact(final, sha, size):
             return False
         try:
             # Touched: a gc spares blobs touched since its plan, so it does not starve this save.
-            os.utime(path)
+            os.utime(final)
         except FileNotFoundError:
             return False  # collected just now: store it again
         except OSError:
             pass  # another owner's file: the check under the log lock still keeps the save safe
-        if self.fsync and size < LARGE_BLOB and not _flush_file(path):
+        if self.fsync and size < LARGE_BLOB and not _flush_file(final):
             return False  # collected just now: store it again
         if self.fsync and self.deferred:
             with self._pending_lock:
                 # The shard's own name too: the process that created the shard may have died before
                 # flushing it into sha256/.
-                self._pending_dirs.update((str(path.parent), str(self._objects)))
+                self._pending_dirs.update((f"{self._objects_s}/{sha[:2]}", self._objects_s))
         return True
 
     @staticmethod
-    def _intact(path: Path, sha: str, size: int | None) -> bool:
+    def _intact(path: str | Path, sha: str, size: int | None) -> bool:
         """Whether ``path`` holds the blob ``sha`` of ``size`` bytes: its size for a large blob (always
         flushed before its rename), its SHA-256 too for a small one (see ``LARGE_BLOB``) or one of
         unknown size (None)."""
@@ -299,18 +336,18 @@ class LocalBlobStore:
             _fsync_dir(str(path.parent))
         return True
 
-    def _new_tmp(self) -> Path:
+    def _new_tmp(self) -> str:
         # The owner tag lets a sweep tell a dead process's leftover from a live save's file.
-        return self._tmp / f"{durable.owner_tag()}.{durable.unique_hex()}.part"
+        return f"{self._tmp_s}/{durable.owner_tag()}.{durable.unique_hex()}.part"
 
-    def _publish(self, tmp: Path, sha: str, fd: int, size: int) -> None:
+    def _publish(self, tmp: str, sha: str, fd: int, size: int) -> None:
         """Make a written temp file the blob ``sha`` (now, or queued for make_durable() or publish());
         takes ``fd``."""
         if self.sync_fd is not None:
             # Flushed by the batch's syncfs; only a large blob is flushed now, before it can have a name.
             _close_flushed(tmp, fd, size >= LARGE_BLOB)
             with self._pending_lock:
-                self._pending.append(_Pending(str(tmp), sha, None))
+                self._pending.append(_Pending(tmp, sha, None, size))
             return
         if self.fsync and self.deferred:
             # Renamed into place by make_durable() once its bytes are flushed,
@@ -322,23 +359,39 @@ class LocalBlobStore:
             if not keep:
                 _close_flushed(tmp, fd, True)
             with self._pending_lock:
-                self._pending.append(_Pending(str(tmp), sha, fd if keep else None))
+                self._pending.append(_Pending(tmp, sha, fd if keep else None, size))
             return
         _close_flushed(tmp, fd, self.fsync)  # through the fd that wrote the bytes, before their name exists
-        self._rename_in(str(tmp), sha, sync_dirs=self.fsync)
+        self._rename_in(tmp, sha, sync_dirs=self.fsync)
 
     def _rename_in(self, tmp: str, sha: str, *, sync_dirs: bool) -> list[str]:
         """Rename a flushed temp file to its address; returns the directories touched."""
-        final = self.path(sha)
-        shard = final.parent
+        shard = f"{self._objects_s}/{sha[:2]}"
+        final = f"{shard}/{sha}"
+        # sha256/ too, even for a shard that existed: its creator may be a one-flush process killed before
+        # its syncfs, which left the shard's own name unflushed.
+        dirs = [shard, self._objects_s]
+        if shard in self._shards:
+            # Known to exist: no mkdir attempt (its FileExistsError cost more than the rename).
+            try:
+                _rename(tmp, final)
+            except FileNotFoundError:
+                if not os.path.exists(tmp):
+                    raise
+                self._shards.discard(shard)  # removed behind this store's back: made again below
+            else:
+                return self._synced(dirs, sync_dirs)
         try:
-            shard.mkdir()
+            os.mkdir(shard)
         except FileExistsError:
             pass
-        # sha256/ even for a shard that existed: its creator may be a one-flush process killed before
-        # its syncfs, which left the shard's own name unflushed.
-        dirs = [str(shard), str(self._objects)]
         _rename(tmp, final)
+        self._shards.add(shard)
+        return self._synced(dirs, sync_dirs)
+
+    @staticmethod
+    def _synced(dirs: list[str], sync_dirs: bool) -> list[str]:
+        """``dirs``, fsynced first if ``sync_dirs``."""
         if sync_dirs:
             # Shard before its parent, so a new shard's entries are durable before its name.
             for d in dirs:
@@ -360,13 +413,12 @@ class LocalBlobStore:
             self._pending_dirs = set()
         try:
             for p in pending:
-                final = self.path(p.sha)
-                size = os.stat(p.tmp).st_size
-                if self._intact(final, p.sha, size):
+                size = p.size
+                if self._intact(self._name(p.sha), p.sha, size):
                     os.unlink(p.tmp)
                     # The file kept may be another process's, renamed in and never flushed (killed before
                     # its syncfs): its bytes (small) and its names are flushed with this batch.
-                    self._batch_dirs.update((str(final.parent), str(self._objects)))
+                    self._batch_dirs.update((f"{self._objects_s}/{p.sha[:2]}", self._objects_s))
                     self._batch_small = self._batch_small or size < LARGE_BLOB
                     continue
                 self._batch_dirs.update(self._rename_in(p.tmp, p.sha, sync_dirs=False))

@@ -604,7 +604,7 @@ def test_publish_keeps_a_whole_blob_already_at_its_address(tmp_path):
         os.write(fd, data)
         store._publish(tmp, info.sha256, fd, len(data))
         store.publish()
-        assert os.stat(store.path(info.sha256)).st_ino == before and not tmp.exists()
+        assert os.stat(store.path(info.sha256)).st_ino == before and not os.path.exists(tmp)
     finally:
         store.close()
 
