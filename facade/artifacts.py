@@ -28,6 +28,7 @@ from . import content, exporting
 from .gc import BLOB_NEEDS, Need
 from .lifecycle import LifecycleMixin
 from .model import Artifact
+from .put_queue import LONG_PUT_BYTES, PutQueue
 from .validation import (
     check_bool,
     check_event_size,
@@ -103,6 +104,15 @@ def _source_and_name(path: str | os.PathLike[str]) -> tuple[str, str]:
             return path, name
     p = Path(path)
     return str(p), p.name
+
+
+def _put_staged(store: Any, path: str) -> BlobInfo:
+    """Store a staged file (its inode shared where possible), releasing earlier puts' callers first if it
+    is large (hashing it takes a while)."""
+    if os.stat(path).st_size >= LONG_PUT_BYTES:
+        PutQueue.release_finished()
+    info: BlobInfo = store.put_file(path, adopt=True)
+    return info
 
 
 def _restorer(store: Any, path: str) -> Callable[[], str]:
@@ -256,15 +266,18 @@ class ArtifactFacade(LifecycleMixin):
             # Checked in the worker thread: stat calls would otherwise stall the event loop.
             # stat, never open: opening a FIFO would block until a writer appears.
             try:
-                mode = os.stat(src).st_mode
+                st = os.stat(src)
             except FileNotFoundError:
                 raise FileNotFoundError(f"cannot save {str(path)!r}: no such file") from None
+            mode = st.st_mode
             if stat.S_ISDIR(mode):
                 raise IsADirectoryError(
                     f"cannot save {str(path)!r}: it is a directory (use stage_dir/ingest_dir for directories)")
             if not stat.S_ISREG(mode):
                 raise ValueError(f"cannot save {str(path)!r}: it is {_not_regular(mode)}; "
                                  "save() copies regular files only")
+            if st.st_size >= LONG_PUT_BYTES:
+                PutQueue.release_finished()  # the small saves this runner finished need not wait for it
             return store.put_file(src)
 
         for attempt in range(BLOB_RETRIES + 1):
@@ -293,7 +306,7 @@ class ArtifactFacade(LifecycleMixin):
     async def _ingest_file(self, p: Path, *, origin: str, mime: str, meta: dict[str, Any]) -> Artifact:
         store = self._src.store
         for attempt in range(BLOB_RETRIES + 1):
-            info = await self._writable(origin)._puts.run(lambda: store.put_file(str(p), adopt=True))
+            info = await self._writable(origin)._puts.run(lambda: _put_staged(store, str(p)))
             try:
                 art = await self._record(origin=origin, sha256=info.sha256, size=info.size, mime=mime,
                                          name=None, meta=meta,
@@ -359,6 +372,7 @@ class ArtifactFacade(LifecycleMixin):
         linked: list[str] = []
 
         def put_all() -> tuple[str, int, tuple[Need, ...]]:
+            PutQueue.release_finished()  # a tree's files: as long as a large file, or longer
             entries = []
             total = 0
             for rel, full in files:

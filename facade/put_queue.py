@@ -6,18 +6,21 @@ put is queued; while fewer than ``slots`` runners are active, the caller becomes
 worker thread, every put it finds queued (its own and others'), up to ``RUN_AT_MOST`` of them or for
 ``RUN_FOR_AT_MOST_S``, then wakes their callers. So at most ``slots`` puts run at once, as with a
 limiter of that many threads, and a burst of puts costs a few thread hand-offs instead of two per put.
-The price: a put's result reaches its caller only when its runner's turn ends, which a long put taken
-within the budget (a large file) delays by its own duration.
+The price: a put's result reaches its caller only when its runner's turn ends. So a put that will take
+long (a large file) calls ``release_finished()`` first, which hands the results of the puts its runner
+already finished this turn to their callers before it starts.
 """
 
 from __future__ import annotations
 
 import contextvars
+import threading
 import time
 from collections import deque
 from typing import Any, Callable
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 
 # A runner goes back to the event loop after this many puts, or once it has run puts for this long,
@@ -25,6 +28,11 @@ import anyio.to_thread
 # budget bounds how long a finished put's result waits (beyond the one put running when it runs out).
 RUN_AT_MOST = 32
 RUN_FOR_AT_MOST_S = 0.002
+# A put of a file this large calls release_finished() first: copying and hashing it takes milliseconds.
+LONG_PUT_BYTES = 1 << 20
+
+
+_turn = threading.local()  # .ran: the puts of the runner turn this worker thread is in (else absent)
 
 
 class _Put:
@@ -104,10 +112,31 @@ class PutQueue:
     def _drain(self, ran: list[_Put]) -> None:
         queue = self._queue
         stop = time.monotonic() + RUN_FOR_AT_MOST_S
-        while len(ran) < RUN_AT_MOST and (not ran or time.monotonic() < stop):
-            try:
-                put = queue.popleft()
-            except IndexError:
-                return
-            ran.append(put)
-            put.run()
+        _turn.ran = ran
+        try:
+            while len(ran) < RUN_AT_MOST and (not ran or time.monotonic() < stop):
+                try:
+                    put = queue.popleft()
+                except IndexError:
+                    return
+                ran.append(put)
+                put.run()
+        finally:
+            del _turn.ran
+
+    @staticmethod
+    def release_finished() -> None:
+        """From inside a put that will take long: wake now the callers of the puts its runner has already
+        finished this turn (a no-op outside a runner's turn, or with none finished)."""
+        ran: list[_Put] | None = getattr(_turn, "ran", None)
+        if not ran:
+            return
+        finished = [p for p in ran if p.done and p.wake is not None]
+        if finished:
+            anyio.from_thread.run_sync(_wake, finished)
+
+
+def _wake(puts: list[_Put]) -> None:
+    for p in puts:
+        if p.wake is not None:
+            p.wake.set()

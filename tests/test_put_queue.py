@@ -149,3 +149,54 @@ def test_cancelling_the_caller_of_a_running_put_reports_it_after_the_put_finishe
         assert q._runners == 0 and not q._queue
 
     anyio.run(main)
+
+
+def test_a_long_put_hands_back_the_puts_its_runner_finished_before_it(monkeypatch):
+    """In one runner turn a small put finishes, then a long one calls release_finished(): the small put's
+    caller has its result while the long one still runs (without the call it would wait for it)."""
+    from artifact_ledger.facade import put_queue
+
+    monkeypatch.setattr(put_queue, "RUN_FOR_AT_MOST_S", 60.0)  # the gated first put must not end the turn
+    gate, started, release = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> str:
+        gate.wait(timeout=30)  # held until the other two are queued, so one turn takes all three
+        return "first"
+
+    def small() -> str:
+        return "small"
+
+    def long() -> str:
+        PutQueue.release_finished()
+        started.set()
+        release.wait(timeout=30)
+        return "long"
+
+    async def main() -> None:
+        q = PutQueue(1, anyio.CapacityLimiter(1))
+        got: dict[str, str] = {}
+
+        async def call(name: str, fn) -> None:
+            got[name] = await q.run(fn)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, "first", first)
+                await anyio.wait_all_tasks_blocked()
+                tg.start_soon(call, "small", small)
+                tg.start_soon(call, "long", long)
+                await anyio.wait_all_tasks_blocked()
+                assert len(q._queue) == 2  # both wait behind the running turn
+                gate.set()
+                await anyio.to_thread.run_sync(started.wait, 30)
+                while "small" not in got:  # woken by release_finished, while "long" still runs
+                    await anyio.sleep(0.001)
+                assert "long" not in got and "first" not in got  # the runner's own put: at the turn's end
+                release.set()
+        assert got == {"first": "first", "small": "small", "long": "long"}
+
+    anyio.run(main)
+
+
+def test_release_finished_outside_a_runner_turn_does_nothing():
+    PutQueue.release_finished()
