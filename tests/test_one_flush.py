@@ -611,3 +611,53 @@ def test_publish_keeps_a_whole_blob_already_at_its_address(tmp_path):
 
 if sys.platform != "linux":  # pragma: no cover - the module's protocol exists on Linux only
     pytestmark = pytest.mark.skip(reason="one flush per batch needs Linux")
+
+
+# ------------------------------------------------------------------ the check's quick decode
+def _as_records(payloads: list[bytes]) -> list:
+    from artifact_ledger.ledger.framing import Record
+
+    return [Record(i + 1, i, b"\0" * 32, b"\1" * 32, p, "seg", 64 + i, 100, 1) for i, p in enumerate(payloads)]
+
+
+def test_the_quick_decode_names_exactly_the_blobs_the_full_decode_lists(tmp_path):
+    """named_blobs (the blob-naming fields only) gives the same (blob, size) list as batch_blobs, in order."""
+    from artifact_ledger.ledger.events import AliasSet, ArtifactRecorded, PinChanged, Retired, encode_event
+
+    store = LocalBlobStore(str(tmp_path / "blobs"), fsync=False)
+    payloads = []
+    for i in range(60):
+        if i % 7 == 3:
+            payloads.append(encode_event(PinChanged(artifact_id=f"a{i - 1}", pinned=True)))
+        elif i % 11 == 5:
+            payloads.append(encode_event(AliasSet(namespace="ns", artifact_id=f"a{i - 2}", name=f"n{i}")))
+        elif i % 13 == 6:
+            payloads.append(encode_event(Retired(artifact_id=f"a{i - 3}", reason="old")))
+        else:
+            payloads.append(encode_event(ArtifactRecorded(
+                artifact_id=f"a{i}", origin="save", kind="k", sha256=f"{i % 9:064x}", size=i * 10, mime="text/plain",
+                labels={"x": [1, "y"]}, metrics={"m": 0.5}, run_id="r", graph_id="g", node_id="n")))
+    recs = _as_records(payloads)
+    full, problems = one_flush.batch_blobs(recs, store)
+    assert one_flush.named_blobs(recs) == full and problems == [] and len(full) > 30
+
+
+def test_the_quick_decode_leaves_directories_old_versions_and_damage_to_the_full_path():
+    import msgspec
+
+    from artifact_ledger.facade import content
+    from artifact_ledger.ledger.events import ArtifactRecorded, encode_event
+
+    def art(**kw):
+        base = dict(artifact_id="a", origin="save", kind="k", sha256="0" * 64, size=1, mime="text/plain",
+                    run_id="r", graph_id="g", node_id="n")
+        return ArtifactRecorded(**{**base, **kw})
+
+    plain = encode_event(art())
+    assert one_flush.named_blobs(_as_records([plain])) == [("0" * 64, 1)]
+    assert one_flush.named_blobs(_as_records([plain, encode_event(art(mime=content.DIR_MIME))])) is None
+    old = msgspec.msgpack.encode({**msgspec.to_builtins(art()), "v": 0})
+    assert one_flush.named_blobs(_as_records([plain, old])) is None
+    assert one_flush.named_blobs(_as_records([plain, plain[:-3]])) is None
+    assert one_flush.named_blobs(_as_records([plain, msgspec.msgpack.encode({"type": "no.such", "v": 1})])) is None
+    assert one_flush.named_blobs(_as_records([])) == []
