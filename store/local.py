@@ -170,6 +170,11 @@ class LocalBlobStore:
         """Final path of a blob whose name this store computed itself (a hexdigest: nothing to check)."""
         return f"{self._objects_s}/{sha[:2]}/{sha}"
 
+    def _names_dirs(self, sha: str) -> list[str]:
+        """The directories that hold a blob's name, deepest first: its shard, and sha256/ (holding the
+        shard's name, which a one-flush process killed before its syncfs may have left unflushed)."""
+        return [f"{self._objects_s}/{sha[:2]}", self._objects_s]
+
     def exists(self, sha256: str) -> bool:
         """Whether the blob is present."""
         check_sha(sha256)
@@ -302,9 +307,7 @@ class LocalBlobStore:
             return False  # collected just now: store it again
         if self.fsync and self.deferred:
             with self._pending_lock:
-                # The shard's own name too: the process that created the shard may have died before
-                # flushing it into sha256/.
-                self._pending_dirs.update((f"{self._objects_s}/{sha[:2]}", self._objects_s))
+                self._pending_dirs.update(self._names_dirs(sha))
         return True
 
     @staticmethod
@@ -366,11 +369,9 @@ class LocalBlobStore:
 
     def _rename_in(self, tmp: str, sha: str, *, sync_dirs: bool) -> list[str]:
         """Rename a flushed temp file to its address; returns the directories touched."""
-        shard = f"{self._objects_s}/{sha[:2]}"
+        dirs = self._names_dirs(sha)  # sha256/ too, even for a shard that existed
+        shard = dirs[0]
         final = f"{shard}/{sha}"
-        # sha256/ too, even for a shard that existed: its creator may be a one-flush process killed before
-        # its syncfs, which left the shard's own name unflushed.
-        dirs = [shard, self._objects_s]
         if shard in self._shards:
             # Known to exist: no mkdir attempt (its FileExistsError cost more than the rename).
             try:
@@ -413,17 +414,15 @@ class LocalBlobStore:
             self._pending_dirs = set()
         try:
             for p in pending:
-                size = p.size
-                if self._intact(self._name(p.sha), p.sha, size):
+                # Kept or renamed in, a small blob's bytes are the batch's syncfs to flush: a file kept may
+                # be another process's, renamed in and never flushed (killed before its syncfs).
+                self._batch_small = self._batch_small or p.size < LARGE_BLOB
+                if self._intact(self._name(p.sha), p.sha, p.size):
                     os.unlink(p.tmp)
-                    # The file kept may be another process's, renamed in and never flushed (killed before
-                    # its syncfs): its bytes (small) and its names are flushed with this batch.
-                    self._batch_dirs.update((f"{self._objects_s}/{p.sha[:2]}", self._objects_s))
-                    self._batch_small = self._batch_small or size < LARGE_BLOB
+                    self._batch_dirs.update(self._names_dirs(p.sha))  # and its names
                     continue
                 self._batch_dirs.update(self._rename_in(p.tmp, p.sha, sync_dirs=False))
                 p.renamed = True
-                self._batch_small = self._batch_small or size < LARGE_BLOB
         except BaseException:
             self.unpublish(pending)
             raise
