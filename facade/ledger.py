@@ -27,7 +27,7 @@ from ..ledger.framing import Record
 from ..ledger.group_commit import GroupCommitLog
 from ..ledger.lockfile import DEFAULT_LOCK_TIMEOUT, check_lock_timeout
 from ..projections import snapshot
-from ..projections.catalog import Catalog, Row, apply_decoded
+from ..projections.catalog import Catalog, Row, append_payloads, apply_decoded
 from ..projections.query import pinned_at, seq_at_time
 from ..projections.query import runs as query_runs
 from ..projections.query import retired_rows
@@ -822,12 +822,14 @@ def _replay(led: Ledger, *, accept_loss: bool, progress: Callable[[int, int], No
     def on_payloads(joined: bytes, seqs: Sequence[int], tss: Sequence[int]) -> bool:
         # A scanned chunk as one msgpack array: folded without a Record per record, or refused
         # (False, nothing changed) so that the log hands over the same records as Records.
-        events = decode_event_array(joined, len(seqs))
-        if events is None:
-            return False
         if pending:  # records handed over one by one before this chunk come first
             apply_records(led.catalog, pending)
             pending.clear()
+        if append_payloads(led.catalog, joined, seqs, tss):
+            return True
+        events = decode_event_array(joined, len(seqs))
+        if events is None:
+            return False
         apply_decoded(led.catalog, seqs, tss, events)
         return True
 

@@ -1189,6 +1189,868 @@ done:
     return res;
 }
 
+/* ------------------------------------------------------------------ payload_columns */
+
+/* Replay's fold straight from a scanned chunk: the msgpack array of its events is read here, field
+ * by field, into the columns _columns_only builds from decoded ArtifactRecorded structs, so no
+ * struct, no field string and no labels dict is made per event. Only the encodings msgspec makes of
+ * current events are taken (any key order, optional fields left out); anything else -- another event
+ * type or version, an unknown or repeated key, a bin or ext value, a bool or list label value, a
+ * repeated or already known id, bad UTF-8 -- makes it answer None having changed nothing, and the
+ * general decoder then folds or refuses the chunk exactly as before. */
+
+enum { MP_NIL, MP_FALSE, MP_TRUE, MP_INT, MP_UINT, MP_F64, MP_STR, MP_ARRAY, MP_MAP };
+
+typedef struct {
+    int t;
+    int64_t i;                  /* MP_INT: the value (fits int64) */
+    uint64_t u;                 /* MP_UINT: a value above INT64_MAX */
+    double f;                   /* MP_F64 (a float32 widened) */
+    const unsigned char *s;     /* MP_STR: its bytes */
+    uint32_t n;                 /* MP_STR: byte length; MP_ARRAY, MP_MAP: item count */
+} mpv;
+
+static inline uint16_t be16(const unsigned char *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static inline uint32_t be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static inline uint64_t be64(const unsigned char *p) { return (uint64_t)be32(p) << 32 | be32(p + 4); }
+
+/* One value's header at *pp (a str whole; only the count of an array or map), advancing *pp.
+ * -1: truncated, or a type this path leaves to the general decoder (bin, ext, the unused byte). */
+static int mp_read(const unsigned char **pp, const unsigned char *end, mpv *v)
+{
+    const unsigned char *p = *pp;
+    if (p >= end)
+        return -1;
+    unsigned char b = *p++;
+    size_t avail = (size_t)(end - p), len;
+    if (b <= 0x7f) {
+        v->t = MP_INT;
+        v->i = b;
+    } else if (b >= 0xe0) {
+        v->t = MP_INT;
+        v->i = (int8_t)b;
+    } else if ((b & 0xe0) == 0xa0) {
+        len = b & 0x1f;
+        goto str;
+    } else if ((b & 0xf0) == 0x90) {
+        v->t = MP_ARRAY;
+        v->n = b & 0x0f;
+    } else if ((b & 0xf0) == 0x80) {
+        v->t = MP_MAP;
+        v->n = b & 0x0f;
+    } else {
+        static const unsigned char width[32] = {
+            /* c0..cf */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 8, 1, 2, 4, 8,
+            /* d0..df */ 1, 2, 4, 8, 0, 0, 0, 0, 0, 1, 2, 4, 2, 4, 2, 4};
+        size_t w = width[b - 0xc0];
+        if (avail < w)
+            return -1;
+        switch (b) {
+        case 0xc0: v->t = MP_NIL; break;
+        case 0xc2: v->t = MP_FALSE; break;
+        case 0xc3: v->t = MP_TRUE; break;
+        case 0xcc: v->t = MP_INT; v->i = p[0]; break;
+        case 0xcd: v->t = MP_INT; v->i = be16(p); break;
+        case 0xce: v->t = MP_INT; v->i = be32(p); break;
+        case 0xcf: {
+            uint64_t u = be64(p);
+            if (u > (uint64_t)INT64_MAX) {
+                v->t = MP_UINT;
+                v->u = u;
+            } else {
+                v->t = MP_INT;
+                v->i = (int64_t)u;
+            }
+            break;
+        }
+        case 0xd0: v->t = MP_INT; v->i = (int8_t)p[0]; break;
+        case 0xd1: v->t = MP_INT; v->i = (int16_t)be16(p); break;
+        case 0xd2: v->t = MP_INT; v->i = (int32_t)be32(p); break;
+        case 0xd3: v->t = MP_INT; v->i = (int64_t)be64(p); break;
+        case 0xca: {
+            uint32_t x = be32(p);
+            float f;
+            memcpy(&f, &x, 4);
+            v->t = MP_F64;
+            v->f = f;
+            break;
+        }
+        case 0xcb: {
+            uint64_t x = be64(p);
+            memcpy(&v->f, &x, 8);
+            v->t = MP_F64;
+            break;
+        }
+        case 0xd9: len = p[0]; p += 1; goto str;
+        case 0xda: len = be16(p); p += 2; goto str;
+        case 0xdb: len = be32(p); p += 4; goto str;
+        case 0xdc: v->t = MP_ARRAY; v->n = be16(p); break;
+        case 0xdd: v->t = MP_ARRAY; v->n = be32(p); break;
+        case 0xde: v->t = MP_MAP; v->n = be16(p); break;
+        case 0xdf: v->t = MP_MAP; v->n = be32(p); break;
+        default: return -1;
+        }
+        p += w;
+    }
+    *pp = p;
+    return 0;
+str:
+    if ((size_t)(end - p) < len)
+        return -1;
+    v->t = MP_STR;
+    v->s = p;
+    v->n = (uint32_t)len;
+    *pp = p + len;
+    return 0;
+}
+
+/* Strict UTF-8, as CPython's decoder takes it (no overlong forms, no surrogates, at most U+10FFFF). */
+static int utf8_ok(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        if (n - i >= 8) {
+            uint64_t w;
+            memcpy(&w, s + i, 8);
+            if (!(w & 0x8080808080808080ull)) {
+                i += 8;
+                continue;
+            }
+        }
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t more;
+        uint32_t cp;
+        if (c >= 0xc2 && c <= 0xdf) {
+            more = 1;
+            cp = c & 0x1f;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            more = 2;
+            cp = c & 0x0f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            more = 3;
+            cp = c & 0x07;
+        } else {
+            return 0;
+        }
+        if (n - i - 1 < more)
+            return 0;
+        for (size_t k = 1; k <= more; k++) {
+            unsigned char d = s[i + k];
+            if ((d & 0xc0) != 0x80)
+                return 0;
+            cp = cp << 6 | (d & 0x3f);
+        }
+        if ((more == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (more == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+            return 0;
+        i += more + 1;
+    }
+    return 1;
+}
+
+static int str_ok(const mpv *v) { return v->t == MP_STR && utf8_ok(v->s, v->n); }
+
+/* A str value from bytes already checked by utf8_ok. */
+static PyObject *make_str(const unsigned char *s, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (s[i] & 0x80)
+            return PyUnicode_DecodeUTF8((const char *)s, (Py_ssize_t)n, NULL);
+    PyObject *o = PyUnicode_New((Py_ssize_t)n, 127);
+    if (o != NULL)
+        memcpy(PyUnicode_DATA(o), s, n);
+    return o;
+}
+
+/* A label or metric scalar as msgspec's Any decodes it (ints, floats, strs, None). */
+static PyObject *make_scalar(const mpv *v)
+{
+    switch (v->t) {
+    case MP_NIL: return Py_NewRef(Py_None);
+    case MP_INT: return PyLong_FromLongLong(v->i);
+    case MP_UINT: return PyLong_FromUnsignedLongLong(v->u);
+    case MP_F64: return PyFloat_FromDouble(v->f);
+    case MP_STR: return make_str(v->s, v->n);
+    default:
+        PyErr_SetString(PyExc_SystemError, "make_scalar: not a scalar");
+        return NULL;
+    }
+}
+
+/* Byte strings seen in this call -> their code (an interned string, or a label pair's id). */
+typedef struct {
+    uint64_t h;
+    const unsigned char *s;     /* NULL: an empty slot */
+    uint32_t n;
+    int32_t code;               /* -1: a label pair not yet in pair_ids (key, item below) */
+    PyObject *key, *item;       /* strong references, for such a pair */
+} sslot;
+
+typedef struct {
+    sslot *slots;
+    size_t cap, used;
+} stable;
+
+static inline uint64_t span_hash(const unsigned char *s, size_t n)
+{
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ n;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, s, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdull;
+        h ^= h >> 32;
+        s += 8;
+        n -= 8;
+    }
+    uint64_t w = 0;
+    memcpy(&w, s, n);
+    h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
+    return h ^ (h >> 29);
+}
+
+static void st_free(stable *t)
+{
+    for (size_t i = 0; i < t->cap; i++) {
+        Py_XDECREF(t->slots[i].key);
+        Py_XDECREF(t->slots[i].item);
+    }
+    PyMem_Free(t->slots);
+    t->slots = NULL;
+    t->cap = t->used = 0;
+}
+
+/* The slot for s: its entry, or the empty slot where it goes (NULL with MemoryError set). */
+static sslot *st_find(stable *t, const unsigned char *s, uint32_t n, uint64_t h)
+{
+    if (2 * (t->used + 1) > t->cap) {
+        size_t cap = t->cap ? 2 * t->cap : 256;
+        sslot *fresh = PyMem_Calloc(cap, sizeof(sslot));
+        if (fresh == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        for (size_t i = 0; i < t->cap; i++) {
+            sslot *o = &t->slots[i];
+            if (o->s == NULL)
+                continue;
+            size_t k = (size_t)o->h & (cap - 1);
+            while (fresh[k].s != NULL)
+                k = (k + 1) & (cap - 1);
+            fresh[k] = *o;
+        }
+        PyMem_Free(t->slots);
+        t->slots = fresh;
+        t->cap = cap;
+    }
+    size_t k = (size_t)h & (t->cap - 1);
+    for (;;) {
+        sslot *e = &t->slots[k];
+        if (e->s == NULL || (e->h == h && e->n == n && memcmp(e->s, s, n) == 0))
+            return e;
+        k = (k + 1) & (t->cap - 1);
+    }
+}
+
+/* Code of a str (or None when s is NULL) in str_ids, appending it to strs when new: catalog._py_intern's rule. */
+static int intern_span(stable *t, const unsigned char *s, uint32_t n, PyObject *ids, PyObject *strs,
+                       int32_t *none_code, int32_t *out)
+{
+    if (s == NULL && *none_code >= 0) {
+        *out = *none_code;
+        return 0;
+    }
+    sslot *e = NULL;
+    uint64_t h = 0;
+    if (s != NULL) {
+        h = span_hash(s, n);
+        e = st_find(t, s, n, h);
+        if (e == NULL)
+            return -1;
+        if (e->s != NULL) {
+            *out = e->code;
+            return 0;
+        }
+    }
+    PyObject *v = s == NULL ? Py_NewRef(Py_None) : make_str(s, n);
+    if (v == NULL)
+        return -1;
+    PyObject *code = PyDict_GetItemWithError(ids, v);
+    long c;
+    if (code == NULL) {
+        if (PyErr_Occurred())
+            goto fail;
+        Py_ssize_t next = PyList_GET_SIZE(strs);
+        if (next > INT32_MAX) {
+            PyErr_SetString(PyExc_OverflowError, "too many strings for a C int code");
+            goto fail;
+        }
+        PyObject *co = PyLong_FromSsize_t(next);
+        if (co == NULL || PyDict_SetItem(ids, v, co) < 0 || PyList_Append(strs, v) < 0) {
+            Py_XDECREF(co);
+            goto fail;
+        }
+        Py_DECREF(co);
+        c = (long)next;
+    } else {
+        c = PyLong_AsLong(code);
+        if (c == -1 && PyErr_Occurred())
+            goto fail;
+        if (c > INT32_MAX || c < INT32_MIN) {
+            PyErr_SetString(PyExc_OverflowError, "string code does not fit a C int");
+            goto fail;
+        }
+    }
+    Py_DECREF(v);
+    *out = (int32_t)c;
+    if (s == NULL) {
+        *none_code = (int32_t)c;
+    } else {
+        e->h = h;
+        e->s = s;
+        e->n = n;
+        e->code = (int32_t)c;
+        t->used++;
+    }
+    return 0;
+fail:
+    Py_DECREF(v);
+    return -1;
+}
+
+/* The artifact fields this path reads, in _columns_only's interning order for the first nine. */
+enum {
+    F_KIND, F_MIME, F_ORIGIN, F_RUN, F_GRAPH, F_NODE, F_PROJECT, F_NAME, F_SUGGESTED,
+    F_ID, F_SHA, F_SIZE, F_LABELS, F_METRICS, F_PINNED, F_DERIVED, F_V, N_FIELDS
+};
+static const char *const field_names[N_FIELDS] = {
+    "kind", "mime", "origin", "run_id", "graph_id", "node_id", "project_id", "name", "suggested_uri",
+    "artifact_id", "sha256", "size", "labels", "metrics", "pinned", "derived_from", "v"};
+/* Fields that must be present (the others have defaults). */
+#define ART_REQUIRED ((1u << F_KIND) | (1u << F_MIME) | (1u << F_ORIGIN) | (1u << F_RUN) | (1u << F_GRAPH) \
+                      | (1u << F_NODE) | (1u << F_ID) | (1u << F_SHA) | (1u << F_SIZE))
+#define PIN_FIELDS ((1u << F_ID) | (1u << F_PINNED) | (1u << F_V))
+#define PIN_REQUIRED ((1u << F_ID) | (1u << F_PINNED))
+
+static uint32_t field_len[N_FIELDS];
+
+/* The field a key names, or -1. msgspec writes fields in declaration order, so the one after the
+ * previous key (*hint) is tried first. */
+static int field_of(const mpv *k, int *hint)
+{
+    static const int8_t after[N_FIELDS] = {
+        /* kind -> */ F_SHA, /* mime -> */ F_LABELS, /* origin -> */ F_KIND, /* run_id -> */ F_GRAPH,
+        /* graph_id -> */ F_NODE, /* node_id -> */ F_PROJECT, /* project_id -> */ F_SUGGESTED,
+        /* name -> */ F_DERIVED, /* suggested_uri -> */ F_NAME, /* artifact_id -> */ F_ORIGIN,
+        /* sha256 -> */ F_SIZE, /* size -> */ F_MIME, /* labels -> */ F_METRICS, /* metrics -> */ F_PINNED,
+        /* pinned -> */ F_RUN, /* derived_from -> */ F_V, /* v -> */ F_ID};
+    int f = *hint;
+    if (f >= 0 && field_len[f] == k->n && memcmp(field_names[f], k->s, k->n) == 0) {
+        *hint = after[f];
+        return f;
+    }
+    for (f = 0; f < N_FIELDS; f++) {
+        if (field_len[f] == k->n && memcmp(field_names[f], k->s, k->n) == 0) {
+            *hint = after[f];
+            return f;
+        }
+    }
+    return -1;
+}
+
+typedef struct {
+    int is_pin;
+    const unsigned char *str[9];   /* NULL: None */
+    uint32_t len[9];
+    const unsigned char *id, *sha;
+    uint32_t id_len;
+    int64_t size;
+    int pinned;
+    const unsigned char *labels, *metrics, *derived;  /* the first item of each (NULL: none) */
+    uint32_t n_labels, n_metrics, n_derived;
+} pevent;
+
+/* Hex digit values (-1: not a hex digit), filled at import. */
+static int8_t hex_value[256];
+
+static inline int hexval(unsigned char c) { return hex_value[c]; }
+
+/* Reads one event map at *pp into e; 0, or 1 if this path does not take it (nothing is set for Python). */
+static int parse_event(const unsigned char **pp, const unsigned char *end, pevent *e)
+{
+    const unsigned char *p = *pp;
+    mpv m, k, v;
+    if (mp_read(&p, end, &m) < 0 || m.t != MP_MAP || m.n < 1)
+        return 1;
+    if (mp_read(&p, end, &k) < 0 || k.t != MP_STR || k.n != 4 || memcmp(k.s, "type", 4) != 0
+        || mp_read(&p, end, &v) < 0 || v.t != MP_STR)
+        return 1;
+    memset(e, 0, sizeof *e);
+    if (v.n == 17 && memcmp(v.s, "artifact.recorded", 17) == 0)
+        e->is_pin = 0;
+    else if (v.n == 12 && memcmp(v.s, "artifact.pin", 12) == 0)
+        e->is_pin = 1;
+    else
+        return 1;
+    unsigned seen = 0;
+    int hint = F_V;
+    for (uint32_t i = 1; i < m.n; i++) {
+        if (mp_read(&p, end, &k) < 0 || k.t != MP_STR)
+            return 1;
+        int f = field_of(&k, &hint);
+        if (f < 0 || (seen & (1u << f)) || (e->is_pin && !((1u << f) & PIN_FIELDS)))
+            return 1;
+        seen |= 1u << f;
+        if (mp_read(&p, end, &v) < 0)
+            return 1;
+        if (f <= F_SUGGESTED) {
+            if (v.t == MP_NIL && (f == F_PROJECT || f == F_NAME || f == F_SUGGESTED))
+                continue;
+            if (!str_ok(&v))
+                return 1;
+            e->str[f] = v.s;
+            e->len[f] = v.n;
+            continue;
+        }
+        switch (f) {
+        case F_V:
+            if (v.t != MP_INT || v.i != 1)
+                return 1;  /* another schema version: upcast (or refused) by the general path */
+            break;
+        case F_ID:
+            if (!str_ok(&v))
+                return 1;
+            e->id = v.s;
+            e->id_len = v.n;
+            break;
+        case F_SHA:
+            if (v.t != MP_STR || v.n != 64)
+                return 1;
+            for (int j = 0; j < 64; j++)
+                if (hexval(v.s[j]) < 0)
+                    return 1;
+            e->sha = v.s;
+            break;
+        case F_SIZE:
+            if (v.t != MP_INT)
+                return 1;
+            e->size = v.i;
+            break;
+        case F_PINNED:
+            if (v.t != MP_TRUE && v.t != MP_FALSE)
+                return 1;
+            e->pinned = v.t == MP_TRUE;
+            break;
+        case F_LABELS:
+        case F_METRICS:
+            if (v.t != MP_MAP)
+                return 1;
+            if (f == F_LABELS) {
+                e->labels = p;
+                e->n_labels = v.n;
+            } else {
+                e->metrics = p;
+                e->n_metrics = v.n;
+            }
+            /* Keys are distinct strs; values scalars (metrics: numbers; labels: no bools, which take the
+             * strict-key path) -- checked now so that nothing below can fail on the data. A map with
+             * repeated keys is left to the general decoder: the pairwise check is bounded. */
+            if (v.n > 64)
+                return 1;
+            {
+                const unsigned char *keys[64];
+                uint32_t klen[64];
+                for (uint32_t j = 0; j < v.n; j++) {
+                    mpv kk, vv;
+                    if (mp_read(&p, end, &kk) < 0 || !str_ok(&kk) || mp_read(&p, end, &vv) < 0)
+                        return 1;
+                    if (f == F_METRICS ? (vv.t != MP_INT && vv.t != MP_UINT && vv.t != MP_F64)
+                                       : (vv.t != MP_NIL && vv.t != MP_INT && vv.t != MP_UINT && vv.t != MP_F64
+                                          && !str_ok(&vv)))
+                        return 1;
+                    for (uint32_t q = 0; q < j; q++)
+                        if (klen[q] == kk.n && memcmp(keys[q], kk.s, kk.n) == 0)
+                            return 1;
+                    keys[j] = kk.s;
+                    klen[j] = kk.n;
+                }
+            }
+            break;
+        case F_DERIVED:
+            if (v.t != MP_ARRAY)
+                return 1;
+            e->derived = p;
+            e->n_derived = v.n;
+            for (uint32_t j = 0; j < v.n; j++) {
+                mpv s;
+                if (mp_read(&p, end, &s) < 0 || !str_ok(&s))
+                    return 1;
+            }
+            break;
+        }
+    }
+    if ((seen & (e->is_pin ? PIN_REQUIRED : ART_REQUIRED)) != (e->is_pin ? PIN_REQUIRED : ART_REQUIRED))
+        return 1;
+    if (e->n_labels == 0)
+        e->labels = NULL;
+    if (e->n_metrics == 0)
+        e->metrics = NULL;
+    if (e->n_derived == 0)
+        e->derived = NULL;
+    *pp = p;
+    return 0;
+}
+
+static PyObject *s_f;  /* "f": the tag of a float label value's strict key */
+
+/* The strict key and the recorded item of a label (catalog._columns_only's keys and items). */
+static int label_objects(const mpv *k, const mpv *v, PyObject **key, PyObject **item)
+{
+    PyObject *ko = make_str(k->s, k->n), *vo = make_scalar(v), *strict = NULL;
+    *key = *item = NULL;
+    if (ko == NULL || vo == NULL)
+        goto done;
+    *item = PyTuple_Pack(2, ko, vo);
+    if (*item == NULL)
+        goto done;
+    if (v->t == MP_F64) {
+        strict = PyTuple_Pack(2, s_f, vo);
+        if (strict == NULL)
+            goto done;
+        *key = PyTuple_Pack(2, ko, strict);
+    } else {
+        *key = Py_NewRef(*item);
+    }
+done:
+    Py_XDECREF(ko);
+    Py_XDECREF(vo);
+    Py_XDECREF(strict);
+    if (*key == NULL) {
+        Py_CLEAR(*item);
+        return -1;
+    }
+    return 0;
+}
+
+/* ARTIFACT_FIELDS: the field names this path knows (a test holds them to ArtifactRecorded's). */
+static int add_field_names(PyObject *m)
+{
+    PyObject *t = PyTuple_New(N_FIELDS);
+    if (t == NULL)
+        return -1;
+    for (int f = 0; f < N_FIELDS; f++) {
+        PyObject *s = PyUnicode_FromString(field_names[f]);
+        if (s == NULL) {
+            Py_DECREF(t);
+            return -1;
+        }
+        PyTuple_SET_ITEM(t, f, s);
+    }
+    int err = PyModule_AddObjectRef(m, "ARTIFACT_FIELDS", t);
+    Py_DECREF(t);
+    return err;
+}
+
+PyDoc_STRVAR(payload_columns_doc,
+"payload_columns(data, seqs, tss, base, label_start, metric_start, id_rows, str_ids, strs, pair_ids)\n"
+"--\n\n"
+"A chunk's msgpack array of n events read into the columns catalog.append_payloads folds, or None.");
+
+static PyObject *payload_columns_in(PyObject *const *args, const Py_buffer *sqb, const Py_buffer *tqb);
+
+static PyObject *payload_columns(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 10 || !PyBytes_CheckExact(args[0]) || !PyDict_CheckExact(args[6]) || !PyDict_CheckExact(args[7])
+        || !PyList_CheckExact(args[8]) || !PyDict_CheckExact(args[9])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "payload_columns(bytes, array('q'), array('q'), int, int, int, dict, dict, list, dict)");
+        return NULL;
+    }
+    Py_buffer sqb, tqb;
+    if (PyObject_GetBuffer(args[1], &sqb, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[2], &tqb, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&sqb);
+        return NULL;
+    }
+    PyObject *res = payload_columns_in(args, &sqb, &tqb);
+    PyBuffer_Release(&sqb);
+    PyBuffer_Release(&tqb);
+    return res;
+}
+
+static int is_q(const Py_buffer *b)
+{
+    return b->itemsize == 8 && b->format != NULL && (strcmp(b->format, "q") == 0 || strcmp(b->format, "=q") == 0
+                                                     || strcmp(b->format, "<q") == 0 || strcmp(b->format, "l") == 0);
+}
+
+static PyObject *payload_columns_in(PyObject *const *args, const Py_buffer *sqb, const Py_buffer *tqb)
+{
+    if (!is_q(sqb) || !is_q(tqb) || sqb->len != tqb->len) {
+        PyErr_SetString(PyExc_TypeError, "seqs and tss must be equally long buffers of int64 (array('q'))");
+        return NULL;
+    }
+    Py_ssize_t n = sqb->len / 8;
+    const int64_t *seqs = sqb->buf, *tss = tqb->buf;
+    long long base = PyLong_AsLongLong(args[3]);
+    if (base == -1 && PyErr_Occurred())
+        return NULL;
+    long long lpos = PyLong_AsLongLong(args[4]);
+    if (lpos == -1 && PyErr_Occurred())
+        return NULL;
+    long long mpos = PyLong_AsLongLong(args[5]);
+    if (mpos == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *id_rows = args[6], *str_ids = args[7], *strs = args[8], *pair_ids = args[9];
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    const unsigned char *end = p + PyBytes_GET_SIZE(args[0]);
+    if (n < 1 || end - p < 5 || p[0] != 0xdd || be32(p + 1) != (uint64_t)n)
+        Py_RETURN_NONE;
+    p += 5;
+
+    PyObject *res = NULL, *ids = NULL, *rows_of = NULL, *sizes = NULL, *sha = NULL, *pins = NULL, *cols = NULL;
+    PyObject *lcodes = NULL, *missing = NULL, *lends = NULL, *mcodes = NULL, *mvals = NULL, *mends = NULL;
+    PyObject *derived = NULL, *pin_evs = NULL, *art_sq = NULL, *art_tq = NULL;
+    stable strtab = {NULL, 0, 0}, pairtab = {NULL, 0, 0};
+    pevent *evs = PyMem_Malloc(sizeof(pevent) * (size_t)n);
+    if (evs == NULL)
+        return PyErr_NoMemory();
+
+    /* Pass 1: read and check everything; nothing is made or changed. */
+    Py_ssize_t n_art = 0, n_labels = 0, n_metrics = 0;
+    int taken = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t j = 0; j < n; j++) {
+        if (parse_event(&p, end, &evs[j]) != 0) {
+            taken = 0;
+            break;
+        }
+        if (!evs[j].is_pin) {
+            n_art++;
+            n_labels += evs[j].n_labels;
+            n_metrics += evs[j].n_metrics;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (!taken || p != end) {
+        PyMem_Free(evs);
+        Py_RETURN_NONE;
+    }
+
+    /* The ids: distinct and new, or the general path decides (it folds repeats one by one). */
+    ids = PyList_New(n_art);
+    rows_of = PyDict_New();
+    if (ids == NULL || rows_of == NULL)
+        goto done;
+    Py_ssize_t a = 0;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        pevent *e = &evs[j];
+        if (e->is_pin)
+            continue;
+        PyObject *id = make_str(e->id, e->id_len);
+        if (id == NULL)
+            goto done;
+        PyList_SET_ITEM(ids, a, id);
+        PyObject *row = PyLong_FromLongLong(base + a);
+        a++;
+        if (row == NULL)
+            goto done;
+        int known = PyDict_Contains(id_rows, id);
+        int err = known < 0 || PyDict_SetItem(rows_of, id, row) < 0;
+        Py_DECREF(row);
+        if (err)
+            goto done;
+        if (known || PyDict_GET_SIZE(rows_of) != a) {
+            res = Py_NewRef(Py_None);
+            goto done;
+        }
+    }
+
+    /* Pass 2: the columns. Only now are str_ids and strs extended (in _columns_only's order). */
+    art_sq = PyBytes_FromStringAndSize(NULL, n_art * 8);
+    art_tq = PyBytes_FromStringAndSize(NULL, n_art * 8);
+    sizes = PyBytes_FromStringAndSize(NULL, n_art * 8);
+    sha = PyBytes_FromStringAndSize(NULL, n_art * 32);
+    pins = PyBytes_FromStringAndSize(NULL, n_art);
+    cols = PyTuple_New(9);
+    lcodes = PyBytes_FromStringAndSize(NULL, n_labels * 4);
+    missing = PyList_New(0);
+    lends = PyBytes_FromStringAndSize(NULL, n_art * 8);
+    mcodes = PyBytes_FromStringAndSize(NULL, n_metrics * 4);
+    mvals = PyList_New(n_metrics);
+    mends = PyBytes_FromStringAndSize(NULL, n_art * 8);
+    derived = PyList_New(0);
+    pin_evs = PyList_New(0);
+    if (!art_sq || !art_tq || !sizes || !sha || !pins || !cols || !lcodes || !missing || !lends || !mcodes || !mvals || !mends || !derived
+        || !pin_evs)
+        goto done;
+    int32_t none_code = -1;
+    for (int f = 0; f < 9; f++) {
+        PyObject *col = PyBytes_FromStringAndSize(NULL, n_art * 4);
+        if (col == NULL)
+            goto done;
+        PyTuple_SET_ITEM(cols, f, col);
+        int32_t *codes = (int32_t *)PyBytes_AS_STRING(col);
+        a = 0;
+        for (Py_ssize_t j = 0; j < n; j++) {
+            pevent *e = &evs[j];
+            if (!e->is_pin && intern_span(&strtab, e->str[f], e->len[f], str_ids, strs, &none_code, &codes[a++]) < 0)
+                goto done;
+        }
+    }
+    int32_t *lc = (int32_t *)PyBytes_AS_STRING(lcodes);
+    Py_ssize_t li = 0, mi = 0;
+    a = 0;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        pevent *e = &evs[j];
+        if (e->is_pin) {
+            PyObject *aid = make_str(e->id, e->id_len);
+            PyObject *pe = aid == NULL ? NULL : Py_BuildValue("(LOO)", (long long)seqs[j], aid,
+                                                              e->pinned ? Py_True : Py_False);
+            Py_XDECREF(aid);
+            int err = pe == NULL || PyList_Append(pin_evs, pe) < 0;
+            Py_XDECREF(pe);
+            if (err)
+                goto done;
+            continue;
+        }
+        memcpy(PyBytes_AS_STRING(art_sq) + a * 8, &seqs[j], 8);
+        memcpy(PyBytes_AS_STRING(art_tq) + a * 8, &tss[j], 8);
+        memcpy(PyBytes_AS_STRING(sizes) + a * 8, &e->size, 8);
+        unsigned char *sh = (unsigned char *)PyBytes_AS_STRING(sha) + a * 32;
+        for (int b = 0; b < 32; b++)
+            sh[b] = (unsigned char)(hexval(e->sha[2 * b]) << 4 | hexval(e->sha[2 * b + 1]));
+        PyBytes_AS_STRING(pins)[a] = (char)e->pinned;
+        const unsigned char *q = e->labels;
+        for (uint32_t t = 0; t < e->n_labels; t++, li++) {
+            const unsigned char *start = q;
+            mpv k, v;
+            mp_read(&q, end, &k);  /* checked by pass 1 */
+            mp_read(&q, end, &v);
+            uint32_t len = (uint32_t)(q - start);
+            uint64_t h = span_hash(start, len);
+            sslot *s = st_find(&pairtab, start, len, h);
+            if (s == NULL)
+                goto done;
+            if (s->s == NULL) {
+                PyObject *key, *item;
+                if (label_objects(&k, &v, &key, &item) < 0)
+                    goto done;
+                PyObject *code = PyDict_GetItemWithError(pair_ids, key);
+                long c = -1;
+                if (code == NULL && PyErr_Occurred()) {
+                    Py_DECREF(key);
+                    Py_DECREF(item);
+                    goto done;
+                }
+                if (code != NULL) {
+                    c = PyLong_AsLong(code);
+                    if ((c == -1 && PyErr_Occurred()) || c > INT32_MAX || c < 0) {
+                        if (!PyErr_Occurred())
+                            PyErr_SetString(PyExc_OverflowError, "pair code does not fit a C int");
+                        Py_DECREF(key);
+                        Py_DECREF(item);
+                        goto done;
+                    }
+                    Py_CLEAR(key);
+                    Py_CLEAR(item);
+                }
+                s->h = h;
+                s->s = start;
+                s->n = len;
+                s->code = (int32_t)c;
+                s->key = key;
+                s->item = item;
+                pairtab.used++;
+            }
+            lc[li] = s->code;
+            if (s->code < 0) {
+                PyObject *m = Py_BuildValue("(nOO)", li, s->key, s->item);
+                int err = m == NULL || PyList_Append(missing, m) < 0;
+                Py_XDECREF(m);
+                if (err)
+                    goto done;
+            }
+        }
+        lpos += e->n_labels;
+        memcpy(PyBytes_AS_STRING(lends) + a * 8, &lpos, 8);
+        if (e->n_derived) {
+            PyObject *parents = PyList_New(e->n_derived);
+            if (parents == NULL)
+                goto done;
+            q = e->derived;
+            for (uint32_t t = 0; t < e->n_derived; t++) {
+                mpv s;
+                mp_read(&q, end, &s);
+                PyObject *o = make_str(s.s, s.n);
+                if (o == NULL) {
+                    Py_DECREF(parents);
+                    goto done;
+                }
+                PyList_SET_ITEM(parents, t, o);
+            }
+            PyObject *d = Py_BuildValue("(LnN)", (long long)seqs[j], a, parents);
+            int err = d == NULL || PyList_Append(derived, d) < 0;
+            Py_XDECREF(d);
+            if (err)
+                goto done;
+        }
+        a++;
+    }
+    /* Metric names are interned after the label pairs, as in _columns_only. */
+    int32_t *mc = (int32_t *)PyBytes_AS_STRING(mcodes);
+    a = 0;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        pevent *e = &evs[j];
+        if (e->is_pin)
+            continue;
+        const unsigned char *q = e->metrics;
+        for (uint32_t t = 0; t < e->n_metrics; t++, mi++) {
+            mpv k, v;
+            mp_read(&q, end, &k);
+            mp_read(&q, end, &v);
+            if (intern_span(&strtab, k.s, k.n, str_ids, strs, &none_code, &mc[mi]) < 0)
+                goto done;
+            PyObject *val = make_scalar(&v);
+            if (val == NULL)
+                goto done;
+            PyList_SET_ITEM(mvals, mi, val);
+        }
+        mpos += e->n_metrics;
+        memcpy(PyBytes_AS_STRING(mends) + a * 8, &mpos, 8);
+        a++;
+    }
+    res = PyTuple_Pack(16, art_sq, art_tq, ids, rows_of, sizes, sha, pins, cols, lcodes, missing, lends, mcodes, mvals,
+                       mends, derived, pin_evs);
+done:
+    PyMem_Free(evs);
+    st_free(&strtab);
+    st_free(&pairtab);
+    Py_XDECREF(ids);
+    Py_XDECREF(rows_of);
+    Py_XDECREF(sizes);
+    Py_XDECREF(sha);
+    Py_XDECREF(pins);
+    Py_XDECREF(cols);
+    Py_XDECREF(lcodes);
+    Py_XDECREF(missing);
+    Py_XDECREF(lends);
+    Py_XDECREF(mcodes);
+    Py_XDECREF(mvals);
+    Py_XDECREF(mends);
+    Py_XDECREF(derived);
+    Py_XDECREF(pin_evs);
+    Py_XDECREF(art_sq);
+    Py_XDECREF(art_tq);
+    return res;
+}
+
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef methods[] = {
@@ -1199,6 +2061,7 @@ static PyMethodDef methods[] = {
     {"intern", (PyCFunction)(void (*)(void))intern_codes, METH_FASTCALL, intern_doc},
     {"lookup", (PyCFunction)(void (*)(void))lookup, METH_FASTCALL, lookup_doc},
     {"columns", (PyCFunction)(void (*)(void))columns, METH_FASTCALL, columns_doc},
+    {"payload_columns", (PyCFunction)(void (*)(void))payload_columns, METH_FASTCALL, payload_columns_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1211,11 +2074,17 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__speedups(void)
 {
     crc_table_init();
+    for (int f = 0; f < N_FIELDS; f++)
+        field_len[f] = (uint32_t)strlen(field_names[f]);
+    for (int c = 0; c < 256; c++)
+        hex_value[c] = (int8_t)(c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1);
     if (!(s_artifact_id = PyUnicode_InternFromString("artifact_id")) || !(s_size = PyUnicode_InternFromString("size"))
         || !(s_sha256 = PyUnicode_InternFromString("sha256")) || !(s_pinned = PyUnicode_InternFromString("pinned"))
         || !(s_labels = PyUnicode_InternFromString("labels"))
         || !(s_metrics = PyUnicode_InternFromString("metrics"))
-        || !(s_derived_from = PyUnicode_InternFromString("derived_from")))
+        || !(s_derived_from = PyUnicode_InternFromString("derived_from"))
+        || !(s_f = PyUnicode_InternFromString("f")))
         return NULL;
 #ifdef AL_X86
     __builtin_cpu_init();
@@ -1233,7 +2102,8 @@ PyMODINIT_FUNC PyInit__speedups(void)
     if (m == NULL)
         return NULL;
     if (PyModule_AddIntConstant(m, "MAX_BODY", AL_MAX_BODY) < 0
-        || PyModule_AddIntConstant(m, "CRC_HARDWARE", crc_hw) < 0) {
+        || PyModule_AddIntConstant(m, "CRC_HARDWARE", crc_hw) < 0
+        || PyModule_AddIntConstant(m, "EVENT_SCHEMA", 1) < 0 || add_field_names(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

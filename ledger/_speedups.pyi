@@ -3,6 +3,8 @@ from typing import Any
 
 MAX_BODY: int
 CRC_HARDWARE: int
+EVENT_SCHEMA: int
+ARTIFACT_FIELDS: tuple[str, ...]
 
 def scan_chain(record_type: type[Any], buf: bytes, pos: int, segment: str, base: int, next_seq: int,
                prev_hash: bytes, limit: int, version: int, batch_first: int | None, /) -> tuple[list[Any], int]: ...
@@ -15,3 +17,6 @@ def lookup(values: list[Any], table: dict[Any, int], /) -> tuple[bytes, list[int
 def scan_payloads(record_type: type[Any], buf: bytes, pos: int, segment: str, base: int, next_seq: int,
                   prev_hash: bytes, limit: int, version: int, batch_first: int | None, sparse_every: int,
                   /) -> tuple[int, int, bytes, bytes, bytes, list[tuple[int, int]], Any]: ...
+def payload_columns(data: bytes, seqs: Any, tss: Any, base: int, label_start: int, metric_start: int,
+                    id_rows: dict[str, int], str_ids: dict[Any, int], strs: list[Any], pair_ids: dict[Any, int],
+                    /) -> tuple[Any, ...] | None: ...

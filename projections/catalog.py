@@ -20,7 +20,7 @@ from operator import attrgetter, gt, is_, sub
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Iterable, NamedTuple
 
-from ..ledger.events import LIFECYCLE_EVENTS, ArtifactRecorded, Event, PinChanged
+from ..ledger.events import LIFECYCLE_EVENTS, SCHEMA_VERSION, ArtifactRecorded, Event, PinChanged
 from ..ledger.speedups import native as _native
 
 from .labels import RESERVED, canon, strict
@@ -648,9 +648,7 @@ def _columns_only(state: Catalog, seqs: Sequence[int], tss: Sequence[int], evs: 
     state.ts.extend(tss)
     state.size.frombytes(sizes)
     str_ids, strs = state.str_ids, state.strs
-    for col, attr in (("kind_s", "kind"), ("mime_s", "mime"), ("origin_s", "origin"), ("run_s", "run_id"),
-                      ("graph_s", "graph_id"), ("node_s", "node_id"), ("project_s", "project_id"),
-                      ("name_s", "name"), ("suggested_s", "suggested_uri")):
+    for col, attr in _STR_COLUMNS:
         getattr(state, col).frombytes(_intern(evl, attr, str_ids, strs))
     state.sha += bytes.fromhex("".join(shas))
     state.pinned0 += pins
@@ -685,6 +683,80 @@ def _columns_only(state: Catalog, seqs: Sequence[int], tss: Sequence[int], evs: 
     state.metric_off.frombytes(metric_ends)
     for j in derived:
         record_parents(state, seqs[j], ids[j], evl[j].derived_from)
+    return True
+
+
+# The interned columns, in the order their new strings get codes (payload_columns keeps it).
+_STR_COLUMNS = (("kind_s", "kind"), ("mime_s", "mime"), ("origin_s", "origin"), ("run_s", "run_id"),
+                ("graph_s", "graph_id"), ("node_s", "node_id"), ("project_s", "project_id"),
+                ("name_s", "name"), ("suggested_s", "suggested_uri"))
+
+# The C reader of a chunk's payloads, used only where it reads exactly these events (a test holds it to them).
+_payload_columns: Callable[..., tuple | None] | None = None
+if (_native is not None and _native.EVENT_SCHEMA == SCHEMA_VERSION
+        and set(_native.ARTIFACT_FIELDS) == set(ArtifactRecorded.__struct_fields__)
+        and [a for _, a in _STR_COLUMNS] == list(_native.ARTIFACT_FIELDS[:len(_STR_COLUMNS)])):
+    _payload_columns = _native.payload_columns
+
+
+def append_payloads(state: Catalog, joined: bytes, seqs: Sequence[int], tss: Sequence[int]) -> bool:
+    """Fold a scanned chunk (one msgpack array of its events) into the columns, indexes deferred, without
+    decoding an event object; False, with nothing changed, where decoding and ``apply_decoded`` must do it.
+
+    Equal to ``apply_decoded(state, seqs, tss, decode_event_array(joined, len(seqs)))`` whenever it folds.
+    """
+    if _payload_columns is None or state.unindexed is None or state.best or not seqs:
+        return False
+    sq = seqs if type(seqs) is array else array("q", seqs)
+    tq = tss if type(tss) is array else array("q", tss)
+    got = _payload_columns(joined, sq, tq, len(state.ids), state.label_off[-1], state.metric_off[-1],
+                           state.id_rows, state.str_ids, state.strs, state.pair_ids)
+    if got is None:
+        return False
+    (art_seqs, art_tss, ids, rows_of, sizes, sha, pins, cols, label_codes, missing, label_ends, metric_codes,
+     metric_vals, metric_ends, derived, pin_evs) = got
+    if ids:
+        base = len(state.ids)
+        state.ids.extend(ids)
+        state.id_rows.update(rows_of)
+        state.seq.frombytes(art_seqs)
+        state.ts.frombytes(art_tss)
+        state.size.frombytes(sizes)
+        for (col, _), codes in zip(_STR_COLUMNS, cols):
+            getattr(state, col).frombytes(codes)
+        state.sha += sha
+        state.pinned0 += pins
+        state.pin_now += pins
+        if state._by_sha is not None:
+            for j in range(len(ids)):
+                state._by_sha[sha[32 * j:32 * j + 32]] = base + j
+        if missing:  # new pairs get ids in first-seen order, as in _columns_only
+            pair_ids = state.pair_ids
+            fixed = array("i")
+            fixed.frombytes(label_codes)
+            for j, key, item in missing:
+                p = pair_ids.get(key)
+                if p is None:
+                    p = pair_ids[key] = len(state.pairs)
+                    _new_pair(state, item[0], item[1], item)
+                fixed[j] = p
+            state.label_pair.extend(fixed)
+        else:
+            state.label_pair.frombytes(label_codes)
+        state.label_off.frombytes(label_ends)
+        state.metric_name.frombytes(metric_codes)
+        state.metric_val.extend(metric_vals)
+        state.metric_off.frombytes(metric_ends)
+        for seq, j, parents in derived:
+            record_parents(state, seq, ids[j], parents)
+    if pin_evs:  # after the chunk's artifacts, in seq order: a pin counts only for an artifact recorded before it
+        id_rows, row_seq = state.id_rows, state.seq
+        for seq, aid, pinned in pin_evs:
+            i = id_rows.get(aid)
+            if i is not None and row_seq[i] < seq:
+                apply_pin(state, seq, aid, pinned)
+    state.head_seq = seqs[-1]
+    state.times.extend(tq)
     return True
 
 
@@ -832,8 +904,8 @@ def _update_best(state: Catalog, i: int, ev: ArtifactRecorded) -> None:
                 entry[1] = i
 
 
-__all__ = ["Catalog", "Logged", "ROW_CACHE_LIMIT", "Row", "RESERVED", "SCOPES", "add_artifact", "apply", "apply_batch",
-           "apply_decoded",
+__all__ = ["Catalog", "Logged", "ROW_CACHE_LIMIT", "Row", "RESERVED", "SCOPES", "add_artifact", "append_payloads",
+           "apply", "apply_batch", "apply_decoded",
            "apply_pin",
            "replay",
            "scope_keys_of"]
