@@ -1219,7 +1219,7 @@ static inline uint64_t be64(const unsigned char *p) { return (uint64_t)be32(p) <
 
 /* One value's header at *pp (a str whole; only the count of an array or map), advancing *pp.
  * -1: truncated, or a type this path leaves to the general decoder (bin, ext, the unused byte). */
-static int mp_read(const unsigned char **pp, const unsigned char *end, mpv *v)
+static inline __attribute__((always_inline)) int mp_read(const unsigned char **pp, const unsigned char *end, mpv *v)
 {
     const unsigned char *p = *pp;
     if (p >= end)
@@ -1308,7 +1308,24 @@ str:
 }
 
 /* Strict UTF-8, as CPython's decoder takes it (no overlong forms, no surrogates, at most U+10FFFF). */
-static int utf8_ok(const unsigned char *s, size_t n)
+static int utf8_check(const unsigned char *s, size_t n);
+
+/* Most strings are ASCII: one pass of word ORs, the full check only for the others. */
+static inline int utf8_ok(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    uint64_t high = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        high |= w;
+    }
+    for (; i < n; i++)
+        high |= s[i];
+    return (high & 0x8080808080808080ull) ? utf8_check(s, n) : 1;
+}
+
+static int utf8_check(const unsigned char *s, size_t n)
 {
     size_t i = 0;
     while (i < n) {
@@ -1359,9 +1376,17 @@ static int str_ok(const mpv *v) { return v->t == MP_STR && utf8_ok(v->s, v->n); 
 /* A str value from bytes already checked by utf8_ok. */
 static PyObject *make_str(const unsigned char *s, uint32_t n)
 {
-    for (uint32_t i = 0; i < n; i++)
-        if (s[i] & 0x80)
-            return PyUnicode_DecodeUTF8((const char *)s, (Py_ssize_t)n, NULL);
+    uint32_t i = 0;
+    uint64_t high = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        high |= w;
+    }
+    for (; i < n; i++)
+        high |= s[i];
+    if (high & 0x8080808080808080ull)
+        return PyUnicode_DecodeUTF8((const char *)s, (Py_ssize_t)n, NULL);
     PyObject *o = PyUnicode_New((Py_ssize_t)n, 127);
     if (o != NULL)
         memcpy(PyUnicode_DATA(o), s, n);
@@ -1381,6 +1406,22 @@ static PyObject *make_scalar(const mpv *v)
         PyErr_SetString(PyExc_SystemError, "make_scalar: not a scalar");
         return NULL;
     }
+}
+
+static inline int same_bytes(const unsigned char *a, const unsigned char *b, uint32_t n)
+{
+    uint32_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x, y;
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        if (x != y)
+            return 0;
+    }
+    for (; i < n; i++)
+        if (a[i] != b[i])
+            return 0;
+    return 1;
 }
 
 /* Byte strings seen in this call -> their code (an interned string, or a label pair's id). */
@@ -1451,7 +1492,7 @@ static sslot *st_find(stable *t, const unsigned char *s, uint32_t n, uint64_t h)
     size_t k = (size_t)h & (t->cap - 1);
     for (;;) {
         sslot *e = &t->slots[k];
-        if (e->s == NULL || (e->h == h && e->n == n && memcmp(e->s, s, n) == 0))
+        if (e->s == NULL || (e->h == h && e->n == n && same_bytes(e->s, s, n)))
             return e;
         k = (k + 1) & (t->cap - 1);
     }
@@ -1539,9 +1580,43 @@ static const char *const field_names[N_FIELDS] = {
 
 static uint32_t field_len[N_FIELDS];
 
+/* Field names as two little-endian words each (zero padded) and the masks of their lengths. */
+static uint64_t field_word[N_FIELDS][2], field_mask[N_FIELDS][2];
+
+static void field_words_init(void)
+{
+    for (int f = 0; f < N_FIELDS; f++) {
+        unsigned char pad[16] = {0}, mask[16] = {0};
+        size_t len = strlen(field_names[f]);
+        memcpy(pad, field_names[f], len);
+        memset(mask, 0xff, len);
+        memcpy(field_word[f], pad, 16);
+        memcpy(field_mask[f], mask, 16);
+        field_len[f] = (uint32_t)len;
+    }
+}
+
+/* Whether key k is field f's name: two masked word compares where 16 bytes can be read (a key is
+ * always followed by its value, so this is most of them), else byte by byte. */
+static inline int name_is(int f, const mpv *k, const unsigned char *end)
+{
+    if (field_len[f] != k->n)
+        return 0;
+    if (end - k->s >= 16) {
+        uint64_t w[2];
+        memcpy(w, k->s, 16);
+        return (w[0] & field_mask[f][0]) == field_word[f][0] && (w[1] & field_mask[f][1]) == field_word[f][1];
+    }
+    const char *name = field_names[f];
+    for (uint32_t i = 0; i < k->n; i++)
+        if ((unsigned char)name[i] != k->s[i])
+            return 0;
+    return 1;
+}
+
 /* The field a key names, or -1. msgspec writes fields in declaration order, so the one after the
  * previous key (*hint) is tried first. */
-static int field_of(const mpv *k, int *hint)
+static int field_of(const mpv *k, int *hint, const unsigned char *end)
 {
     static const int8_t after[N_FIELDS] = {
         /* kind -> */ F_SHA, /* mime -> */ F_LABELS, /* origin -> */ F_KIND, /* run_id -> */ F_GRAPH,
@@ -1550,25 +1625,23 @@ static int field_of(const mpv *k, int *hint)
         /* sha256 -> */ F_SIZE, /* size -> */ F_MIME, /* labels -> */ F_METRICS, /* metrics -> */ F_PINNED,
         /* pinned -> */ F_RUN, /* derived_from -> */ F_V, /* v -> */ F_ID};
     int f = *hint;
-    if (f >= 0 && field_len[f] == k->n && memcmp(field_names[f], k->s, k->n) == 0) {
-        *hint = after[f];
-        return f;
+    if (f < 0 || !name_is(f, k, end)) {
+        for (f = 0; f < N_FIELDS && !name_is(f, k, end); f++)
+            ;
+        if (f == N_FIELDS)
+            return -1;
     }
-    for (f = 0; f < N_FIELDS; f++) {
-        if (field_len[f] == k->n && memcmp(field_names[f], k->s, k->n) == 0) {
-            *hint = after[f];
-            return f;
-        }
-    }
-    return -1;
+    *hint = after[f];
+    return f;
 }
 
 typedef struct {
     int is_pin;
     const unsigned char *str[9];   /* NULL: None */
     uint32_t len[9];
-    const unsigned char *id, *sha;
+    const unsigned char *id;
     uint32_t id_len;
+    unsigned char sha[32];          /* the sha256 field's bytes (it holds 64 hex digits) */
     int64_t size;
     int pinned;
     const unsigned char *labels, *metrics, *derived;  /* the first item of each (NULL: none) */
@@ -1584,13 +1657,18 @@ static inline int hexval(unsigned char c) { return hex_value[c]; }
 static int parse_event(const unsigned char **pp, const unsigned char *end, pevent *e)
 {
     const unsigned char *p = *pp;
-    mpv m, k, v;
+    mpv m = {0}, k = {0}, v = {0};
     if (mp_read(&p, end, &m) < 0 || m.t != MP_MAP || m.n < 1)
         return 1;
     if (mp_read(&p, end, &k) < 0 || k.t != MP_STR || k.n != 4 || memcmp(k.s, "type", 4) != 0
         || mp_read(&p, end, &v) < 0 || v.t != MP_STR)
         return 1;
-    memset(e, 0, sizeof *e);
+    /* What may be left out gets its default; the rest is required and checked below. */
+    e->str[F_PROJECT] = e->str[F_NAME] = e->str[F_SUGGESTED] = NULL;
+    e->len[F_PROJECT] = e->len[F_NAME] = e->len[F_SUGGESTED] = 0;
+    e->pinned = 0;
+    e->labels = e->metrics = e->derived = NULL;
+    e->n_labels = e->n_metrics = e->n_derived = 0;
     if (v.n == 17 && memcmp(v.s, "artifact.recorded", 17) == 0)
         e->is_pin = 0;
     else if (v.n == 12 && memcmp(v.s, "artifact.pin", 12) == 0)
@@ -1602,7 +1680,7 @@ static int parse_event(const unsigned char **pp, const unsigned char *end, peven
     for (uint32_t i = 1; i < m.n; i++) {
         if (mp_read(&p, end, &k) < 0 || k.t != MP_STR)
             return 1;
-        int f = field_of(&k, &hint);
+        int f = field_of(&k, &hint, end);
         if (f < 0 || (seen & (1u << f)) || (e->is_pin && !((1u << f) & PIN_FIELDS)))
             return 1;
         seen |= 1u << f;
@@ -1631,10 +1709,16 @@ static int parse_event(const unsigned char **pp, const unsigned char *end, peven
         case F_SHA:
             if (v.t != MP_STR || v.n != 64)
                 return 1;
-            for (int j = 0; j < 64; j++)
-                if (hexval(v.s[j]) < 0)
+            {
+                int bad = 0;
+                for (int j = 0; j < 32; j++) {
+                    int hi = hexval(v.s[2 * j]), lo = hexval(v.s[2 * j + 1]);
+                    bad |= hi | lo;  /* a non-digit is -1: sets the sign bit */
+                    e->sha[j] = (unsigned char)(hi << 4 | lo);
+                }
+                if (bad < 0)
                     return 1;
-            e->sha = v.s;
+            }
             break;
         case F_SIZE:
             if (v.t != MP_INT)
@@ -1814,7 +1898,7 @@ static PyObject *payload_columns_in(PyObject *const *args, const Py_buffer *sqb,
         Py_RETURN_NONE;
     p += 5;
 
-    PyObject *res = NULL, *ids = NULL, *rows_of = NULL, *sizes = NULL, *sha = NULL, *pins = NULL, *cols = NULL;
+    PyObject *res = NULL, *ids = NULL, *sizes = NULL, *sha = NULL, *pins = NULL, *cols = NULL;
     PyObject *lcodes = NULL, *missing = NULL, *lends = NULL, *mcodes = NULL, *mvals = NULL, *mends = NULL;
     PyObject *derived = NULL, *pin_evs = NULL, *art_sq = NULL, *art_tq = NULL;
     stable strtab = {NULL, 0, 0}, pairtab = {NULL, 0, 0};
@@ -1843,33 +1927,36 @@ static PyObject *payload_columns_in(PyObject *const *args, const Py_buffer *sqb,
         Py_RETURN_NONE;
     }
 
-    /* The ids: distinct and new, or the general path decides (it folds repeats one by one). */
+    /* The ids: distinct and new, or the general path decides (it folds repeats one by one). Each goes
+     * into id_rows at once (one lookup instead of a check, a dict of the chunk's and a merge); on a
+     * repeat, or an error, the ones added are taken out again, leaving id_rows as it was. */
     ids = PyList_New(n_art);
-    rows_of = PyDict_New();
-    if (ids == NULL || rows_of == NULL)
+    if (ids == NULL)
         goto done;
     Py_ssize_t a = 0;
-    for (Py_ssize_t j = 0; j < n; j++) {
+    int fresh = 1;
+    for (Py_ssize_t j = 0; j < n && fresh; j++) {
         pevent *e = &evs[j];
         if (e->is_pin)
             continue;
         PyObject *id = make_str(e->id, e->id_len);
         if (id == NULL)
-            goto done;
+            goto undo_ids;
         PyList_SET_ITEM(ids, a, id);
         PyObject *row = PyLong_FromLongLong(base + a);
-        a++;
         if (row == NULL)
-            goto done;
-        int known = PyDict_Contains(id_rows, id);
-        int err = known < 0 || PyDict_SetItem(rows_of, id, row) < 0;
+            goto undo_ids;
+        PyObject *now = PyDict_SetDefault(id_rows, id, row);  /* borrowed */
+        fresh = now == row;
         Py_DECREF(row);
-        if (err)
-            goto done;
-        if (known || PyDict_GET_SIZE(rows_of) != a) {
-            res = Py_NewRef(Py_None);
-            goto done;
-        }
+        if (now == NULL)
+            goto undo_ids;
+        if (fresh)
+            a++;
+    }
+    if (!fresh) {
+        res = Py_NewRef(Py_None);
+        goto undo_ids;
     }
 
     /* Pass 2: the columns. Only now are str_ids and strs extended (in _columns_only's order). */
@@ -1897,11 +1984,25 @@ static PyObject *payload_columns_in(PyObject *const *args, const Py_buffer *sqb,
             goto done;
         PyTuple_SET_ITEM(cols, f, col);
         int32_t *codes = (int32_t *)PyBytes_AS_STRING(col);
+        /* Neighbouring rows often share a value (one run's artifacts come together): compared first. */
+        const unsigned char *prev = NULL;
+        uint32_t prev_len = 0;
         a = 0;
         for (Py_ssize_t j = 0; j < n; j++) {
             pevent *e = &evs[j];
-            if (!e->is_pin && intern_span(&strtab, e->str[f], e->len[f], str_ids, strs, &none_code, &codes[a++]) < 0)
+            if (e->is_pin)
+                continue;
+            const unsigned char *v = e->str[f];
+            uint32_t len = e->len[f];
+            if (a > 0 && len == prev_len && (v == NULL ? prev == NULL : prev != NULL && same_bytes(v, prev, len))) {
+                codes[a] = codes[a - 1];
+                a++;
+                continue;
+            }
+            if (intern_span(&strtab, v, len, str_ids, strs, &none_code, &codes[a++]) < 0)
                 goto done;
+            prev = v;
+            prev_len = len;
         }
     }
     int32_t *lc = (int32_t *)PyBytes_AS_STRING(lcodes);
@@ -1923,14 +2024,12 @@ static PyObject *payload_columns_in(PyObject *const *args, const Py_buffer *sqb,
         memcpy(PyBytes_AS_STRING(art_sq) + a * 8, &seqs[j], 8);
         memcpy(PyBytes_AS_STRING(art_tq) + a * 8, &tss[j], 8);
         memcpy(PyBytes_AS_STRING(sizes) + a * 8, &e->size, 8);
-        unsigned char *sh = (unsigned char *)PyBytes_AS_STRING(sha) + a * 32;
-        for (int b = 0; b < 32; b++)
-            sh[b] = (unsigned char)(hexval(e->sha[2 * b]) << 4 | hexval(e->sha[2 * b + 1]));
+        memcpy(PyBytes_AS_STRING(sha) + a * 32, e->sha, 32);
         PyBytes_AS_STRING(pins)[a] = (char)e->pinned;
         const unsigned char *q = e->labels;
         for (uint32_t t = 0; t < e->n_labels; t++, li++) {
             const unsigned char *start = q;
-            mpv k, v;
+            mpv k = {0}, v = {0};
             mp_read(&q, end, &k);  /* checked by pass 1 */
             mp_read(&q, end, &v);
             uint32_t len = (uint32_t)(q - start);
@@ -1986,7 +2085,7 @@ static PyObject *payload_columns_in(PyObject *const *args, const Py_buffer *sqb,
                 goto done;
             q = e->derived;
             for (uint32_t t = 0; t < e->n_derived; t++) {
-                mpv s;
+                mpv s = {0};
                 mp_read(&q, end, &s);
                 PyObject *o = make_str(s.s, s.n);
                 if (o == NULL) {
@@ -2012,7 +2111,7 @@ static PyObject *payload_columns_in(PyObject *const *args, const Py_buffer *sqb,
             continue;
         const unsigned char *q = e->metrics;
         for (uint32_t t = 0; t < e->n_metrics; t++, mi++) {
-            mpv k, v;
+            mpv k = {0}, v = {0};
             mp_read(&q, end, &k);
             mp_read(&q, end, &v);
             if (intern_span(&strtab, k.s, k.n, str_ids, strs, &none_code, &mc[mi]) < 0)
@@ -2026,14 +2125,23 @@ static PyObject *payload_columns_in(PyObject *const *args, const Py_buffer *sqb,
         memcpy(PyBytes_AS_STRING(mends) + a * 8, &mpos, 8);
         a++;
     }
-    res = PyTuple_Pack(16, art_sq, art_tq, ids, rows_of, sizes, sha, pins, cols, lcodes, missing, lends, mcodes, mvals,
+    res = PyTuple_Pack(15, art_sq, art_tq, ids, sizes, sha, pins, cols, lcodes, missing, lends, mcodes, mvals,
                        mends, derived, pin_evs);
+    goto done;
+undo_ids:
+    {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        for (Py_ssize_t k = 0; k < a; k++)
+            if (PyDict_DelItem(id_rows, PyList_GET_ITEM(ids, k)) < 0)
+                PyErr_Clear();  /* it is there: added above, and nothing ran in between */
+        PyErr_Restore(et, ev, tb);
+    }
 done:
     PyMem_Free(evs);
     st_free(&strtab);
     st_free(&pairtab);
     Py_XDECREF(ids);
-    Py_XDECREF(rows_of);
     Py_XDECREF(sizes);
     Py_XDECREF(sha);
     Py_XDECREF(pins);
@@ -2074,8 +2182,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__speedups(void)
 {
     crc_table_init();
-    for (int f = 0; f < N_FIELDS; f++)
-        field_len[f] = (uint32_t)strlen(field_names[f]);
+    field_words_init();
     for (int c = 0; c < 256; c++)
         hex_value[c] = (int8_t)(c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
                                 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1);

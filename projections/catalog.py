@@ -713,12 +713,11 @@ def append_payloads(state: Catalog, joined: bytes, seqs: Sequence[int], tss: Seq
                            state.id_rows, state.str_ids, state.strs, state.pair_ids)
     if got is None:
         return False
-    (art_seqs, art_tss, ids, rows_of, sizes, sha, pins, cols, label_codes, missing, label_ends, metric_codes,
+    (art_seqs, art_tss, ids, sizes, sha, pins, cols, label_codes, missing, label_ends, metric_codes,
      metric_vals, metric_ends, derived, pin_evs) = got
     if ids:
         base = len(state.ids)
-        state.ids.extend(ids)
-        state.id_rows.update(rows_of)
+        state.ids.extend(ids)  # id_rows already has them: the reader added them while checking them
         state.seq.frombytes(art_seqs)
         state.ts.frombytes(art_tss)
         state.size.frombytes(sizes)
