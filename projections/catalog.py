@@ -20,7 +20,8 @@ from operator import attrgetter, gt, is_, sub
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Iterable, NamedTuple
 
-from ..ledger.events import LIFECYCLE_EVENTS, SCHEMA_VERSION, ArtifactRecorded, Event, PinChanged
+from ..ledger import events as _events
+from ..ledger.events import LIFECYCLE_EVENTS, ArtifactRecorded, Event, PinChanged
 from ..ledger.speedups import native as _native
 
 from .labels import RESERVED, canon, strict
@@ -693,7 +694,8 @@ _STR_COLUMNS = (("kind_s", "kind"), ("mime_s", "mime"), ("origin_s", "origin"), 
 
 # The C reader of a chunk's payloads, used only where it reads exactly these events (a test holds it to them).
 _payload_columns: Callable[..., tuple | None] | None = None
-if (_native is not None and _native.EVENT_SCHEMA == SCHEMA_VERSION
+_C_SCHEMA = _native.EVENT_SCHEMA if _native is not None else 0  # the event version the C reader takes
+if (_native is not None
         and set(_native.ARTIFACT_FIELDS) == set(ArtifactRecorded.__struct_fields__)
         and [a for _, a in _STR_COLUMNS] == list(_native.ARTIFACT_FIELDS[:len(_STR_COLUMNS)])):
     _payload_columns = _native.payload_columns
@@ -705,7 +707,8 @@ def append_payloads(state: Catalog, joined: bytes, seqs: Sequence[int], tss: Seq
 
     Equal to ``apply_decoded(state, seqs, tss, decode_event_array(joined, len(seqs)))`` whenever it folds.
     """
-    if _payload_columns is None or state.unindexed is None or state.best or not seqs:
+    if (_payload_columns is None or state.unindexed is None or state.best or not seqs
+            or _events.SCHEMA_VERSION != _C_SCHEMA):  # read now: v1 records may need upcasting
         return False
     sq = seqs if type(seqs) is array else array("q", seqs)
     tq = tss if type(tss) is array else array("q", tss)

@@ -309,3 +309,15 @@ def test_a_header_that_does_not_match_the_count_is_refused():
     assert not append_payloads(cat, chunk([encode_event(ev)] * 2), array("q", [1]), array("q", [5]))
     assert not append_payloads(cat, b"\x91" + encode_event(ev), array("q", [1]), array("q", [5]))
     assert cat.n == 0 and cat.strs == []
+
+
+def test_records_of_an_older_schema_version_are_left_to_the_upcasters(monkeypatch):
+    from artifact_ledger.ledger import events
+    ev = ArtifactRecorded(artifact_id=IDS[3], origin="save", kind="k", sha256="01" * 32, size=1, mime="m",
+                          run_id="r", graph_id="g", node_id="n")
+    cat = Catalog()
+    cat.defer_indexes()
+    monkeypatch.setattr(events, "SCHEMA_VERSION", 2)  # the library now writes v2: a v1 payload needs its upcaster
+    assert not append_payloads(cat, chunk([encode_event(ev)]), array("q", [1]), array("q", [5]))
+    monkeypatch.setattr(events, "SCHEMA_VERSION", 1)
+    assert append_payloads(cat, chunk([encode_event(ev)]), array("q", [1]), array("q", [5]))
