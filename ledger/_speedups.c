@@ -1310,8 +1310,8 @@ str:
 /* Strict UTF-8, as CPython's decoder takes it (no overlong forms, no surrogates, at most U+10FFFF). */
 static int utf8_check(const unsigned char *s, size_t n);
 
-/* Most strings are ASCII: one pass of word ORs, the full check only for the others. */
-static inline int utf8_ok(const unsigned char *s, size_t n)
+/* Whether no byte has its high bit set: one pass of word ORs. */
+static inline int is_ascii(const unsigned char *s, size_t n)
 {
     size_t i = 0;
     uint64_t high = 0;
@@ -1322,8 +1322,11 @@ static inline int utf8_ok(const unsigned char *s, size_t n)
     }
     for (; i < n; i++)
         high |= s[i];
-    return (high & 0x8080808080808080ull) ? utf8_check(s, n) : 1;
+    return !(high & 0x8080808080808080ull);
 }
+
+/* Most strings are ASCII: the full check only for the others. */
+static inline int utf8_ok(const unsigned char *s, size_t n) { return is_ascii(s, n) || utf8_check(s, n); }
 
 static int utf8_check(const unsigned char *s, size_t n)
 {
@@ -1376,16 +1379,7 @@ static int str_ok(const mpv *v) { return v->t == MP_STR && utf8_ok(v->s, v->n); 
 /* A str value from bytes already checked by utf8_ok. */
 static PyObject *make_str(const unsigned char *s, uint32_t n)
 {
-    uint32_t i = 0;
-    uint64_t high = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, s + i, 8);
-        high |= w;
-    }
-    for (; i < n; i++)
-        high |= s[i];
-    if (high & 0x8080808080808080ull)
+    if (!is_ascii(s, n))
         return PyUnicode_DecodeUTF8((const char *)s, (Py_ssize_t)n, NULL);
     PyObject *o = PyUnicode_New((Py_ssize_t)n, 127);
     if (o != NULL)

@@ -662,22 +662,8 @@ def _columns_only(state: Catalog, seqs: Sequence[int], tss: Sequence[int], evs: 
         keys = [(k, ("f", v)) if type(v) is float else (k, v) for k, v in items]
     else:
         keys = items
-    pair_ids = state.pair_ids
-    codes, missing = _lookup(keys, pair_ids)
-    if missing:  # new pairs get ids in first-seen order
-        fixed = array("i")
-        fixed.frombytes(codes)
-        for j in missing:
-            key = keys[j]
-            p = pair_ids.get(key)
-            if p is None:
-                p = pair_ids[key] = len(state.pairs)
-                it = items[j]
-                _new_pair(state, it[0], it[1], it)
-            fixed[j] = p
-        state.label_pair.extend(fixed)
-    else:
-        state.label_pair.frombytes(codes)
+    codes, missing = _lookup(keys, state.pair_ids)
+    _append_pairs(state, codes, [(j, keys[j], items[j]) for j in missing])
     state.label_off.frombytes(label_ends)
     state.metric_name.frombytes(_intern(names, None, str_ids, strs))
     state.metric_val.extend(values)
@@ -732,19 +718,7 @@ def append_payloads(state: Catalog, joined: bytes, seqs: Sequence[int], tss: Seq
         if state._by_sha is not None:
             for j in range(len(ids)):
                 state._by_sha[sha[32 * j:32 * j + 32]] = base + j
-        if missing:  # new pairs get ids in first-seen order, as in _columns_only
-            pair_ids = state.pair_ids
-            fixed = array("i")
-            fixed.frombytes(label_codes)
-            for j, key, item in missing:
-                p = pair_ids.get(key)
-                if p is None:
-                    p = pair_ids[key] = len(state.pairs)
-                    _new_pair(state, item[0], item[1], item)
-                fixed[j] = p
-            state.label_pair.extend(fixed)
-        else:
-            state.label_pair.frombytes(label_codes)
+        _append_pairs(state, label_codes, missing)
         state.label_off.frombytes(label_ends)
         state.metric_name.frombytes(metric_codes)
         state.metric_val.extend(metric_vals)
@@ -760,6 +734,24 @@ def append_payloads(state: Catalog, joined: bytes, seqs: Sequence[int], tss: Seq
     state.head_seq = seqs[-1]
     state.times.extend(tq)
     return True
+
+
+def _append_pairs(state: Catalog, codes: bytes, missing: list[tuple[int, Any, tuple[str, Any]]]) -> None:
+    """Append label pair codes (C ints as bytes), the ``missing`` ones ((j, strict key, item), -1 in ``codes``)
+    given ids in first-seen order."""
+    if not missing:
+        state.label_pair.frombytes(codes)
+        return
+    pair_ids = state.pair_ids
+    fixed = array("i")
+    fixed.frombytes(codes)
+    for j, key, item in missing:
+        p = pair_ids.get(key)
+        if p is None:
+            p = pair_ids[key] = len(state.pairs)
+            _new_pair(state, item[0], item[1], item)
+        fixed[j] = p
+    state.label_pair.extend(fixed)
 
 
 def _index_rows(state: Catalog, base: int, end: int | None = None) -> None:
