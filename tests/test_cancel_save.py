@@ -133,6 +133,9 @@ def test_save_cancelled_while_its_batch_is_written_waits_and_is_recorded(root, t
                 tg.start_soon(save, "a")
                 await flushes.wait_entered(0)
                 tg.start_soon(save, "b")
+                # b waits for the log's lock before c does, so b writes the batch and c only waits
+                # for it: the path under test (the writer's own cancellation is another path).
+                await _queued(led, 1)
                 tg.start_soon(save, "c", c_scope)
                 await _queued(led, 2)
                 flushes.release[0].set()
