@@ -897,6 +897,39 @@ static void ic_clear(icache *cache)
         Py_CLEAR(cache[i].v);
 }
 
+/* v's code in ids (str -> code), appending v to strs with the next code when new: the interning rule
+ * of catalog._py_intern. */
+static int str_code(PyObject *ids, PyObject *strs, PyObject *v, int32_t *out)
+{
+    PyObject *code = PyDict_GetItemWithError(ids, v);
+    if (code == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        Py_ssize_t next = PyList_GET_SIZE(strs);
+        if (next > INT32_MAX) {
+            PyErr_SetString(PyExc_OverflowError, "too many strings for a C int code");
+            return -1;
+        }
+        PyObject *c = PyLong_FromSsize_t(next);
+        if (c == NULL || PyDict_SetItem(ids, v, c) < 0 || PyList_Append(strs, v) < 0) {
+            Py_XDECREF(c);
+            return -1;
+        }
+        Py_DECREF(c);
+        *out = (int32_t)next;
+        return 0;
+    }
+    long c = PyLong_AsLong(code);
+    if (c == -1 && PyErr_Occurred())
+        return -1;
+    if (c > INT32_MAX || c < INT32_MIN) {
+        PyErr_SetString(PyExc_OverflowError, "string code does not fit a C int");
+        return -1;
+    }
+    *out = (int32_t)c;
+    return 0;
+}
+
 PyDoc_STRVAR(intern_doc,
 "intern(values, attr, str_ids, strs)\n"
 "--\n\n"
@@ -944,38 +977,9 @@ static PyObject *intern_codes(PyObject *Py_UNUSED(self), PyObject *const *args, 
                 continue;
             }
         }
-        PyObject *code = PyDict_GetItemWithError(ids, v);
-        if (code == NULL) {
-            if (PyErr_Occurred()) {
-                Py_DECREF(v);
-                goto fail;
-            }
-            Py_ssize_t next = PyList_GET_SIZE(strs);
-            if (next > INT32_MAX) {
-                Py_DECREF(v);
-                PyErr_SetString(PyExc_OverflowError, "too many strings for a C int code");
-                goto fail;
-            }
-            PyObject *c = PyLong_FromSsize_t(next);
-            if (c == NULL || PyDict_SetItem(ids, v, c) < 0 || PyList_Append(strs, v) < 0) {
-                Py_XDECREF(c);
-                Py_DECREF(v);
-                goto fail;
-            }
-            Py_DECREF(c);
-            codes[j] = (int32_t)next;
-        } else {
-            long c = PyLong_AsLong(code);
-            if (c == -1 && PyErr_Occurred()) {
-                Py_DECREF(v);
-                goto fail;
-            }
-            if (c > INT32_MAX || c < INT32_MIN) {
-                Py_DECREF(v);
-                PyErr_SetString(PyExc_OverflowError, "string code does not fit a C int");
-                goto fail;
-            }
-            codes[j] = (int32_t)c;
+        if (str_code(ids, strs, v, &codes[j]) < 0) {
+            Py_DECREF(v);
+            goto fail;
         }
         if (slot >= 0) {
             Py_XSETREF(cache[slot].v, v);  /* the cache takes the reference */
@@ -1515,47 +1519,22 @@ static int intern_span(stable *t, const unsigned char *s, uint32_t n, PyObject *
     PyObject *v = s == NULL ? Py_NewRef(Py_None) : make_str(s, n);
     if (v == NULL)
         return -1;
-    PyObject *code = PyDict_GetItemWithError(ids, v);
-    long c;
-    if (code == NULL) {
-        if (PyErr_Occurred())
-            goto fail;
-        Py_ssize_t next = PyList_GET_SIZE(strs);
-        if (next > INT32_MAX) {
-            PyErr_SetString(PyExc_OverflowError, "too many strings for a C int code");
-            goto fail;
-        }
-        PyObject *co = PyLong_FromSsize_t(next);
-        if (co == NULL || PyDict_SetItem(ids, v, co) < 0 || PyList_Append(strs, v) < 0) {
-            Py_XDECREF(co);
-            goto fail;
-        }
-        Py_DECREF(co);
-        c = (long)next;
-    } else {
-        c = PyLong_AsLong(code);
-        if (c == -1 && PyErr_Occurred())
-            goto fail;
-        if (c > INT32_MAX || c < INT32_MIN) {
-            PyErr_SetString(PyExc_OverflowError, "string code does not fit a C int");
-            goto fail;
-        }
-    }
+    int32_t c;
+    int err = str_code(ids, strs, v, &c);
     Py_DECREF(v);
-    *out = (int32_t)c;
+    if (err < 0)
+        return -1;
+    *out = c;
     if (s == NULL) {
-        *none_code = (int32_t)c;
+        *none_code = c;
     } else {
         e->h = h;
         e->s = s;
         e->n = n;
-        e->code = (int32_t)c;
+        e->code = c;
         t->used++;
     }
     return 0;
-fail:
-    Py_DECREF(v);
-    return -1;
 }
 
 /* The artifact fields this path reads, in _columns_only's interning order for the first nine. */
