@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import hashlib
 import io
 import json
 import os
@@ -50,7 +49,10 @@ from artifact_ledger.ledger.framing import FORMAT_VERSION  # noqa: E402
 
 # Bump when the synthetic ledger's contents change; the on-disk format and
 # event schema versions are part of the key so a format change rebuilds it.
-LEDGER_RECIPE = 1
+# 2: events name a pool of real blobs (1 named blobs that never existed, which the last-batch check on
+# open rightly refuses: a checkpoint then proves records whose blobs are missing).
+LEDGER_RECIPE = 2
+POOL = 1000  # distinct real 4 KiB blobs the big ledger's artifacts share
 CACHE_KEY = f"r{LEDGER_RECIPE}-fmt{FORMAT_VERSION}-ev{SCHEMA_VERSION}"
 
 KINDS = ("model", "metrics", "plot", "dataset")
@@ -459,7 +461,12 @@ def labels_of(i: int, j: int) -> dict:
     return {"split": SPLITS[i % 3], "seed": i % 7, "tag": f"t{i % 1000}"}
 
 
-def event_for(i: int, run: int, j: int, rng: random.Random) -> ArtifactRecorded:
+def pool_blob(p: int) -> bytes:
+    """The bytes of pooled blob ``p`` (the same on every build)."""
+    return random.Random(f"pool-{LEDGER_RECIPE}-{p}").randbytes(SIZE)
+
+
+def event_for(i: int, run: int, j: int, rng: random.Random, pool: list[str]) -> ArtifactRecorded:
     kind = KINDS[i % len(KINDS)]
     metrics = {"loss": round(rng.random(), 6)}
     if i % 2 == 0:
@@ -468,7 +475,7 @@ def event_for(i: int, run: int, j: int, rng: random.Random) -> ArtifactRecorded:
         artifact_id=f"{rng.getrandbits(128):032x}",
         origin="save",
         kind=kind,
-        sha256=hashlib.sha256(i.to_bytes(8, "little")).hexdigest(),
+        sha256=pool[i % len(pool)],
         size=SIZE,
         mime=MIMES[kind],
         labels=labels_of(i, j),
@@ -483,10 +490,17 @@ def event_for(i: int, run: int, j: int, rng: random.Random) -> ArtifactRecorded:
 
 async def build_ledger(root: Path, runs: int, per_run: int) -> None:
     """Append the synthetic events through the ledger's own append path (fsync off, many at once)."""
+    from artifact_ledger.facade.ledger import _prepare_root
+    from artifact_ledger.store.local import LocalBlobStore
+
     rng = random.Random(1234)
+    # Every event names a stored blob: open checks the last batch's blobs.
+    _prepare_root(root, True)
+    store = LocalBlobStore(root / "blobs", fsync=False)
+    pool = [store.put_bytes(pool_blob(p)).sha256 for p in range(POOL)]
     async with open_ledger(root, fsync=False) as led:
         for run in range(runs):
-            events = [event_for(run * per_run + j, run, j, rng) for j in range(per_run)]
+            events = [event_for(run * per_run + j, run, j, rng, pool) for j in range(per_run)]
             # The group commit batches concurrent appends, in order within each task.
             async with anyio.create_task_group() as tg:
                 for k in range(CONCURRENCY):
