@@ -13,8 +13,12 @@ import msgspec
 
 SCHEMA_VERSION = 1
 
-# Metric values are finite numbers; labels are JSON scalars or lists of them.
+# Metric values are finite numbers; labels are JSON scalars or lists of them. Decoding checks the
+# label types too, so a foreign record holding anything else (msgpack bin, a map, a list of lists)
+# is an EventDecodeError naming the label, never a value no projection can fold.
 Metric = Union[int, float]
+Scalar = Union[str, int, float, bool, None]
+Label = Union[Scalar, list[Scalar]]
 
 
 class ArtifactRecorded(msgspec.Struct, frozen=True, kw_only=True, tag="artifact.recorded"):
@@ -27,7 +31,7 @@ class ArtifactRecorded(msgspec.Struct, frozen=True, kw_only=True, tag="artifact.
     sha256: str
     size: int
     mime: str
-    labels: dict[str, Any] = {}
+    labels: dict[str, Label] = {}
     metrics: dict[str, Metric] = {}
     pinned: bool = False
     run_id: str
@@ -216,7 +220,29 @@ def upcast_raw(raw: Any) -> Event:
     try:
         return msgspec.convert(raw, Event)
     except msgspec.ValidationError as exc:
-        raise EventDecodeError(f"undecodable event payload ({tag} v{v}): {exc}") from exc
+        # msgspec's path does not name a map's key ("$.labels[...]"): say which label it is.
+        raise EventDecodeError(f"undecodable event payload ({tag} v{v}): {exc}{_bad_label(raw)}") from exc
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _bad_label(raw: dict[str, Any]) -> str:
+    """'; labels.<key> holds ...' for the first label of ``raw`` that is no JSON scalar or list of them, else ''."""
+    labels = raw.get("labels")
+    if not isinstance(labels, dict):
+        return ""
+    for key, value in labels.items():
+        if isinstance(value, _SCALARS):
+            continue
+        if isinstance(value, list):
+            if all(isinstance(x, _SCALARS) for x in value):
+                continue
+            what = "a list holding other than scalars"
+        else:
+            what = f"a {type(value).__name__} value"
+        return f"; labels.{key} holds {what} ({value!r:.60}), not a JSON scalar or list of scalars"
+    return ""
 
 
 _list_decoder = msgspec.msgpack.Decoder(list[Event])

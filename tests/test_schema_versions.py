@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import warnings
 from pathlib import Path
@@ -144,3 +145,23 @@ def test_old_versions_are_upcast_on_decode_and_on_replay(root, tmp_path, monkeyp
         warnings.simplefilter("ignore")
         anyio.run(main)
     assert [p.read_bytes() for p in seg] == before  # upcast on read, never rewritten
+
+
+@pytest.mark.parametrize("value", [b"\x00\x01", {"nested": 1}, [[1, 2]], [b"x"]],
+                         ids=["bin", "map", "nested-list", "bin-in-list"])
+@pytest.mark.parametrize("checkpoint", ["kept", "deleted"])
+def test_a_label_value_no_writer_of_this_library_makes_is_corruption_naming_the_seq(root, tmp_path, value,
+                                                                                     checkpoint):
+    """A foreign record whose label value is not a JSON scalar or list of them (msgpack bin, a map, a list of
+    lists) fails open with LedgerCorruption at its seq and naming the label, on either replay path (C or not)."""
+    build(root, tmp_path)
+    # It names a blob that is stored, so the last-batch check on open has nothing to cut.
+    sha = hashlib.sha256(b"file 0").hexdigest()
+    seq = append_raw(root, raw_event(sha256=sha, size=6, labels={"odd": value}))
+    if checkpoint == "deleted":
+        shutil.rmtree(root / "checkpoints")
+    exc = open_fails(root)
+    assert exc.seq == seq == 4
+    assert "labels.odd" in str(exc), str(exc)
+    with pytest.raises(E.EventDecodeError, match=r"labels\.odd"):
+        E.decode_event(msgspec.msgpack.encode(raw_event(labels={"odd": value})))
