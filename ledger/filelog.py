@@ -126,6 +126,9 @@ class SegmentLog:
         # A seq the log is known to have held (a checkpoint's): recovery never cuts at or below it.
         self.must_reach = 0
         self.must_reach_evidence = ""
+        # The records before a last batch this process cut (or left out) as torn: that batch was written
+        # only after theirs had flushed, so the batch now last is an earlier one, never judged again.
+        self._proven_through = 0
         self._report_torn = False
         if not read_only:
             os.makedirs(directory, exist_ok=True)
@@ -307,6 +310,8 @@ class SegmentLog:
         first = self._head_batch
         if first is None or first <= start_seq or first > self.head_seq:
             return False  # no batch starts in what was read (version 1 records, or one begun before)
+        if first <= self._proven_through:
+            return False  # a later batch, cut in this open, proves it flushed: damage here is verify()'s
         window = self._tail_records(first)
         if window is None:
             return False  # the batch began in an earlier segment: a later append found it durable
@@ -386,6 +391,7 @@ class SegmentLog:
             raise RecordsLost(first.seq - 1, self.must_reach, f"{self.must_reach_evidence} (the log's last "
                               f"batch, seq {first.seq}..{held[-1].seq}, names incomplete blobs: {problem})",
                               segment=name, offset=first.offset)
+        self._proven_through = max(self._proven_through, first.seq - 1)
         self.head_seq, self.head_hash, self.head_ts = before.head_seq, before.head_hash, before.head_ts
         self._head_at = before.head_at
         self._head_batch = before.head_batch if first.offset > SEGMENT_HEADER_SIZE else -1

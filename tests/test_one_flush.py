@@ -489,6 +489,28 @@ def test_a_whole_last_batch_is_kept_and_an_earlier_one_is_never_cut(root, tmp_pa
 
 
 @needs_one_flush
+@pytest.mark.parametrize("read_only", [False, True], ids=["writable", "read-only"])
+def test_the_batch_before_a_cut_one_is_proven_and_never_judged_again(root, tmp_path, read_only):
+    """A torn last batch was written after the batch before it had flushed: once the open has cut it (or,
+    read-only, left it out), the batch now last is an earlier one. A broken blob there is damage that
+    verify() reports, never a second cut (before, the open cut it too and then raised ReplayAgain)."""
+    # One save in each batch: the first artifact's batch is the one just before the last.
+    acked, last, seqs = _two_batches(root, tmp_path, [b"proven" * 60])
+    assert len(acked) == 1
+    seg = sorted((root / "log").glob("*.seg"))[-1]
+    for victim in (_blob(root, b"the first artifact"), _blob(root, last[-1])):
+        victim.chmod(0o644)
+        victim.write_bytes(b"")
+    ids, torn, ok = _open_ids(root, read_only=read_only)
+    assert ids == acked and not ok
+    assert len(torn) == 1 and seqs in torn[0], torn
+    if not read_only:
+        assert seg.stat().st_size > 0
+        ids, torn, ok = _open_ids(root)  # the cut stands; the damaged earlier blob is still only reported
+        assert ids == acked and torn == [] and not ok
+
+
+@needs_one_flush
 def test_a_checkpoint_of_the_last_batch_forbids_cutting_it(root, tmp_path):
     """A checkpoint proves its record was acknowledged: a broken blob in a batch at or before it is damage,
     never cut. With the checkpoint usable the batch is not even re-read (verify() reports the blob); with
