@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import shutil
 import statistics
 import sys
@@ -52,16 +53,30 @@ class Count:
         return int(data)
 
 
-def event(i: int) -> ArtifactRecorded:
-    return ArtifactRecorded(artifact_id=f"{i:032x}", origin="save", kind="model", sha256=f"{i % 1000:064x}",
+POOL = 1000  # distinct real 4 KiB blobs the events share
+
+
+def store_pool(root: Path) -> list[str]:
+    """Create the ledger directory and store the pooled blobs the events name (open checks the last
+    batch's blobs, so a ledger whose events name blobs that never existed is cut on open)."""
+    from artifact_ledger.facade.ledger import _prepare_root
+    from artifact_ledger.store.local import LocalBlobStore
+
+    _prepare_root(root, True)
+    store = LocalBlobStore(root / "blobs", fsync=False)
+    return [store.put_bytes(random.Random(f"pool-{p}").randbytes(4096)).sha256 for p in range(POOL)]
+
+
+def event(i: int, pool: list[str]) -> ArtifactRecorded:
+    return ArtifactRecorded(artifact_id=f"{i:032x}", origin="save", kind="model", sha256=pool[i % len(pool)],
                             size=4096, mime="application/octet-stream", labels={"split": "train", "i": i},
                             metrics={"loss": (i % 97) / 97}, run_id=f"run-{i % 100}", graph_id="g", node_id="n")
 
 
-async def append_all(led, start: int, n: int, tasks: int) -> None:
+async def append_all(led, start: int, n: int, tasks: int, pool: list[str]) -> None:
     async def lane(k: int) -> None:
         for i in range(start + k, start + n, tasks):
-            await led._append(event(i))
+            await led._append(event(i, pool))
 
     async with anyio.create_task_group() as tg:
         for k in range(tasks):
@@ -70,9 +85,10 @@ async def append_all(led, start: int, n: int, tasks: int) -> None:
 
 async def appends_per_s(root: Path, n: int, projections: list) -> float:
     shutil.rmtree(root, ignore_errors=True)
+    pool = store_pool(root)
     async with open_ledger(root, fsync=True, projections=projections) as led:
         t = time.perf_counter()
-        await append_all(led, 0, n, 64)
+        await append_all(led, 0, n, 64, pool)
         dt = time.perf_counter() - t
         if projections:
             assert (await led.project(Count())).state == n
@@ -115,8 +131,9 @@ async def main() -> None:
               f"one registered {one:,.0f}/s ({(one / none - 1) * 100:+.1f}%)")
 
         big = tmp / "big"
+        pool = store_pool(big)
         async with open_ledger(big, fsync=False, checkpoint_every=10**9, projections=[Count()]) as led:
-            await append_all(led, 0, args.events, 256)
+            await append_all(led, 0, args.events, 256, pool)
         ckpts = big / "checkpoints"
         pfile = ckpts / "projections" / "count.v1.pckpt"
         saved = pfile.read_bytes()
