@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Protocol
 
-COPY_CHUNK = 1 << 20  # bytes read at a time by file_sha256 and copy_checked
+COPY_CHUNK = 1 << 20  # bytes read at a time by file_sha256, copy_checked and copy_hashing
+WRITEBACK_CHUNKS = 8  # copy_hashing(writeback=True) starts the writeback of every 8 chunks copied
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -56,6 +59,58 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         while chunk := f.read(COPY_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def copy_hashing(rfd: int, wfd: int, digest: Any, *, writeback: bool, buffers: int = 3) -> int:
+    """Copy ``rfd`` to ``wfd`` from where each stands to EOF while a helper thread feeds the same chunks to
+    ``digest`` (SHA-256 and the copy overlap instead of adding up); returns the bytes copied.
+
+    ``writeback``: an fsync of ``wfd`` follows, so start writing the copy back as it goes."""
+    bufs = [bytearray(COPY_CHUNK) for _ in range(buffers)]
+    chunks: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+    # One permit per buffer: a buffer is read into again only once the helper has hashed what it held.
+    free = threading.Semaphore(buffers)
+    failed: list[BaseException] = []
+
+    def hash_chunks() -> None:
+        try:
+            while (chunk := chunks.get()) is not None:
+                digest.update(chunk)  # releases the GIL for chunks this large
+                free.release()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the copying thread
+            failed.append(exc)
+            free.release()
+
+    helper = threading.Thread(target=hash_chunks, name="blob-hash", daemon=True)
+    helper.start()
+    size = 0
+    try:
+        i = 0
+        while True:
+            free.acquire()
+            if failed:
+                break
+            buf = bufs[i % buffers]
+            got = os.readv(rfd, (buf,))
+            if not got:
+                break
+            view = memoryview(buf)[:got]
+            chunks.put(view)
+            while view:
+                view = view[os.write(wfd, view):]
+            size += got
+            i += 1
+            if writeback and i % WRITEBACK_CHUNKS == 0:
+                # Start writing the last chunks back now (DONTNEED starts it without waiting, and drops
+                # pages already clean): the fsync after the copy then waits for a tail, not the file.
+                os.posix_fadvise(wfd, size - WRITEBACK_CHUNKS * COPY_CHUNK, WRITEBACK_CHUNKS * COPY_CHUNK,
+                                 os.POSIX_FADV_DONTNEED)
+    finally:
+        chunks.put(None)
+        helper.join()
+    if failed:
+        raise failed[0]
+    return size
 
 
 def copy_checked(src: BinaryIO, src_name: str, dest: str | os.PathLike[str], sha256: str) -> None:

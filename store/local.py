@@ -21,7 +21,7 @@ from typing import Iterator
 
 from . import durable
 from .base import BlobCorrupted as BlobCorrupted  # re-exported: its home used to be this module
-from .base import BlobInfo, copy_checked, file_sha256, is_sha
+from .base import BlobInfo, copy_checked, copy_hashing, file_sha256, is_sha
 from .base import check_sha as check_sha
 from ..ledger.errors import ReadOnlyError
 from .durable import fsync_dir as _fsync_dir
@@ -230,6 +230,12 @@ class LocalBlobStore:
                     while chunk:
                         n = os.write(fd, chunk)
                         chunk = chunk[n:]
+                    if got == CHUNK:
+                        # At least a chunk: a large file, whose rest is copied while a helper thread
+                        # hashes it (SHA-256 alone took about as long as the whole copy and fsync), its
+                        # writeback started as it goes when an fsync will follow.
+                        size += copy_hashing(rfd, fd, digest, writeback=self.fsync)
+                        break
             finally:
                 os.close(rfd)
             sha = digest.hexdigest()
