@@ -61,6 +61,23 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def copy_fd(rfd: int, wfd: int, digest: Any, buf: bytearray, *, writeback: bool) -> int:
+    """Copy ``rfd`` to ``wfd`` to EOF through ``buf``, feeding ``digest``; returns the bytes copied. A file
+    that fills ``buf`` goes on in ``copy_hashing``, so a large one is hashed while it is copied."""
+    whole = memoryview(buf)
+    size = 0
+    while got := os.readv(rfd, (buf,)):
+        chunk = whole[:got]
+        digest.update(chunk)
+        size += got
+        while chunk:
+            chunk = chunk[os.write(wfd, chunk):]
+        if got == len(buf):
+            # SHA-256 alone took about as long as the whole copy and its fsync: overlap them.
+            return size + copy_hashing(rfd, wfd, digest, writeback=writeback)
+    return size
+
+
 def copy_hashing(rfd: int, wfd: int, digest: Any, *, writeback: bool, buffers: int = 3) -> int:
     """Copy ``rfd`` to ``wfd`` from where each stands to EOF while a helper thread feeds the same chunks to
     ``digest`` (SHA-256 and the copy overlap instead of adding up); returns the bytes copied.

@@ -21,7 +21,7 @@ from typing import Iterator
 
 from . import durable
 from .base import BlobCorrupted as BlobCorrupted  # re-exported: its home used to be this module
-from .base import BlobInfo, copy_checked, copy_hashing, file_sha256, is_sha
+from .base import BlobInfo, copy_fd, file_sha256, is_sha
 from .base import check_sha as check_sha
 from ..ledger.errors import ReadOnlyError
 from .durable import fsync_dir as _fsync_dir
@@ -213,29 +213,15 @@ class LocalBlobStore:
             if info is not None:
                 return info
         digest = hashlib.sha256()
-        size = 0
         tmp = self._new_tmp()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
             # Plain fds and one reused buffer: open() would add fstat, ioctl and lseek calls and each
             # read a fresh CHUNK-sized bytes object, which for small files cost more than the copy.
-            buf = _read_buffer()
-            whole = memoryview(buf)
             rfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                while got := os.readv(rfd, (buf,)):
-                    chunk = whole[:got]
-                    digest.update(chunk)
-                    size += got
-                    while chunk:
-                        n = os.write(fd, chunk)
-                        chunk = chunk[n:]
-                    if got == CHUNK:
-                        # At least a chunk: a large file, whose rest is copied while a helper thread
-                        # hashes it (SHA-256 alone took about as long as the whole copy and fsync), its
-                        # writeback started as it goes when an fsync will follow.
-                        size += copy_hashing(rfd, fd, digest, writeback=self.fsync)
-                        break
+                # An fsync follows (now, or with the batch) when the store fsyncs at all.
+                size = copy_fd(rfd, fd, digest, _read_buffer(), writeback=self.fsync)
             finally:
                 os.close(rfd)
             sha = digest.hexdigest()
@@ -575,11 +561,24 @@ class LocalBlobStore:
         """Stream a blob into a new file ``dest``, checking its SHA-256 on the way (``BlobCorrupted``)."""
         path = self.path(sha256)
         try:
-            src = open(path, "rb")
+            rfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise FileNotFoundError(f"blob {sha256} is missing from the store at {self.root}") from None
-        with src:
-            copy_checked(src, str(path), dest, sha256)
+        digest = hashlib.sha256()
+        try:
+            wfd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            try:
+                copy_fd(rfd, wfd, digest, _read_buffer(), writeback=False)
+            except BaseException:
+                os.close(wfd)
+                _unlink_missing_ok(os.fspath(dest))  # a partial copy is no copy
+                raise
+            os.close(wfd)
+        finally:
+            os.close(rfd)
+        if digest.hexdigest() != sha256:
+            os.unlink(dest)
+            raise BlobCorrupted(sha256, str(path), digest.hexdigest())
 
     def iter_blobs(self) -> Iterator[str]:
         """Every stored blob's SHA-256, in no particular order."""

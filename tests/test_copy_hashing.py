@@ -162,3 +162,52 @@ def test_large_saves_store_exactly_the_source(root, tmp_path, monkeypatch, proto
             assert result.ok and result.blobs == len(sizes), result
 
     anyio.run(main)
+
+
+@pytest.mark.parametrize("size", [0, CHUNK - 1, CHUNK, (base.WRITEBACK_CHUNKS + 1) * CHUNK + 7])
+def test_copy_to_writes_the_blob_exactly(tmp_path, size):
+    """An export (copy_to) of blobs around the chunk boundary: the new file holds exactly the blob."""
+    store = LocalBlobStore(tmp_path / "blobs", fsync=False)
+    sha = store.put_bytes(_data(size)).sha256
+    store.copy_to(sha, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == _data(size)
+    assert _helpers_alive() == []
+
+
+def test_copy_to_of_a_damaged_large_blob_raises_and_leaves_no_file(tmp_path):
+    """A large blob whose bytes changed on disk: BlobCorrupted names it, and the copy is removed."""
+    store = LocalBlobStore(tmp_path / "blobs", fsync=False)
+    data = _data(3 * CHUNK + 1)
+    sha = store.put_bytes(data).sha256
+    path = store.path(sha)
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.seek(2 * CHUNK + 5)
+        f.write(b"\x00" if data[2 * CHUNK + 5] else b"\x01")
+    with pytest.raises(base.BlobCorrupted) as info:
+        store.copy_to(sha, tmp_path / "out")
+    assert info.value.sha256 == sha
+    assert not (tmp_path / "out").exists()
+
+
+def test_copy_to_whose_write_fails_leaves_no_partial_file(tmp_path):
+    """The export's own write fails part way (EFBIG under a file-size limit): the error is raised and the
+    partial file removed; an existing destination is never overwritten."""
+    store = LocalBlobStore(tmp_path / "blobs", fsync=False)
+    sha = store.put_bytes(_data(6 * CHUNK)).sha256
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2 * CHUNK, old_limit[1]))
+    try:
+        with pytest.raises(OSError) as info:
+            store.copy_to(sha, tmp_path / "out")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert info.value.errno == errno.EFBIG
+    assert not (tmp_path / "out").exists()
+    assert _helpers_alive() == []
+    (tmp_path / "taken").write_bytes(b"mine")
+    with pytest.raises(FileExistsError):
+        store.copy_to(sha, tmp_path / "taken")
+    assert (tmp_path / "taken").read_bytes() == b"mine"
