@@ -400,19 +400,21 @@ def bench_saves(cfg: dict, tmp: Path, rng: random.Random) -> dict:
 
 
 # --------------------------------------------------------------------------- one large file
-def raw_copy_fsync(src: Path, dst: Path) -> float:
-    """Seconds to copy ``src`` to a new file in plain Python (1 MiB chunks) and fsync it."""
+def raw_copy_fsync(src: Path, dst: Path, fsync: bool = True) -> float:
+    """Seconds to copy ``src`` to a new file in plain Python (1 MiB chunks) and fsync it (if ``fsync``)."""
     t0 = time.perf_counter()
     with open(src, "rb") as f, open(dst, "wb") as g:
         while chunk := f.read(1 << 20):
             g.write(chunk)
         g.flush()
-        os.fsync(g.fileno())
+        if fsync:
+            os.fsync(g.fileno())
     return time.perf_counter() - t0
 
 
 def bench_large_save(tmp: Path, mib: int, reps: int) -> dict:
-    """A durable save of one large file against a raw write+fsync of the same bytes, in the same run.
+    """A durable save of one large file against a raw write+fsync of the same bytes, and an export of it
+    (export_files) against a raw copy without fsync, in the same run.
 
     A guard, not a target: the ledger's extra work (hashing, a durable rename,
     one event) should keep it near the device's own limit.
@@ -422,20 +424,29 @@ def bench_large_save(tmp: Path, mib: int, reps: int) -> dict:
     with open(src, "wb") as f:
         for i in range(mib):
             f.write(i.to_bytes(8, "little") + block[8:])  # no two MiB alike, so nothing dedups
-    raws, saves, saves3 = [], [], []
+    raws, saves, saves3, raw_copies, exports = [], [], [], [], []
 
-    async def save_once(r: int) -> float:
+    async def save_once(r: int, export: bool = False) -> float:
         # A fresh ledger per repetition, so the blob is written every time (no dedup).
         async with open_ledger(tmp / f"large-ledger{r}") as led:
             fac = led.artifacts(run_id="bench", graph_id="g", node_id="large")
             t0 = time.perf_counter()
             await fac.save(str(src), kind="model")
-            return time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            if export:
+                # export_files: the blob's checked copy out of the store (no fsync, like the raw copy).
+                t0 = time.perf_counter()
+                await fac.export_files(tmp / f"large-export{r}", kind="model")
+                exports.append(time.perf_counter() - t0)
+                shutil.rmtree(tmp / f"large-export{r}")
+            return dt
 
     for r in range(reps):
         raws.append(raw_copy_fsync(src, tmp / f"raw-large{r}.bin"))
         (tmp / f"raw-large{r}.bin").unlink()
-        saves.append(anyio.run(save_once, r))
+        raw_copies.append(raw_copy_fsync(src, tmp / f"raw-copy{r}.bin", fsync=False))
+        (tmp / f"raw-copy{r}.bin").unlink()
+        saves.append(anyio.run(save_once, r, True))
         shutil.rmtree(tmp / f"large-ledger{r}")
         with flush_protocol("three"):
             saves3.append(anyio.run(save_once, r))
@@ -450,6 +461,12 @@ def bench_large_save(tmp: Path, mib: int, reps: int) -> dict:
     print(f"save(), three {mib / statistics.median(saves3):8.1f} MiB/s   speed ratio to raw baseline "
           f"{ratio3:5.2f}x (pairs)   (ARTIFACT_LEDGER_BATCH_FLUSH=three; reps: "
           + ", ".join(f"{mib / x:.0f}" for x in saves3) + ")")
+    ratio_x = statistics.median(raw / x for raw, x in zip(raw_copies, exports))
+    print(f"raw baseline  copy, no fsync, in plain Python: {mib / statistics.median(raw_copies):8.1f} MiB/s   (reps: "
+          + ", ".join(f"{mib / x:.0f}" for x in raw_copies) + ")")
+    print(f"export_files() {mib / statistics.median(exports):7.1f} MiB/s   speed ratio to that baseline "
+          f"{ratio_x:5.2f}x (pairs)   (the blob copied out and checked against its SHA-256; reps: "
+          + ", ".join(f"{mib / x:.0f}" for x in exports) + ")")
     print()
     src.unlink()
     return {"raw_mib_s": mib / statistics.median(raws), "save_mib_s": mib / statistics.median(saves), "ratio": ratio}
