@@ -138,6 +138,12 @@ def copy_checked(src: BinaryIO, src_name: str, dest: str | os.PathLike[str], sha
         while chunk := src.read(COPY_CHUNK):
             digest.update(chunk)
             out.write(chunk)
+    check_copied(digest, sha256, src_name, dest)
+
+
+def check_copied(digest: Any, sha256: str, src_name: str, dest: str | os.PathLike[str]) -> None:
+    """After copying blob ``sha256`` into ``dest``: if ``digest`` of the bytes copied differs, remove ``dest``
+    and raise ``BlobCorrupted`` naming ``src_name``."""
     if digest.hexdigest() != sha256:
         os.unlink(dest)
         raise BlobCorrupted(sha256, src_name, digest.hexdigest())

@@ -21,7 +21,7 @@ from typing import Iterator
 
 from . import durable
 from .base import BlobCorrupted as BlobCorrupted  # re-exported: its home used to be this module
-from .base import BlobInfo, copy_fd, file_sha256, is_sha
+from .base import BlobInfo, check_copied, copy_fd, file_sha256, is_sha
 from .base import check_sha as check_sha
 from ..ledger.errors import ReadOnlyError
 from .durable import fsync_dir as _fsync_dir
@@ -576,9 +576,7 @@ class LocalBlobStore:
             os.close(wfd)
         finally:
             os.close(rfd)
-        if digest.hexdigest() != sha256:
-            os.unlink(dest)
-            raise BlobCorrupted(sha256, str(path), digest.hexdigest())
+        check_copied(digest, sha256, str(path), dest)
 
     def iter_blobs(self) -> Iterator[str]:
         """Every stored blob's SHA-256, in no particular order."""
