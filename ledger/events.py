@@ -7,7 +7,7 @@ upcast when read (see ``UPCASTERS``), never rewritten on disk.
 from __future__ import annotations
 
 from operator import attrgetter
-from typing import Any, Callable, Union
+from typing import Any, Callable, Union, get_args
 
 import msgspec
 
@@ -224,7 +224,7 @@ def upcast_raw(raw: Any) -> Event:
         raise EventDecodeError(f"undecodable event payload ({tag} v{v}): {exc}{_bad_label(raw)}") from exc
 
 
-_SCALARS = (str, int, float, bool, type(None))
+_SCALARS = get_args(Scalar)  # the label types, as isinstance wants them
 
 
 def _bad_label(raw: dict[str, Any]) -> str:
