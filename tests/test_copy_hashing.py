@@ -5,6 +5,7 @@ writeback hints cover exactly what was copied."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -12,6 +13,7 @@ import random
 import resource
 import signal
 import threading
+from typing import Iterator
 
 import anyio
 import pytest
@@ -31,6 +33,19 @@ def _data(n: int) -> bytes:
 
 def _helpers_alive() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "blob-hash"]
+
+
+@contextlib.contextmanager
+def _file_size_limit(limit: int) -> Iterator[None]:
+    """Files of this process may not grow past ``limit`` bytes: a write past it fails with EFBIG."""
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old_limit[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
 
 
 @pytest.mark.parametrize("writeback", [False, True])
@@ -126,15 +141,8 @@ def test_a_large_put_whose_write_fails_leaves_nothing(tmp_path):
     store = LocalBlobStore(tmp_path / "blobs", fsync=True)
     data = _data(6 * CHUNK + 11)
     (tmp_path / "src").write_bytes(data)
-    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
-    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG
-    resource.setrlimit(resource.RLIMIT_FSIZE, (3 * CHUNK, old_limit[1]))
-    try:
-        with pytest.raises(OSError) as info:
-            store.put_file(tmp_path / "src")
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
-        signal.signal(signal.SIGXFSZ, old_handler)
+    with _file_size_limit(3 * CHUNK), pytest.raises(OSError) as info:
+        store.put_file(tmp_path / "src")
     assert info.value.errno == errno.EFBIG
     assert _helpers_alive() == []
     assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
@@ -195,15 +203,8 @@ def test_copy_to_whose_write_fails_leaves_no_partial_file(tmp_path):
     partial file removed; an existing destination is never overwritten."""
     store = LocalBlobStore(tmp_path / "blobs", fsync=False)
     sha = store.put_bytes(_data(6 * CHUNK)).sha256
-    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
-    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (2 * CHUNK, old_limit[1]))
-    try:
-        with pytest.raises(OSError) as info:
-            store.copy_to(sha, tmp_path / "out")
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
-        signal.signal(signal.SIGXFSZ, old_handler)
+    with _file_size_limit(2 * CHUNK), pytest.raises(OSError) as info:
+        store.copy_to(sha, tmp_path / "out")
     assert info.value.errno == errno.EFBIG
     assert not (tmp_path / "out").exists()
     assert _helpers_alive() == []
