@@ -483,6 +483,17 @@ def pool_blob(p: int) -> bytes:
     return random.Random(f"pool-{LEDGER_RECIPE}-{p}").randbytes(SIZE)
 
 
+def store_pool(root: Path) -> list[str]:
+    """Create the ledger directory and store the POOL blobs its events name; returns their SHA-256s (open
+    checks the last batch's blobs, so a ledger whose events name blobs that never existed is cut)."""
+    from artifact_ledger.facade.ledger import _prepare_root
+    from artifact_ledger.store.local import LocalBlobStore
+
+    _prepare_root(root, True)
+    store = LocalBlobStore(root / "blobs", fsync=False)
+    return [store.put_bytes(pool_blob(p)).sha256 for p in range(POOL)]
+
+
 def event_for(i: int, run: int, j: int, rng: random.Random, pool: list[str]) -> ArtifactRecorded:
     kind = KINDS[i % len(KINDS)]
     metrics = {"loss": round(rng.random(), 6)}
@@ -507,14 +518,8 @@ def event_for(i: int, run: int, j: int, rng: random.Random, pool: list[str]) -> 
 
 async def build_ledger(root: Path, runs: int, per_run: int) -> None:
     """Append the synthetic events through the ledger's own append path (fsync off, many at once)."""
-    from artifact_ledger.facade.ledger import _prepare_root
-    from artifact_ledger.store.local import LocalBlobStore
-
     rng = random.Random(1234)
-    # Every event names a stored blob: open checks the last batch's blobs.
-    _prepare_root(root, True)
-    store = LocalBlobStore(root / "blobs", fsync=False)
-    pool = [store.put_bytes(pool_blob(p)).sha256 for p in range(POOL)]
+    pool = store_pool(root)
     async with open_ledger(root, fsync=False) as led:
         for run in range(runs):
             events = [event_for(run * per_run + j, run, j, rng, pool) for j in range(per_run)]

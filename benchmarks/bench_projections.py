@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import random
 import shutil
 import statistics
 import sys
@@ -28,7 +27,7 @@ import anyio
 
 from artifact_ledger.facade import open_ledger
 from artifact_ledger.ledger.events import ArtifactRecorded
-from bench_facade import cpu_model
+from bench_facade import cpu_model, store_pool  # its pool of real 4 KiB blobs
 
 
 class Count:
@@ -51,20 +50,6 @@ class Count:
 
     def decode(self, data: bytes) -> int:
         return int(data)
-
-
-POOL = 1000  # distinct real 4 KiB blobs the events share
-
-
-def store_pool(root: Path) -> list[str]:
-    """Create the ledger directory and store the pooled blobs the events name (open checks the last
-    batch's blobs, so a ledger whose events name blobs that never existed is cut on open)."""
-    from artifact_ledger.facade.ledger import _prepare_root
-    from artifact_ledger.store.local import LocalBlobStore
-
-    _prepare_root(root, True)
-    store = LocalBlobStore(root / "blobs", fsync=False)
-    return [store.put_bytes(random.Random(f"pool-{p}").randbytes(4096)).sha256 for p in range(POOL)]
 
 
 def event(i: int, pool: list[str]) -> ArtifactRecorded:
